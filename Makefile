@@ -1,0 +1,28 @@
+# The two commands: `make run` and `make test`. Both build the virtualenv first.
+VENV  := .venv
+BIN   := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PYTHON ?= python3
+
+.PHONY: run test test-faults bench services clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/payments run
+
+test: $(STAMP) services
+	$(BIN)/pytest
+
+bench: $(STAMP) services
+	$(BIN)/python bench/ledger.py
+
+services:
+	@bash tests/ensure-services.sh
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .hypothesis

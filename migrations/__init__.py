@@ -1,0 +1,1 @@
+"""Alembic migrations; `payments db upgrade` runs them (see `shared.schema`)."""

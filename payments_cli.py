@@ -1,0 +1,141 @@
+"""The `payments` command (CONTRACT): starts the edges, importing each one only when asked."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="payments", description="cobalt-payments")
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    db = verbs.add_parser("db", help="database schema")
+    db.add_argument("action", choices=["upgrade"])
+
+    web = verbs.add_parser("webhook", help="serve the HTTP API and the Stripe webhook")
+    web.add_argument("--host", default="127.0.0.1")
+    web.add_argument("--port", type=int, default=8000)
+    web.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+
+    verbs.add_parser("worker", help="a Celery worker on every queue", add_help=False)
+    verbs.add_parser("beat", help="the scheduler", add_help=False)
+
+    run = verbs.add_parser("run", help="the whole stack locally; Ctrl-C stops it")
+    run.add_argument("--host", default="127.0.0.1")
+    run.add_argument("--port", type=int, default=8000)
+
+    args, rest = parser.parse_known_args(argv)
+    if args.verb == "db":
+        return _db_upgrade()
+    if args.verb == "webhook":
+        return _webhook(args.host, args.port, args.workers)
+    if args.verb == "worker":
+        return _worker(rest)
+    if args.verb == "beat":
+        return _beat(rest)
+    if args.verb == "run":
+        return _run(args.host, args.port)
+    parser.error(f"unknown verb {args.verb}")
+    return 2
+
+
+def _db_upgrade() -> int:
+    from shared.config import Settings
+    from shared.schema import upgrade
+
+    settings = Settings.from_env()
+    upgrade(settings.database_url)
+    print("database schema is up to date", flush=True)
+    return 0
+
+
+def _webhook(host: str, port: int, workers: int) -> int:
+    from gunicorn.app.base import BaseApplication
+
+    from webhook import create_app
+
+    class Server(BaseApplication):  # type: ignore[misc]
+        def load_config(self) -> None:
+            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("workers", workers)
+            self.cfg.set("accesslog", "-")
+
+        def load(self) -> object:
+            return create_app()
+
+    print(f"webhook and API listening on http://{host}:{port}", flush=True)
+    Server().run()
+    return 0
+
+
+def _worker(extra: Sequence[str]) -> int:
+    from worker.app import QUEUES, app
+
+    argv = ["worker", "--queues", ",".join(QUEUES), "--loglevel", "INFO", *extra]
+    app.worker_main(argv)
+    return 0
+
+
+def _beat(extra: Sequence[str]) -> int:
+    from scheduler.schedule import beat_schedule
+    from worker.app import app
+
+    app.conf.beat_schedule = beat_schedule
+    app.start(["beat", "--loglevel", "INFO", *extra])
+    return 0
+
+
+def _run(host: str, port: int) -> int:
+    """Migrate, then run the webhook server and a worker until Ctrl-C, which stops both."""
+    from shared.config import Settings
+
+    settings = Settings.from_env()
+    _db_upgrade()
+    me = [sys.executable, "-m", "payments_cli"]
+    children = [
+        subprocess.Popen([*me, "webhook", "--host", host, "--port", str(port), "--workers", "1"]),
+        subprocess.Popen([*me, "worker", "--concurrency", "1"]),
+    ]
+    print(f"payments is running: API on http://{host}:{port}, worker on {_safe(settings.broker_url)}")
+    if not settings.api_token:
+        print("note: PAYMENTS_API_TOKEN is not set, so /api/* answers 503", flush=True)
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    while not stopping and all(child.poll() is None for child in children):
+        time.sleep(0.2)
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()
+    print("payments stopped", flush=True)
+    return 0 if stopping else 1
+
+
+def _safe(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url.removeprefix("sqla+")).render_as_string(hide_password=True)
+    except Exception:
+        return url.split("@")[-1]
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The Celery beat edge: the schedule of periodic jobs (sweeps, redrives, reconciliation)."""

@@ -1,0 +1,155 @@
+"""Settings: every PAYMENTS_* variable read once into a typed, frozen object (CONTRACT, SPEC 2).
+
+A bad value raises `ConfigError` naming the variable. Secrets are kept out of `repr`, so a
+settings object can be logged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from shared.errors import ConfigError, InvalidAmount
+from shared.money import parse_cents
+
+DEFAULT_DATABASE_URL = "sqlite:///var/payments.db"
+DEFAULT_BROKER_URL = "sqla+sqlite:///var/broker.db"
+
+
+@dataclass(frozen=True)
+class CallbackRoute:
+    task: str
+    queue: str
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    broker_url: str = DEFAULT_BROKER_URL
+    api_token: str | None = field(default=None, repr=False)
+    stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_api_base: str | None = None
+    stripe_webhook_secret: str | None = field(default=None, repr=False)
+    stripe_publishable_key: str | None = None
+    callback_routes: Mapping[str, CallbackRoute] = field(default_factory=dict)
+    notify_task: CallbackRoute | None = None
+    smtp_url: str | None = field(default=None, repr=False)
+    time_zone: ZoneInfo = ZoneInfo("Australia/Sydney")
+    # SPEC 2, in cents.
+    auto_topup_low_limit: int = 20_00
+    auto_topup_default_amount: int = 100_00
+    auto_topup_min_amount: int = 50_00
+    auto_topup_max_amount: int = 2000_00
+    manual_topup_min: int = 50_00
+    manual_topup_max_balance: int = 2000_00
+    transfer_max: int = 2000_00
+    settlement_fee_percent: Decimal = Decimal("2.00")
+    card_refund_fee_percent: Decimal = Decimal("3.00")
+    card_refund_window_days: int = 84
+    # The largest single amount any request may carry (adjustments included).
+    max_amount: int = 1_000_000_00
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def text(name: str) -> str | None:
+            value = env.get(name, "").strip()
+            return value or None
+
+        def cents(name: str, default: int) -> int:
+            value = text(name)
+            if value is None:
+                return default
+            try:
+                return parse_cents(value, name, minimum=0)
+            except InvalidAmount as exc:
+                raise ConfigError(exc.message, field=name) from None
+
+        def percent(name: str, default: Decimal) -> Decimal:
+            value = text(name)
+            if value is None:
+                return default
+            try:
+                number = Decimal(value)
+            except InvalidOperation:
+                raise ConfigError(f"{name}: {value!r} is not a number", field=name) from None
+            if not number.is_finite() or not 0 <= number <= 100:
+                raise ConfigError(f"{name}: {value!r} is not a percentage 0..100", field=name)
+            return number
+
+        def whole(name: str, default: int) -> int:
+            value = text(name)
+            if value is None:
+                return default
+            if not value.isdigit():
+                raise ConfigError(f"{name}: {value!r} is not a whole number", field=name)
+            return int(value)
+
+        zone_name = text("PAYMENTS_TIME_ZONE") or "Australia/Sydney"
+        try:
+            zone = ZoneInfo(zone_name)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(
+                f"PAYMENTS_TIME_ZONE: {zone_name!r} is not a known time zone",
+                field="PAYMENTS_TIME_ZONE",
+            ) from None
+
+        notify = text("PAYMENTS_NOTIFY_TASK")
+        settings = cls(
+            database_url=text("PAYMENTS_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            broker_url=text("PAYMENTS_BROKER_URL") or DEFAULT_BROKER_URL,
+            api_token=text("PAYMENTS_API_TOKEN"),
+            stripe_api_key=text("PAYMENTS_STRIPE_API_KEY"),
+            stripe_api_base=text("PAYMENTS_STRIPE_API_BASE"),
+            stripe_webhook_secret=text("PAYMENTS_STRIPE_WEBHOOK_SECRET"),
+            stripe_publishable_key=text("PAYMENTS_STRIPE_PUBLISHABLE_KEY"),
+            callback_routes=parse_routes(text("PAYMENTS_CALLBACK_ROUTES") or ""),
+            notify_task=parse_route("PAYMENTS_NOTIFY_TASK", notify) if notify else None,
+            smtp_url=text("PAYMENTS_SMTP_URL"),
+            time_zone=zone,
+            auto_topup_low_limit=cents("PAYMENTS_AUTO_TOPUP_LOW_LIMIT", 20_00),
+            auto_topup_default_amount=cents("PAYMENTS_AUTO_TOPUP_DEFAULT_AMOUNT", 100_00),
+            auto_topup_min_amount=cents("PAYMENTS_AUTO_TOPUP_MIN_AMOUNT", 50_00),
+            auto_topup_max_amount=cents("PAYMENTS_AUTO_TOPUP_MAX_AMOUNT", 2000_00),
+            manual_topup_min=cents("PAYMENTS_MANUAL_TOPUP_MIN", 50_00),
+            manual_topup_max_balance=cents("PAYMENTS_MANUAL_TOPUP_MAX_BALANCE", 2000_00),
+            transfer_max=cents("PAYMENTS_TRANSFER_MAX", 2000_00),
+            settlement_fee_percent=percent("PAYMENTS_SETTLEMENT_FEE_PERCENT", Decimal("2.00")),
+            card_refund_fee_percent=percent("PAYMENTS_CARD_REFUND_FEE_PERCENT", Decimal("3.00")),
+            card_refund_window_days=whole("PAYMENTS_CARD_REFUND_WINDOW_DAYS", 84),
+            max_amount=cents("PAYMENTS_MAX_AMOUNT", 1_000_000_00),
+        )
+        if not settings.auto_topup_min_amount <= settings.auto_topup_default_amount <= settings.auto_topup_max_amount:
+            raise ConfigError(
+                "PAYMENTS_AUTO_TOPUP_DEFAULT_AMOUNT must lie between "
+                "PAYMENTS_AUTO_TOPUP_MIN_AMOUNT and PAYMENTS_AUTO_TOPUP_MAX_AMOUNT",
+                field="PAYMENTS_AUTO_TOPUP_DEFAULT_AMOUNT",
+            )
+        return settings
+
+
+def parse_route(name: str, value: str) -> CallbackRoute:
+    """Parse `task.name@queue` (queue defaults to `celery`)."""
+    task, _, queue = value.strip().partition("@")
+    task, queue = task.strip(), (queue.strip() or "celery")
+    if not task or any(c.isspace() for c in task + queue):
+        raise ConfigError(f"{name}: {value!r} is not of the form task.name@queue", field=name)
+    return CallbackRoute(task=task, queue=queue)
+
+
+def parse_routes(value: str) -> dict[str, CallbackRoute]:
+    """Parse `CODE=task.name@queue,CODE2=...` into a mapping by route code."""
+    routes: dict[str, CallbackRoute] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        code, sep, target = item.partition("=")
+        if not sep or not code.strip():
+            raise ConfigError(
+                f"PAYMENTS_CALLBACK_ROUTES: {item!r} is not of the form CODE=task.name@queue",
+                field="PAYMENTS_CALLBACK_ROUTES",
+            )
+        routes[code.strip()] = parse_route("PAYMENTS_CALLBACK_ROUTES", target)
+    return routes

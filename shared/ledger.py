@@ -1,0 +1,235 @@
+"""The ledger: one write, `post`, and the balance reads (SPEC 1, DESIGN invariants 2 to 4).
+
+`post` books a balanced journal entry inside the caller's transaction and never commits:
+
+1. It claims the entry's idempotency key (INSERT ... ON CONFLICT DO NOTHING). A key already
+   used with the same payload returns the first booking and books nothing; with a different
+   payload it raises `Conflict`.
+2. It locks, with SELECT ... FOR UPDATE in ascending account id (one fixed total order, so
+   two bookings can never wait on each other in a cycle), only the member and organisation
+   accounts the entry debits: those are the ones that could be overdrawn. Credits and system
+   accounts take no lock, because a credit can never overdraw; so a hot club or the `stripe`
+   account never serialises payments. There are no table locks.
+3. Under those locks it reads each debited account's balance (the sum of its committed
+   postings: a concurrent uncommitted credit is not counted yet, which can only make the check
+   stricter) and refuses a debit that would take it below zero, unless the entry is an admin
+   adjustment that explicitly allows it.
+4. It inserts the postings. On PostgreSQL a deferred trigger checks again at commit that the
+   entry sums to zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import func, insert, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from shared.errors import Conflict, InsufficientFunds, InvalidInput, UnbalancedEntry
+from shared.models import Account, AccountKind, EntryType, JournalEntry, Posting, utcnow
+from shared.money import format_cents
+
+
+@dataclass(frozen=True)
+class Line:
+    """One posting of an entry: a signed amount in cents against an account."""
+
+    account_id: int
+    amount: int
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A journal entry to book. `key` is its idempotency key; `reference` defaults to it."""
+
+    key: str
+    type: EntryType
+    description: str
+    lines: tuple[Line, ...]
+    reference: str | None = None
+    event_id: str | None = None
+    session_id: str | None = None
+    admin_id: str | None = None
+    # Only an admin adjustment may take an account below zero, and only when asked to.
+    allow_negative: bool = False
+
+    def payload_hash(self) -> str:
+        payload = {
+            "type": self.type.value,
+            "description": self.description,
+            "reference": self.reference,
+            "lines": sorted([line.account_id, line.amount] for line in self.lines),
+            "event_id": self.event_id,
+            "session_id": self.session_id,
+            "admin_id": self.admin_id,
+            "allow_negative": self.allow_negative,
+        }
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Booking:
+    """What `post` returns: the entry's id and time, and whether it was booked before."""
+
+    entry_id: int
+    created_at: datetime
+    replayed: bool = False
+    balances: dict[int, int] = field(default_factory=dict)
+
+
+def post(session: Session, entry: Entry, *, now: datetime | None = None) -> Booking:
+    """Book `entry` in the caller's transaction; see the module docstring for the rules."""
+    _validate(entry)
+    digest = entry.payload_hash()
+    created_at = now or utcnow()
+
+    entry_id = session.execute(
+        _insert_new_key(session)
+        .values(
+            idempotency_key=entry.key,
+            payload_hash=digest,
+            type=entry.type.value,
+            description=entry.description,
+            reference=entry.reference or entry.key,
+            created_at=created_at,
+            event_id=entry.event_id,
+            session_id=entry.session_id,
+            admin_id=entry.admin_id,
+        )
+        .returning(JournalEntry.id)
+    ).scalar_one_or_none()
+    if entry_id is None:
+        return _replay(session, entry, digest)
+
+    debits = {line.account_id: line.amount for line in entry.lines if line.amount < 0}
+    held = lock_accounts(session, debits)
+    before = balances(session, held)
+    for account_id in held:
+        after = before[account_id] + debits[account_id]
+        if after < 0 and not entry.allow_negative:
+            kind, owner = _describe(session, account_id)
+            raise InsufficientFunds(
+                f"{kind} {owner}: balance {format_cents(before[account_id])}, "
+                f"needs {format_cents(-debits[account_id])}"
+            )
+
+    session.execute(
+        insert(Posting),
+        [{"entry_id": entry_id, "account_id": l.account_id, "amount": l.amount} for l in entry.lines],
+    )
+    return Booking(
+        entry_id=entry_id,
+        created_at=created_at,
+        balances={account_id: before[account_id] + debits[account_id] for account_id in held},
+    )
+
+
+def lock_accounts(session: Session, account_ids: Iterable[int]) -> list[int]:
+    """Lock the member and organisation accounts among `account_ids`, in ascending id order.
+
+    Returns the ids locked. System accounts are never locked: nothing checks their balance.
+    Locks are held until the caller's transaction ends; taking one twice is harmless.
+    """
+    ids = sorted(set(account_ids))
+    if not ids:
+        return []
+    return list(
+        session.scalars(
+            select(Account.id)
+            .where(Account.id.in_(ids), Account.kind != AccountKind.SYSTEM.value)
+            .order_by(Account.id)
+            .with_for_update()
+        )
+    )
+
+
+def balance(session: Session, account_id: int) -> int:
+    """The account's balance in cents: the sum of its committed (or own) postings."""
+    return session.scalar(
+        select(func.coalesce(func.sum(Posting.amount), 0)).where(Posting.account_id == account_id)
+    )
+
+
+def balances(session: Session, account_ids: Iterable[int]) -> dict[int, int]:
+    """Balances of several accounts in one query; accounts without postings are 0."""
+    ids = list(set(account_ids))
+    result = dict.fromkeys(ids, 0)
+    if ids:
+        rows = session.execute(
+            select(Posting.account_id, func.sum(Posting.amount))
+            .where(Posting.account_id.in_(ids))
+            .group_by(Posting.account_id)
+        )
+        result.update({account_id: int(total) for account_id, total in rows})
+    return result
+
+
+def balance_at(session: Session, account_id: int, until: datetime) -> int:
+    """The account's balance counting only entries booked before `until` (exclusive)."""
+    return session.scalar(
+        select(func.coalesce(func.sum(Posting.amount), 0))
+        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+        .where(Posting.account_id == account_id, JournalEntry.created_at < until)
+    )
+
+
+def _validate(entry: Entry) -> None:
+    if not isinstance(entry.type, EntryType):
+        raise InvalidInput(f"entry {entry.key}: unknown type {entry.type!r}", field="type")
+    if not entry.key or len(entry.key) > 200:
+        raise InvalidInput("entry: idempotency key must be 1 to 200 characters", field="request_id")
+    if not entry.description.strip() or len(entry.description) > 200:
+        raise InvalidInput(
+            f"entry {entry.key}: description must be 1 to 200 characters", field="description"
+        )
+    if len(entry.lines) < 2:
+        raise UnbalancedEntry(f"entry {entry.key}: needs at least two postings")
+    accounts = [line.account_id for line in entry.lines]
+    if len(set(accounts)) != len(accounts):
+        raise UnbalancedEntry(f"entry {entry.key}: an account appears twice")
+    for line in entry.lines:
+        if isinstance(line.amount, bool) or not isinstance(line.amount, int) or line.amount == 0:
+            raise UnbalancedEntry(f"entry {entry.key}: posting amounts must be non-zero cents")
+    total = sum(line.amount for line in entry.lines)
+    if total != 0:
+        raise UnbalancedEntry(f"entry {entry.key}: postings sum to {format_cents(total)}, not 0.00")
+    if entry.allow_negative and not (entry.admin_id and entry.type is EntryType.MANUAL_ADJUSTMENT):
+        raise InvalidInput(
+            f"entry {entry.key}: only an admin adjustment may allow a negative balance",
+            field="allow_negative",
+        )
+
+
+def _replay(session: Session, entry: Entry, digest: str) -> Booking:
+    first = session.execute(
+        select(JournalEntry.id, JournalEntry.created_at, JournalEntry.payload_hash).where(
+            JournalEntry.idempotency_key == entry.key
+        )
+    ).one()
+    if first.payload_hash != digest:
+        raise Conflict(
+            f"request {entry.key}: already used for a different booking (entry {first.id})",
+            field="request_id",
+        )
+    return Booking(entry_id=first.id, created_at=first.created_at, replayed=True)
+
+
+def _describe(session: Session, account_id: int) -> tuple[str, str]:
+    row = session.execute(select(Account.kind, Account.owner).where(Account.id == account_id)).one()
+    return row.kind, row.owner
+
+
+def _insert_new_key(session: Session) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT of a journal entry that does nothing if its idempotency key is taken.
+
+    On PostgreSQL it waits for a concurrent transaction holding the same key to finish, so
+    two concurrent bookings under one key can never both go ahead.
+    """
+    module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return module.insert(JournalEntry).on_conflict_do_nothing(index_elements=["idempotency_key"])

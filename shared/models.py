@@ -1,0 +1,208 @@
+"""The schema as typed SQLAlchemy models (SPEC 1, DESIGN invariants 1 to 3).
+
+Accounts hold no balance column: a balance is the sum of the account's postings, so it can
+never drift from them, and crediting a busy club needs no write to (and no lock on) a shared
+row. Entries and postings are immutable; the migration adds the triggers that enforce it and,
+on PostgreSQL, a deferred check that every entry sums to zero.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    String,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always returned timezone-aware (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given for a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+Cents = Annotated[int, mapped_column(BigInteger)]
+Timestamp = Annotated[datetime, mapped_column(UTCDateTime())]
+
+
+class AccountKind(enum.StrEnum):
+    MEMBER = "member"
+    ORGANISATION = "organisation"
+    SYSTEM = "system"
+
+
+class SystemAccount(enum.StrEnum):
+    """The federation's own accounts (SPEC 1)."""
+
+    STRIPE = "stripe"  # card money received, refunds paid out
+    FEES = "fees"  # the federation's fee income
+    BANK = "bank"  # settlements paid to clubs
+    ADJUSTMENTS = "adjustments"  # manual corrections
+
+
+class EntryType(enum.StrEnum):
+    """Transaction types shown on statements (SPEC 1)."""
+
+    AUTO_TOP_UP = "Auto Top Up"
+    MANUAL_TOP_UP = "Manual Top Up"
+    CC_PAYMENT = "CC Payment"
+    CLUB_PAYMENT = "Club Payment"
+    CLUB_MEMBERSHIP = "Club Membership"
+    CLUB_TOP_UP = "Club Top Up"
+    CLUB_TOP_UP_REV = "Club Top Up Rev"
+    EVENT_ENTRY = "Entry to an event"
+    MEMBER_TRANSFER = "Member Transfer"
+    ORG_TRANSFER = "Org Transfer"
+    MISCELLANEOUS = "Miscellaneous"
+    SETTLEMENT = "Settlement"
+    MANUAL_ADJUSTMENT = "Manual Adjustment"
+    REFUND = "Refund"
+    CARD_REFUND = "Card Refund"
+
+
+TOP_UP_TYPES = (EntryType.AUTO_TOP_UP, EntryType.MANUAL_TOP_UP, EntryType.CC_PAYMENT)
+
+
+class AutoTopUpStatus(enum.StrEnum):
+    """SPEC 4.1."""
+
+    OFF = "off"
+    PENDING = "pending"
+    ON = "on"
+    ACTION_REQUIRED = "action_required"
+    FAILED = "failed"
+
+
+def _in(column: str, values: type[enum.StrEnum]) -> str:
+    return f"{column} IN ({', '.join(repr(v.value) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(
+        naming_convention={
+            "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+            "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+            "ck": "ck_%(table_name)s_%(constraint_name)s",
+            "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+            "pk": "pk_%(table_name)s",
+        }
+    )
+
+
+class Account(Base):
+    __tablename__ = "accounts"
+    __table_args__ = (
+        UniqueConstraint("kind", "owner"),
+        CheckConstraint(_in("kind", AccountKind), name="kind"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    # member_id, org_id, or the system account's name.
+    owner: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[Timestamp]
+
+
+class Member(Base):
+    __tablename__ = "members"
+    __table_args__ = (CheckConstraint(_in("auto_topup_status", AutoTopUpStatus), name="auto_topup_status"),)
+
+    member_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), unique=True)
+    email: Mapped[str] = mapped_column(String(254))
+    first_name: Mapped[str] = mapped_column(String(100))
+    last_name: Mapped[str] = mapped_column(String(100))
+    low_balance_emails: Mapped[bool] = mapped_column(Boolean, default=False)
+    auto_topup_status: Mapped[str] = mapped_column(String(16), default=AutoTopUpStatus.OFF.value)
+    auto_topup_amount: Mapped[Cents]
+    stripe_customer_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[Timestamp]
+    updated_at: Mapped[Timestamp]
+
+
+class Organisation(Base):
+    __tablename__ = "organisations"
+    __table_args__ = (
+        CheckConstraint(
+            "settlement_fee_percent IS NULL OR settlement_fee_percent BETWEEN 0 AND 100",
+            name="settlement_fee_percent",
+        ),
+        CheckConstraint("minimum_balance_after_settlement >= 0", name="minimum_balance"),
+    )
+
+    org_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # NULL: the default of SPEC 2 applies.
+    settlement_fee_percent: Mapped[Decimal | None] = mapped_column(Numeric(5, 2))
+    minimum_balance_after_settlement: Mapped[Cents] = mapped_column(default=0)
+    created_at: Mapped[Timestamp]
+    updated_at: Mapped[Timestamp]
+
+
+class JournalEntry(Base):
+    __tablename__ = "journal_entries"
+    __table_args__ = (CheckConstraint(_in("type", EntryType), name="type"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    # sha256 of the entry's canonical payload: a reused key must carry the same one.
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    type: Mapped[str] = mapped_column(String(32))
+    description: Mapped[str] = mapped_column(String(200))
+    reference: Mapped[str] = mapped_column(String(200))
+    created_at: Mapped[Timestamp] = mapped_column(index=True)
+    event_id: Mapped[str | None] = mapped_column(String(64))
+    session_id: Mapped[str | None] = mapped_column(String(64))
+    admin_id: Mapped[str | None] = mapped_column(String(64))
+
+
+class Posting(Base):
+    __tablename__ = "postings"
+    __table_args__ = (
+        CheckConstraint("amount <> 0", name="amount_not_zero"),
+        UniqueConstraint("entry_id", "account_id"),
+        # Balances and statements read one account's postings in id order.
+        Index("ix_postings_account_id_id", "account_id", "id", postgresql_include=["amount"]),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    entry_id: Mapped[int] = mapped_column(ForeignKey("journal_entries.id"))
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"))
+    amount: Mapped[Cents]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)

@@ -1,0 +1,106 @@
+"""What payments keeps of members and organisations, and their accounts (CONTRACT: members and
+organisations). The other modules own people and clubs; they tell us names and e-mails with
+PUT, which creates the profile and its ledger account on first use and updates it after."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.errors import NotFound
+from shared.models import Account, AccountKind, Member, Organisation, SystemAccount, utcnow
+
+
+@dataclass(frozen=True)
+class MemberDetails:
+    email: str
+    first_name: str
+    last_name: str
+    low_balance_emails: bool | None = None  # None: keep (new profiles: off)
+
+
+@dataclass(frozen=True)
+class OrganisationDetails:
+    name: str
+    settlement_fee_percent: Decimal | None = None  # None: the default of SPEC 2
+    minimum_balance_after_settlement: int | None = None  # None: keep (new: 0)
+
+
+def put_member(
+    session: Session, member_id: str, details: MemberDetails, *, default_topup_amount: int
+) -> tuple[Member, bool]:
+    """Create or update a member's profile; returns it and whether it was created."""
+    now = utcnow()
+    member = session.get(Member, member_id, with_for_update=True)
+    created = member is None
+    if member is None:
+        account = _open_account(session, AccountKind.MEMBER, member_id)
+        member = Member(
+            member_id=member_id,
+            account_id=account.id,
+            low_balance_emails=False,
+            auto_topup_amount=default_topup_amount,
+            created_at=now,
+        )
+        session.add(member)
+    member.email = details.email
+    member.first_name = details.first_name
+    member.last_name = details.last_name
+    if details.low_balance_emails is not None:
+        member.low_balance_emails = details.low_balance_emails
+    member.updated_at = now
+    session.flush()
+    return member, created
+
+
+def put_organisation(
+    session: Session, org_id: str, details: OrganisationDetails
+) -> tuple[Organisation, bool]:
+    """Create or update an organisation's profile; returns it and whether it was created."""
+    now = utcnow()
+    org = session.get(Organisation, org_id, with_for_update=True)
+    created = org is None
+    if org is None:
+        account = _open_account(session, AccountKind.ORGANISATION, org_id)
+        org = Organisation(
+            org_id=org_id, account_id=account.id, minimum_balance_after_settlement=0, created_at=now
+        )
+        session.add(org)
+    org.name = details.name
+    org.settlement_fee_percent = details.settlement_fee_percent
+    if details.minimum_balance_after_settlement is not None:
+        org.minimum_balance_after_settlement = details.minimum_balance_after_settlement
+    org.updated_at = now
+    session.flush()
+    return org, created
+
+
+def get_member(session: Session, member_id: str) -> Member:
+    member = session.get(Member, member_id)
+    if member is None:
+        raise NotFound(f"member {member_id}: not known to payments", field="member_id")
+    return member
+
+
+def get_organisation(session: Session, org_id: str) -> Organisation:
+    org = session.get(Organisation, org_id)
+    if org is None:
+        raise NotFound(f"organisation {org_id}: not known to payments", field="organisation_id")
+    return org
+
+
+def system_account(session: Session, name: SystemAccount) -> int:
+    """The id of one of the federation's own accounts (created by the first migration)."""
+    return session.scalars(
+        select(Account.id).where(Account.kind == AccountKind.SYSTEM.value, Account.owner == name.value)
+    ).one()
+
+
+def _open_account(session: Session, kind: AccountKind, owner: str) -> Account:
+    account = Account(kind=kind.value, owner=owner, created_at=utcnow())
+    session.add(account)
+    session.flush()
+    return account

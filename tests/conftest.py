@@ -1,0 +1,88 @@
+"""Fixtures shared by every test: a private PostgreSQL database per test run (so runs can go
+side by side), emptied before each test that uses it, and the Flask app on top of it."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.config import Settings
+from shared.db import make_engine, make_sessions
+from shared.schema import upgrade
+
+PG_ADMIN_URL = os.environ.get("PAYMENTS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("PAYMENTS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+API_TOKEN = "test-token-not-a-secret"
+
+
+def _admin() -> psycopg.Connection:
+    return psycopg.connect(PG_ADMIN_URL, autocommit=True)
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    """A fresh PostgreSQL database with the schema, dropped after the run."""
+    name = f"payments_test_{uuid.uuid4().hex[:10]}"
+    try:
+        with _admin() as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+    except psycopg.OperationalError as exc:
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is not reachable (run `make test`): {exc}")
+    url = make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    upgrade(url)
+    yield url
+    with _admin() as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def clean_db(engine: Engine) -> None:
+    """Empty every table but the system accounts the migration created."""
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE postings, journal_entries, members, organisations"))
+        conn.execute(text("DELETE FROM accounts WHERE kind <> 'system'"))
+
+
+@pytest.fixture
+def sessions(engine: Engine, clean_db: None) -> sessionmaker[Session]:
+    return make_sessions(engine)
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, broker_url=REDIS_URL, api_token=API_TOKEN)
+
+
+@pytest.fixture
+def app(settings: Settings, clean_db: None) -> Iterator[Flask]:
+    from webhook import create_app
+
+    app = create_app(settings)
+    yield app
+    app.extensions["payments"]["engine"].dispose()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_TOKEN}"}

@@ -1,0 +1,31 @@
+"""The HTTP edge: a Flask app factory for the Stripe webhook, the API and health checks.
+
+Views are thin: they check fields, open one transaction, call `shared`, and shape JSON.
+"""
+
+from __future__ import annotations
+
+from flask import Flask
+
+from shared.config import Settings
+from shared.db import make_engine, make_sessions
+
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    from webhook import api, errors, health
+
+    settings = settings or Settings.from_env()
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    engine = make_engine(settings.database_url)
+    app.extensions["payments"] = {
+        "settings": settings,
+        "engine": engine,
+        "sessions": make_sessions(engine),
+    }
+    errors.register(app)
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(api.blueprint)
+    return app

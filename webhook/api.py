@@ -1,0 +1,246 @@
+"""The `/api/*` endpoints of CONTRACT: profiles, balances, statements, summaries and
+adjustments. Every request needs `Authorization: Bearer <PAYMENTS_API_TOKEN>`; without a
+configured token the API answers 503 rather than run open."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+from flask.typing import ResponseReturnValue
+
+from shared import fields, ledger, profiles, statements
+from shared.adjustments import Adjustment, book_adjustment
+from shared.errors import InvalidInput, PaymentsError, ServiceUnavailable
+from shared.models import Member, Organisation
+from shared.money import format_cents, parse_cents
+from shared.profiles import MemberDetails, OrganisationDetails
+from webhook import context
+
+blueprint = Blueprint("api", __name__, url_prefix="/api")
+
+
+class Unauthorized(PaymentsError):
+    """Raised when the bearer token is missing or wrong."""
+
+    code = "unauthorized"
+    status = 401
+
+
+@blueprint.before_request
+def _authenticate() -> None:
+    token = context.settings().api_token
+    if not token:
+        raise ServiceUnavailable("the API is disabled: PAYMENTS_API_TOKEN is not set")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
+        raise Unauthorized("a valid Authorization: Bearer token is required")
+
+
+# Members ----------------------------------------------------------------------------------
+
+
+@blueprint.put("/members/<member_id>")
+def put_member(member_id: str) -> ResponseReturnValue:
+    member_id = fields.identifier(member_id, "member_id")
+    body = context.json_body()
+    low = body.get("low_balance_emails")
+    details = MemberDetails(
+        email=fields.email(body.get("email")),
+        first_name=fields.text(body.get("first_name"), "first_name", max_length=100),
+        last_name=fields.text(body.get("last_name"), "last_name", max_length=100),
+        low_balance_emails=None if low is None else fields.boolean(low, "low_balance_emails"),
+    )
+    with context.transaction() as session:
+        member, created = profiles.put_member(
+            session,
+            member_id,
+            details,
+            default_topup_amount=context.settings().auto_topup_default_amount,
+        )
+        body = _member_json(member)
+    return jsonify(body), 201 if created else 200
+
+
+@blueprint.get("/members/<member_id>")
+def get_member(member_id: str) -> ResponseReturnValue:
+    with context.transaction() as session:
+        return jsonify(_member_json(profiles.get_member(session, fields.identifier(member_id, "member_id"))))
+
+
+@blueprint.get("/members/<member_id>/balance")
+def member_balance(member_id: str) -> ResponseReturnValue:
+    member_id = fields.identifier(member_id, "member_id")
+    day = request.args.get("date")
+    with context.transaction() as session:
+        member = profiles.get_member(session, member_id)
+        if day is not None:
+            return jsonify(_balance_on(session, member.account_id, day, member_id=member_id))
+        last = statements.last_top_up(session, member.account_id)
+        return jsonify(
+            {
+                "member_id": member_id,
+                "balance": format_cents(ledger.balance(session, member.account_id)),
+                "last_top_up": last.isoformat() if last else None,
+                "auto_topup": {
+                    "status": member.auto_topup_status,
+                    "amount": format_cents(member.auto_topup_amount),
+                },
+            }
+        )
+
+
+@blueprint.get("/members/<member_id>/statement")
+def member_statement(member_id: str) -> ResponseReturnValue:
+    member_id = fields.identifier(member_id, "member_id")
+    with context.transaction() as session:
+        member = profiles.get_member(session, member_id)
+        rows = statements.statement(session, member.account_id, context.settings().time_zone)
+    return _statement_response(rows, f"statement-member-{member_id}.csv")
+
+
+# Organisations ----------------------------------------------------------------------------
+
+
+@blueprint.put("/organisations/<org_id>")
+def put_organisation(org_id: str) -> ResponseReturnValue:
+    org_id = fields.identifier(org_id, "organisation_id")
+    body = context.json_body()
+    fee = body.get("settlement_fee_percent")
+    minimum = body.get("minimum_balance_after_settlement")
+    details = OrganisationDetails(
+        name=fields.text(body.get("name"), "name", max_length=200),
+        settlement_fee_percent=None if fee is None else fields.percent(fee, "settlement_fee_percent"),
+        minimum_balance_after_settlement=None
+        if minimum is None
+        else parse_cents(
+            minimum,
+            "minimum_balance_after_settlement",
+            minimum=0,
+            maximum=context.settings().max_amount,
+        ),
+    )
+    with context.transaction() as session:
+        org, created = profiles.put_organisation(session, org_id, details)
+        body = _organisation_json(org)
+    return jsonify(body), 201 if created else 200
+
+
+@blueprint.get("/organisations/<org_id>")
+def get_organisation(org_id: str) -> ResponseReturnValue:
+    org_id = fields.identifier(org_id, "organisation_id")
+    with context.transaction() as session:
+        return jsonify(_organisation_json(profiles.get_organisation(session, org_id)))
+
+
+@blueprint.get("/organisations/<org_id>/balance")
+def organisation_balance(org_id: str) -> ResponseReturnValue:
+    org_id = fields.identifier(org_id, "organisation_id")
+    day = request.args.get("date")
+    with context.transaction() as session:
+        org = profiles.get_organisation(session, org_id)
+        if day is not None:
+            return jsonify(_balance_on(session, org.account_id, day, organisation_id=org_id))
+        return jsonify(
+            {"organisation_id": org_id, "balance": format_cents(ledger.balance(session, org.account_id))}
+        )
+
+
+@blueprint.get("/organisations/<org_id>/statement")
+def organisation_statement(org_id: str) -> ResponseReturnValue:
+    org_id = fields.identifier(org_id, "organisation_id")
+    with context.transaction() as session:
+        org = profiles.get_organisation(session, org_id)
+        rows = statements.statement(session, org.account_id, context.settings().time_zone)
+    return _statement_response(rows, f"statement-organisation-{org_id}.csv")
+
+
+@blueprint.get("/organisations/<org_id>/summary")
+def organisation_summary(org_id: str) -> ResponseReturnValue:
+    org_id = fields.identifier(org_id, "organisation_id")
+    days = statements.summary_days(request.args.get("days"))
+    with context.transaction() as session:
+        org = profiles.get_organisation(session, org_id)
+        summary = statements.summary_by_type(session, org.account_id, days)
+    return jsonify({"organisation_id": org_id, **summary})
+
+
+# Money movements and admin ----------------------------------------------------------------
+
+
+@blueprint.post("/adjustments")
+def post_adjustment() -> ResponseReturnValue:
+    body = context.json_body()
+    target = fields.only_one(body, "member_id", "organisation_id")
+    limit = context.settings().max_amount
+    allow_negative = body.get("allow_negative", False)
+    adjustment = Adjustment(
+        request_id=fields.identifier(body.get("request_id"), "request_id"),
+        amount=parse_cents(body.get("amount"), "amount", minimum=-limit, maximum=limit),
+        description=fields.text(body.get("description"), "description", max_length=80),
+        admin_id=fields.identifier(body.get("admin_id"), "admin_id"),
+        allow_negative=fields.boolean(allow_negative, "allow_negative"),
+        **{target: fields.identifier(body[target], target)},
+    )
+    with context.transaction() as session:
+        booking = book_adjustment(session, adjustment)
+    result = {
+        "request_id": adjustment.request_id,
+        "status": "booked",
+        "entry_id": booking.entry_id,
+        "amount": format_cents(adjustment.amount),
+        "created_at": booking.created_at.isoformat(),
+        "replayed": booking.replayed,
+    }
+    return jsonify(result), 200 if booking.replayed else 201
+
+
+@blueprint.get("/admin/summary")
+def admin_summary() -> ResponseReturnValue:
+    with context.transaction() as session:
+        return jsonify(statements.admin_summary(session))
+
+
+# Shaping ----------------------------------------------------------------------------------
+
+
+def _member_json(member: Member) -> dict[str, Any]:
+    return {
+        "member_id": member.member_id,
+        "email": member.email,
+        "first_name": member.first_name,
+        "last_name": member.last_name,
+        "low_balance_emails": member.low_balance_emails,
+        "auto_topup": {"status": member.auto_topup_status, "amount": format_cents(member.auto_topup_amount)},
+    }
+
+
+def _organisation_json(org: Organisation) -> dict[str, Any]:
+    fee = org.settlement_fee_percent
+    return {
+        "organisation_id": org.org_id,
+        "name": org.name,
+        "settlement_fee_percent": None if fee is None else f"{fee:.2f}",
+        "minimum_balance_after_settlement": format_cents(org.minimum_balance_after_settlement),
+    }
+
+
+def _balance_on(session: Any, account_id: int, day: str, **who: str) -> dict[str, Any]:
+    zone = context.settings().time_zone
+    local = fields.local_date(day, "date")
+    cents = statements.balance_at_end_of(session, account_id, local, zone)
+    return {**who, "date": local.isoformat(), "balance": format_cents(cents)}
+
+
+def _statement_response(rows: list[statements.StatementRow], filename: str) -> ResponseReturnValue:
+    wanted = request.args.get("format", "json")
+    if wanted == "csv":
+        return Response(
+            statements.statement_csv(rows),
+            mimetype="text/csv",
+            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+        )
+    if wanted != "json":
+        raise InvalidInput(f"format: {wanted!r} is not json or csv", field="format")
+    return jsonify({"rows": [row.as_json() for row in rows]})

@@ -1,0 +1,37 @@
+"""What a view needs from the app: the settings and a transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from flask import current_app, request
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from shared.config import Settings
+from shared.errors import InvalidInput
+
+
+def settings() -> Settings:
+    return current_app.extensions["payments"]["settings"]
+
+
+def engine() -> Engine:
+    return current_app.extensions["payments"]["engine"]
+
+
+@contextmanager
+def transaction() -> Iterator[Session]:
+    """One database transaction around one step; commits on success, rolls back on error."""
+    with current_app.extensions["payments"]["sessions"].begin() as session:
+        yield session
+
+
+def json_body() -> dict[str, Any]:
+    """The request's JSON object, or an error naming what is wrong with it."""
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise InvalidInput("body: expected a JSON object", field="body")
+    return body
