@@ -40,6 +40,9 @@ def text(value: object, field: str, *, max_length: int, required: bool = True) -
         raise InvalidInput(f"{field}: longer than {max_length} characters", field=field)
     if any(ord(c) < 32 and c not in "\t" for c in cleaned):
         raise InvalidInput(f"{field}: contains control characters", field=field)
+    if any("\ud800" <= c <= "\udfff" for c in cleaned):
+        # A lone surrogate (JSON "\ud800") cannot be stored as UTF-8.
+        raise InvalidInput(f"{field}: contains an unpaired surrogate", field=field)
     return cleaned
 
 

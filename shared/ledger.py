@@ -151,8 +151,11 @@ def lock_accounts(session: Session, account_ids: Iterable[int]) -> list[int]:
 
 def balance(session: Session, account_id: int) -> int:
     """The account's balance in cents: the sum of its committed (or own) postings."""
-    return session.scalar(
-        select(func.coalesce(func.sum(Posting.amount), 0)).where(Posting.account_id == account_id)
+    # PostgreSQL's sum(bigint) is numeric (a Decimal in Python): return int cents.
+    return int(
+        session.scalar(
+            select(func.coalesce(func.sum(Posting.amount), 0)).where(Posting.account_id == account_id)
+        )
     )
 
 
@@ -172,10 +175,12 @@ def balances(session: Session, account_ids: Iterable[int]) -> dict[int, int]:
 
 def balance_at(session: Session, account_id: int, until: datetime) -> int:
     """The account's balance counting only entries booked before `until` (exclusive)."""
-    return session.scalar(
-        select(func.coalesce(func.sum(Posting.amount), 0))
-        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
-        .where(Posting.account_id == account_id, JournalEntry.created_at < until)
+    return int(
+        session.scalar(
+            select(func.coalesce(func.sum(Posting.amount), 0))
+            .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+            .where(Posting.account_id == account_id, JournalEntry.created_at < until)
+        )
     )
 
 

@@ -4,7 +4,7 @@ died, one task prefetched at a time, JSON only, explicit queues and time limits.
 from __future__ import annotations
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from shared.config import Settings
 
@@ -22,15 +22,19 @@ def create_celery(settings: Settings | None = None) -> Celery:
         result_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,
-        task_queues=[Queue(name) for name in QUEUES],
+        # One direct exchange per queue, so a message lands in exactly the queue it names.
+        task_queues=[Queue(name, Exchange(name, type="direct"), routing_key=name) for name in QUEUES],
         task_default_queue="celery",
-        # Longer than any retry countdown, so Redis never redelivers a task still waiting.
-        broker_transport_options={"visibility_timeout": 3600},
+        task_default_exchange="celery",
+        task_default_routing_key="celery",
         task_soft_time_limit=60,
         task_time_limit=90,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        # Longer than any retry countdown, so Redis never redelivers a task still waiting.
+        app.conf.broker_transport_options = {"visibility_timeout": 3600}
     app.conf.payments_settings = settings
     return app
 

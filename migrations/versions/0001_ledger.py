@@ -37,7 +37,7 @@ def upgrade() -> None:
     op.create_table(
         "members",
         sa.Column("member_id", sa.String(64), primary_key=True),
-        sa.Column("account_id", sa.BigInteger, sa.ForeignKey("accounts.id"), nullable=False),
+        sa.Column("account_id", BigId, sa.ForeignKey("accounts.id"), nullable=False),
         sa.Column("email", sa.String(254), nullable=False),
         sa.Column("first_name", sa.String(100), nullable=False),
         sa.Column("last_name", sa.String(100), nullable=False),
@@ -53,7 +53,7 @@ def upgrade() -> None:
     op.create_table(
         "organisations",
         sa.Column("org_id", sa.String(64), primary_key=True),
-        sa.Column("account_id", sa.BigInteger, sa.ForeignKey("accounts.id"), nullable=False),
+        sa.Column("account_id", BigId, sa.ForeignKey("accounts.id"), nullable=False),
         sa.Column("name", sa.String(200), nullable=False),
         sa.Column("settlement_fee_percent", sa.Numeric(5, 2), nullable=True),
         sa.Column("minimum_balance_after_settlement", sa.BigInteger, nullable=False),
@@ -87,8 +87,8 @@ def upgrade() -> None:
     op.create_table(
         "postings",
         sa.Column("id", BigId, primary_key=True),
-        sa.Column("entry_id", sa.BigInteger, sa.ForeignKey("journal_entries.id"), nullable=False),
-        sa.Column("account_id", sa.BigInteger, sa.ForeignKey("accounts.id"), nullable=False),
+        sa.Column("entry_id", BigId, sa.ForeignKey("journal_entries.id"), nullable=False),
+        sa.Column("account_id", BigId, sa.ForeignKey("accounts.id"), nullable=False),
         sa.Column("amount", sa.BigInteger, nullable=False),
         sa.UniqueConstraint("entry_id", "account_id", name="uq_postings_entry_id_account_id"),
         sa.CheckConstraint("amount <> 0", name="amount_not_zero"),

@@ -1,0 +1,87 @@
+"""The `payments` command, really started: `db upgrade`, `worker` on Redis, and `run` on the
+embedded default (SQLite database, SQLite broker)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import urllib.request
+import uuid
+from pathlib import Path
+
+from celery import Celery
+from sqlalchemy import inspect, text
+
+from shared.db import make_engine
+from tests.conftest import REDIS_URL
+from tests.e2e.processes import PAYMENTS, free_port, start, stop, wait_for
+
+
+def test_db_upgrade_creates_the_schema_and_running_it_again_changes_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/payments.db"
+    for _ in range(2):
+        done = subprocess.run(
+            [PAYMENTS, "db", "upgrade"], env={"PAYMENTS_DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
+            capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        tables = set(inspect(conn).get_table_names())
+        systems = conn.execute(text("SELECT owner FROM accounts WHERE kind = 'system' ORDER BY owner")).scalars().all()
+    engine.dispose()
+    assert {"accounts", "members", "organisations", "journal_entries", "postings"} <= tables
+    assert systems == ["adjustments", "bank", "fees", "stripe"]
+
+
+def test_worker_consumes_its_named_queues_and_celerys_default_queue(tmp_path: Path) -> None:
+    queue_suffix = uuid.uuid4().hex[:6]
+    log = tmp_path / "worker.log"
+    worker = start(
+        ["worker", "--concurrency", "1", "--hostname", f"test-{queue_suffix}@%h"],
+        {"PAYMENTS_BROKER_URL": REDIS_URL},
+        log,
+    )
+    sender = Celery(broker=REDIS_URL)
+    try:
+        wait_for(lambda: sender.control.ping(timeout=0.5), "the worker to answer a ping")
+        sent = [
+            sender.send_task("payments.ping", queue="payments").id,
+            sender.send_task("payments.ping").id,  # no queue: Celery's default `celery`
+        ]
+        for task_id in sent:
+            wait_for(lambda: f"payments.ping[{task_id}] succeeded" in log.read_text(), f"task {task_id}")
+    finally:
+        assert stop(worker) == 0, log.read_text()[-2000:]
+        sender.close()
+
+
+def test_run_serves_the_api_on_sqlite_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
+    port = free_port()
+    log = tmp_path / "run.log"
+    stack = start(["run", "--port", str(port)], {"PAYMENTS_API_TOKEN": "t0ken"}, log, cwd=tmp_path)
+    try:
+        def ready() -> dict | None:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
+                return json.load(response)
+
+        assert wait_for(ready, "the stack to be ready", timeout=60) == {
+            "status": "ready",
+            "checks": {"database": True, "broker": True},
+        }
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/api/admin/summary", headers={"Authorization": "Bearer t0ken"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert json.load(response)["members"] == 0
+        assert (tmp_path / "var" / "payments.db").exists()
+        assert (tmp_path / "var" / "broker.db").exists()
+        stack.send_signal(signal.SIGINT)
+        assert stack.wait(timeout=30) == 0
+    finally:
+        stop(stack)
+    output = log.read_text()
+    assert f"API on http://127.0.0.1:{port}" in output
+    assert "payments stopped" in output
+    assert "t0ken" not in output

@@ -1,0 +1,78 @@
+"""shared.config: PAYMENTS_* read once; a bad value names its variable; secrets never print."""
+
+from decimal import Decimal
+
+import pytest
+
+from shared.config import CallbackRoute, Settings
+from shared.errors import ConfigError
+
+
+def test_defaults_are_the_embedded_stack_and_the_spec_settings() -> None:
+    settings = Settings.from_env({})
+    assert settings.database_url == "sqlite:///var/payments.db"
+    assert settings.broker_url == "sqla+sqlite:///var/broker.db"
+    assert settings.api_token is None
+    assert str(settings.time_zone) == "Australia/Sydney"
+    assert (settings.auto_topup_low_limit, settings.auto_topup_default_amount) == (20_00, 100_00)
+    assert (settings.auto_topup_min_amount, settings.auto_topup_max_amount) == (50_00, 2000_00)
+    assert (settings.manual_topup_min, settings.manual_topup_max_balance) == (50_00, 2000_00)
+    assert settings.transfer_max == 2000_00
+    assert settings.settlement_fee_percent == Decimal("2.00")
+    assert (settings.card_refund_fee_percent, settings.card_refund_window_days) == (Decimal("3.00"), 84)
+
+
+def test_variables_override_the_defaults() -> None:
+    settings = Settings.from_env(
+        {
+            "PAYMENTS_AUTO_TOPUP_LOW_LIMIT": "25.50",
+            "PAYMENTS_SETTLEMENT_FEE_PERCENT": "1.75",
+            "PAYMENTS_TIME_ZONE": "Australia/Perth",
+            "PAYMENTS_CALLBACK_ROUTES": "EVT=events.paid@events, CLB=clubs.paid",
+            "PAYMENTS_NOTIFY_TASK": "notify.send@mail",
+        }
+    )
+    assert settings.auto_topup_low_limit == 25_50
+    assert settings.settlement_fee_percent == Decimal("1.75")
+    assert str(settings.time_zone) == "Australia/Perth"
+    assert settings.callback_routes == {
+        "EVT": CallbackRoute("events.paid", "events"),
+        "CLB": CallbackRoute("clubs.paid", "celery"),
+    }
+    assert settings.notify_task == CallbackRoute("notify.send", "mail")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PAYMENTS_AUTO_TOPUP_LOW_LIMIT", "twenty"),
+        ("PAYMENTS_AUTO_TOPUP_LOW_LIMIT", "20.001"),
+        ("PAYMENTS_TRANSFER_MAX", "-1"),
+        ("PAYMENTS_SETTLEMENT_FEE_PERCENT", "101"),
+        ("PAYMENTS_SETTLEMENT_FEE_PERCENT", "NaN"),
+        ("PAYMENTS_TIME_ZONE", "Mars/Olympus"),
+        ("PAYMENTS_CARD_REFUND_WINDOW_DAYS", "12w"),
+        ("PAYMENTS_CALLBACK_ROUTES", "no-equals-sign"),
+        ("PAYMENTS_CALLBACK_ROUTES", "X=bad task@q"),
+        ("PAYMENTS_AUTO_TOPUP_DEFAULT_AMOUNT", "10.00"),
+    ],
+)
+def test_a_bad_value_names_its_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({name: value})
+    assert caught.value.field == name
+    assert name in caught.value.message
+
+
+def test_secrets_never_appear_in_the_settings_repr() -> None:
+    settings = Settings.from_env(
+        {
+            "PAYMENTS_API_TOKEN": "tok-123-secret",
+            "PAYMENTS_STRIPE_API_KEY": "sk_test_secret",
+            "PAYMENTS_STRIPE_WEBHOOK_SECRET": "whsec_secret",
+            "PAYMENTS_SMTP_URL": "smtp://user:pw-secret@mail",
+        }
+    )
+    shown = repr(settings)
+    for secret in ("tok-123-secret", "sk_test_secret", "whsec_secret", "pw-secret"):
+        assert secret not in shown
