@@ -26,6 +26,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     verbs.add_parser("worker", help="a Celery worker on every queue", add_help=False)
     verbs.add_parser("beat", help="the scheduler", add_help=False)
 
+    box = verbs.add_parser("outbox", help="callbacks and e-mails waiting to be sent")
+    box_verbs = box.add_subparsers(dest="action", required=True)
+    replay = box_verbs.add_parser("replay", help="send a message again now (e.g. after fixing a route)")
+    replay.add_argument("id", type=int)
+
     run = verbs.add_parser("run", help="the whole stack locally; Ctrl-C stops it")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
@@ -39,6 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _worker(rest)
     if args.verb == "beat":
         return _beat(rest)
+    if args.verb == "outbox":
+        return _outbox_replay(args.id)
     if args.verb == "run":
         return _run(args.host, args.port)
     parser.error(f"unknown verb {args.verb}")
@@ -86,9 +93,39 @@ def _beat(extra: Sequence[str]) -> int:
     from scheduler.schedule import beat_schedule
     from worker.app import app
 
-    app.conf.beat_schedule = beat_schedule
+    app.conf.beat_schedule = beat_schedule()
     app.start(["beat", "--loglevel", "INFO", *extra])
     return 0
+
+
+def _outbox_replay(outbox_id: int) -> int:
+    """Make the message pending again and send it from here, with this shell's settings."""
+    from shared import outbox
+    from shared.client import celery_for
+    from shared.config import Settings
+    from shared.db import make_engine, make_sessions
+    from shared.errors import NotFound
+
+    settings = Settings.from_env()
+    sessions = make_sessions(make_engine(settings.database_url))
+    try:
+        with sessions.begin() as session:
+            outbox.replay(session, outbox_id)
+    except NotFound as exc:
+        print(exc.message, file=sys.stderr)
+        return 1
+    sender = celery_for(settings.broker_url)
+    outcome, delay = outbox.deliver(
+        sessions, outbox_id, settings, lambda task, kwargs, queue: sender.send_task(task, kwargs=kwargs, queue=queue)
+    )
+    with sessions.begin() as session:
+        error = session.get(outbox.OutboxMessage, outbox_id).last_error
+    if outcome == "sent":
+        print(f"outbox {outbox_id}: sent")
+        return 0
+    then = "it is dead again" if outcome == "dead" else "it stays pending and the relay retries it"
+    print(f"outbox {outbox_id}: not sent ({error}); {then}", file=sys.stderr)
+    return 1
 
 
 def _run(host: str, port: int) -> int:
@@ -101,8 +138,9 @@ def _run(host: str, port: int) -> int:
     children = [
         subprocess.Popen([*me, "webhook", "--host", host, "--port", str(port), "--workers", "1"]),
         subprocess.Popen([*me, "worker", "--concurrency", "1"]),
+        subprocess.Popen([*me, "beat", "--schedule", "var/celerybeat-schedule"]),
     ]
-    print(f"payments is running: API on http://{host}:{port}, worker on {_safe(settings.broker_url)}")
+    print(f"payments is running: API on http://{host}:{port}, worker and beat on {_safe(settings.broker_url)}")
     if not settings.api_token:
         print("note: PAYMENTS_API_TOKEN is not set, so /api/* answers 503", flush=True)
     stopping = False

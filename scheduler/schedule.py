@@ -1,10 +1,30 @@
-"""The beat schedule. Each job is also safe to send by hand, and to run twice at once.
-
-Empty until the periodic jobs land (auto top-up sweep, inbox redrive, outbox relay,
-reconciliation, checkout expiry); `payments beat` serves it as it stands."""
+"""The beat schedule (`payments beat`). Every job is also safe to send by hand at any time, and
+to run twice at once. Intervals are configurable: PAYMENTS_<JOB>_SECONDS."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-beat_schedule: dict[str, dict[str, Any]] = {}
+from shared.errors import ConfigError
+
+
+def _every(job: str, default: float) -> float:
+    name = f"PAYMENTS_{job.upper()}_SECONDS"
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}: {value!r} is not a number of seconds", field=name) from None
+    if seconds <= 0:
+        raise ConfigError(f"{name}: must be more than 0", field=name)
+    return seconds
+
+
+def beat_schedule() -> dict[str, dict[str, Any]]:
+    return {
+        "relay-outbox": {"task": "payments.relay_outbox", "schedule": _every("relay_outbox", 30)},
+        "redrive-requests": {"task": "payments.redrive_requests", "schedule": _every("redrive_requests", 60)},
+    }

@@ -51,6 +51,10 @@ class Settings:
     card_refund_window_days: int = 84
     # The largest single amount any request may carry (adjustments included).
     max_amount: int = 1_000_000_00
+    # Outbox delivery: tries before a message is dead, and the first backoff in seconds.
+    outbox_max_attempts: int = 8
+    outbox_backoff_seconds: float = 2.0
+    low_balance_warning_days: int = 7
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -89,6 +93,18 @@ class Settings:
                 raise ConfigError(f"{name}: {value!r} is not a whole number", field=name)
             return int(value)
 
+        def seconds(name: str, default: float) -> float:
+            value = text(name)
+            if value is None:
+                return default
+            try:
+                number = float(value)
+            except ValueError:
+                raise ConfigError(f"{name}: {value!r} is not a number of seconds", field=name) from None
+            if not 0 < number <= 3600:
+                raise ConfigError(f"{name}: {value!r} is not between 0 and 3600 seconds", field=name)
+            return number
+
         zone_name = text("PAYMENTS_TIME_ZONE") or "Australia/Sydney"
         try:
             zone = ZoneInfo(zone_name)
@@ -122,6 +138,9 @@ class Settings:
             card_refund_fee_percent=percent("PAYMENTS_CARD_REFUND_FEE_PERCENT", Decimal("3.00")),
             card_refund_window_days=whole("PAYMENTS_CARD_REFUND_WINDOW_DAYS", 84),
             max_amount=cents("PAYMENTS_MAX_AMOUNT", 1_000_000_00),
+            outbox_max_attempts=max(1, whole("PAYMENTS_OUTBOX_MAX_ATTEMPTS", 8)),
+            outbox_backoff_seconds=seconds("PAYMENTS_OUTBOX_BACKOFF_SECONDS", 2.0),
+            low_balance_warning_days=whole("PAYMENTS_LOW_BALANCE_WARNING_DAYS", 7),
         )
         if not settings.auto_topup_min_amount <= settings.auto_topup_default_amount <= settings.auto_topup_max_amount:
             raise ConfigError(

@@ -2,20 +2,24 @@
 
 `post` books a balanced journal entry inside the caller's transaction and never commits:
 
-1. It claims the entry's idempotency key (INSERT ... ON CONFLICT DO NOTHING). A key already
-   used with the same payload returns the first booking and books nothing; with a different
-   payload it raises `Conflict`.
-2. It locks, with SELECT ... FOR UPDATE in ascending account id (one fixed total order, so
-   two bookings can never wait on each other in a cycle), only the member and organisation
-   accounts the entry debits: those are the ones that could be overdrawn. Credits and system
-   accounts take no lock, because a credit can never overdraw; so a hot club or the `stripe`
-   account never serialises payments. There are no table locks.
+1. A key already used with the same payload returns the first booking and books nothing; with
+   a different payload it raises `Conflict`.
+2. It locks, in ascending account id (one fixed total order, so two bookings can never wait on
+   each other in a cycle), only the member and organisation accounts the entry debits: those
+   are the ones that could be overdrawn. Credits and system accounts take no lock, because a
+   credit can never overdraw; so a hot club or the `stripe` account never serialises
+   payments. There are no table locks.
 3. Under those locks it reads each debited account's balance (the sum of its committed
    postings: a concurrent uncommitted credit is not counted yet, which can only make the check
-   stricter) and refuses a debit that would take it below zero, unless the entry is an admin
-   adjustment that explicitly allows it.
-4. It inserts the postings. On PostgreSQL a deferred trigger checks again at commit that the
-   entry sums to zero.
+   stricter) and refuses, writing nothing, a debit that would take it below zero, unless the
+   entry is an admin adjustment that explicitly allows it.
+4. It claims the key (INSERT ... ON CONFLICT DO NOTHING, which waits for a concurrent holder
+   of the same key) and inserts the postings. On PostgreSQL a deferred trigger checks again
+   at commit that the entry sums to zero.
+
+On PostgreSQL these steps run inside the `ledger_post` function (migration 0003): one round
+trip per booking. Elsewhere (SQLite, the embedded default) `_post_portable` runs the same
+steps from Python.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import func, insert, select
@@ -80,14 +84,75 @@ class Booking:
     entry_id: int
     created_at: datetime
     replayed: bool = False
-    balances: dict[int, int] = field(default_factory=dict)
 
 
 def post(session: Session, entry: Entry, *, now: datetime | None = None) -> Booking:
-    """Book `entry` in the caller's transaction; see the module docstring for the rules."""
+    """Book `entry` in the caller's transaction; see the module docstring for the rules.
+
+    Raises `InsufficientFunds` or `Conflict` having written nothing.
+    """
     _validate(entry)
-    digest = entry.payload_hash()
     created_at = now or utcnow()
+    if session.get_bind().dialect.name == "postgresql":
+        return _post_postgresql(session, entry, created_at)
+    return _post_portable(session, entry, created_at)
+
+
+_LEDGER_POST = (
+    "SELECT outcome, entry_id, created_at, short_account, short_balance FROM ledger_post("
+    "%(key)s, %(hash)s, %(type)s, %(description)s, %(reference)s, %(created_at)s, %(event_id)s,"
+    " %(session_id)s, %(admin_id)s, %(allow_negative)s, %(accounts)s::bigint[], %(amounts)s::bigint[])"
+)
+
+
+def _post_postgresql(session: Session, entry: Entry, created_at: datetime) -> Booking:
+    row = (
+        session.connection()
+        .exec_driver_sql(
+            _LEDGER_POST,
+            {
+                "key": entry.key,
+                "hash": entry.payload_hash(),
+                "type": entry.type.value,
+                "description": entry.description,
+                "reference": entry.reference or entry.key,
+                "created_at": created_at,
+                "event_id": entry.event_id,
+                "session_id": entry.session_id,
+                "admin_id": entry.admin_id,
+                "allow_negative": entry.allow_negative,
+                "accounts": [line.account_id for line in entry.lines],
+                "amounts": [line.amount for line in entry.lines],
+            },
+        )
+        .one()
+    )
+    if row.outcome == "booked":
+        return Booking(entry_id=row.entry_id, created_at=row.created_at)
+    if row.outcome == "replayed":
+        return Booking(entry_id=row.entry_id, created_at=row.created_at, replayed=True)
+    if row.outcome == "conflict":
+        raise _conflict(entry, row.entry_id)
+    debit = next(line.amount for line in entry.lines if line.account_id == row.short_account)
+    raise _insufficient(session, row.short_account, int(row.short_balance), debit)
+
+
+def _post_portable(session: Session, entry: Entry, created_at: datetime) -> Booking:
+    digest = entry.payload_hash()
+    debits = {line.account_id: line.amount for line in entry.lines if line.amount < 0}
+    first = _first_booking(session, entry, digest)
+    if first is not None:
+        return first
+    held = lock_accounts(session, debits)
+    if held:
+        first = _first_booking(session, entry, digest)
+        if first is not None:
+            return first
+        if not entry.allow_negative:
+            before = balances(session, held)
+            for account_id in held:
+                if before[account_id] + debits[account_id] < 0:
+                    raise _insufficient(session, account_id, before[account_id], debits[account_id])
 
     entry_id = session.execute(
         _insert_new_key(session)
@@ -105,29 +170,14 @@ def post(session: Session, entry: Entry, *, now: datetime | None = None) -> Book
         .returning(JournalEntry.id)
     ).scalar_one_or_none()
     if entry_id is None:
-        return _replay(session, entry, digest)
-
-    debits = {line.account_id: line.amount for line in entry.lines if line.amount < 0}
-    held = lock_accounts(session, debits)
-    before = balances(session, held)
-    for account_id in held:
-        after = before[account_id] + debits[account_id]
-        if after < 0 and not entry.allow_negative:
-            kind, owner = _describe(session, account_id)
-            raise InsufficientFunds(
-                f"{kind} {owner}: balance {format_cents(before[account_id])}, "
-                f"needs {format_cents(-debits[account_id])}"
-            )
-
+        first = _first_booking(session, entry, digest)
+        assert first is not None
+        return first
     session.execute(
         insert(Posting),
         [{"entry_id": entry_id, "account_id": l.account_id, "amount": l.amount} for l in entry.lines],
     )
-    return Booking(
-        entry_id=entry_id,
-        created_at=created_at,
-        balances={account_id: before[account_id] + debits[account_id] for account_id in held},
-    )
+    return Booking(entry_id=entry_id, created_at=created_at)
 
 
 def lock_accounts(session: Session, account_ids: Iterable[int]) -> list[int]:
@@ -144,7 +194,9 @@ def lock_accounts(session: Session, account_ids: Iterable[int]) -> list[int]:
             select(Account.id)
             .where(Account.id.in_(ids), Account.kind != AccountKind.SYSTEM.value)
             .order_by(Account.id)
-            .with_for_update()
+            # NO KEY UPDATE: enough to serialise debits, and it does not block the
+            # foreign-key checks of concurrent postings to the same account.
+            .with_for_update(key_share=True)
         )
     )
 
@@ -211,18 +263,30 @@ def _validate(entry: Entry) -> None:
         )
 
 
-def _replay(session: Session, entry: Entry, digest: str) -> Booking:
+def _first_booking(session: Session, entry: Entry, digest: str) -> Booking | None:
+    """The booking already made under the entry's key, if any; a different payload is a conflict."""
     first = session.execute(
         select(JournalEntry.id, JournalEntry.created_at, JournalEntry.payload_hash).where(
             JournalEntry.idempotency_key == entry.key
         )
-    ).one()
+    ).one_or_none()
+    if first is None:
+        return None
     if first.payload_hash != digest:
-        raise Conflict(
-            f"request {entry.key}: already used for a different booking (entry {first.id})",
-            field="request_id",
-        )
+        raise _conflict(entry, first.id)
     return Booking(entry_id=first.id, created_at=first.created_at, replayed=True)
+
+
+def _conflict(entry: Entry, first_entry_id: int) -> Conflict:
+    return Conflict(
+        f"request {entry.key}: already used for a different booking (entry {first_entry_id})",
+        field="request_id",
+    )
+
+
+def _insufficient(session: Session, account_id: int, balance: int, debit: int) -> InsufficientFunds:
+    kind, owner = _describe(session, account_id)
+    return InsufficientFunds(f"{kind} {owner}: balance {format_cents(balance)}, needs {format_cents(-debit)}")
 
 
 def _describe(session: Session, account_id: int) -> tuple[str, str]:

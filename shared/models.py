@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated
+from typing import Annotated, Any
 
 from sqlalchemy import (
     BigInteger,
@@ -20,6 +20,7 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    JSON,
     Integer,
     MetaData,
     Numeric,
@@ -148,6 +149,8 @@ class Member(Base):
     auto_topup_status: Mapped[str] = mapped_column(String(16), default=AutoTopUpStatus.OFF.value)
     auto_topup_amount: Mapped[Cents]
     stripe_customer_id: Mapped[str | None] = mapped_column(String(255))
+    # When the last low-balance warning was queued: at most one per 7 days (SPEC 3).
+    low_balance_warned_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     created_at: Mapped[Timestamp]
     updated_at: Mapped[Timestamp]
 
@@ -206,3 +209,84 @@ class Posting(Base):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+class RequestKind(enum.StrEnum):
+    PAYMENT = "payment"
+    TRANSFER = "transfer"
+    SETTLEMENT = "settlement"
+
+
+class RequestStatus(enum.StrEnum):
+    """CONTRACT statuses; `completed` is a settlement whose per-organisation results are in."""
+
+    QUEUED = "queued"
+    PAID = "paid"
+    AWAITING_CARD = "awaiting_card"
+    DECLINED = "declined"
+    FAILED = "failed"
+    COMPLETED = "completed"
+
+
+TERMINAL_STATUSES = (RequestStatus.PAID, RequestStatus.DECLINED, RequestStatus.FAILED, RequestStatus.COMPLETED)
+
+
+class PaymentRequest(Base):
+    """One caller-chosen request id and its outcome: the one place a request's status lives."""
+
+    __tablename__ = "payment_requests"
+    __table_args__ = (
+        CheckConstraint(_in("kind", RequestKind), name="kind"),
+        CheckConstraint(_in("status", RequestStatus), name="status"),
+        Index("ix_payment_requests_status_updated_at", "status", "updated_at"),
+    )
+
+    request_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    payload_hash: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    member_id: Mapped[str | None] = mapped_column(String(64))
+    amount: Mapped[Cents]
+    reason: Mapped[str | None] = mapped_column(String(300))
+    route_code: Mapped[str | None] = mapped_column(String(64))
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[Timestamp]
+    updated_at: Mapped[Timestamp]
+
+
+class OutboxKind(enum.StrEnum):
+    CALLBACK = "callback"
+    NOTIFICATION = "notification"
+
+
+class OutboxStatus(enum.StrEnum):
+    PENDING = "pending"
+    SENT = "sent"
+    DEAD = "dead"
+
+
+class OutboxMessage(Base):
+    """A side effect written in the same transaction as the change that causes it (DESIGN 6)."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (
+        CheckConstraint(_in("kind", OutboxKind), name="kind"),
+        CheckConstraint(_in("status", OutboxStatus), name="status"),
+        Index("ix_outbox_status_next_attempt_at", "status", "next_attempt_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    # What makes this message unique, e.g. "callback:REQ-1": one callback per request.
+    dedup_key: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(8), default=OutboxStatus.PENDING.value)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[Timestamp]
+    # Not before this time: a failed send backs off; a claimed row is leased until then.
+    next_attempt_at: Mapped[Timestamp]
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

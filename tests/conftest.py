@@ -55,7 +55,7 @@ def engine(database_url: str) -> Iterator[Engine]:
 def clean_db(engine: Engine) -> None:
     """Empty every table but the system accounts the migration created."""
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE postings, journal_entries, members, organisations"))
+        conn.execute(text("TRUNCATE postings, journal_entries, members, organisations, payment_requests, outbox"))
         conn.execute(text("DELETE FROM accounts WHERE kind <> 'system'"))
 
 

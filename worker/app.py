@@ -3,17 +3,30 @@ died, one task prefetched at a time, JSON only, explicit queues and time limits.
 
 from __future__ import annotations
 
+from functools import cache
+
 from celery import Celery
 from kombu import Exchange, Queue
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
+from shared.db import make_engine, make_sessions
 
 QUEUES = ("webhooks", "payments", "topups", "outbox", "celery")
 
+ROUTES = {
+    "payments.pay": {"queue": "payments"},
+    "payments.transfer": {"queue": "payments"},
+    "payments.settle": {"queue": "payments"},
+    "payments.dispatch_outbox": {"queue": "outbox"},
+    "payments.relay_outbox": {"queue": "outbox"},
+    "payments.redrive_requests": {"queue": "payments"},
+}
 
-def create_celery(settings: Settings | None = None) -> Celery:
-    settings = settings or Settings.from_env()
-    app = Celery("payments", broker=settings.broker_url, include=["worker.tasks"])
+
+def create_celery(config: Settings | None = None) -> Celery:
+    config = config or Settings.from_env()
+    app = Celery("payments", broker=config.broker_url, include=["worker.tasks"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -27,16 +40,27 @@ def create_celery(settings: Settings | None = None) -> Celery:
         task_default_queue="celery",
         task_default_exchange="celery",
         task_default_routing_key="celery",
+        task_routes=ROUTES,
         task_soft_time_limit=60,
         task_time_limit=90,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
     )
-    if settings.broker_url.startswith(("redis://", "rediss://")):
+    if config.broker_url.startswith(("redis://", "rediss://")):
         # Longer than any retry countdown, so Redis never redelivers a task still waiting.
         app.conf.broker_transport_options = {"visibility_timeout": 3600}
-    app.conf.payments_settings = settings
+    app.conf.payments_settings = config
     return app
 
 
 app = create_celery()
+
+
+def settings() -> Settings:
+    return app.conf.payments_settings
+
+
+@cache
+def sessions() -> sessionmaker[Session]:
+    """One engine per worker process, made on first use (after the prefork)."""
+    return make_sessions(make_engine(settings().database_url, pool_size=2))

@@ -1,13 +1,129 @@
-"""Celery tasks: thin, named `payments.*`, taking ids and calling one `shared` function each.
+"""Celery tasks: thin, named `payments.*`, each one step in one transaction calling `shared`.
 
-The payment, Stripe and outbox tasks arrive with their issues; `payments.ping` lets an operator
-or a test check a worker end to end."""
+Tasks take ids or plain JSON fields, never ORM objects. Transient database or broker errors
+retry with exponential backoff and jitter; bad input is recorded as a failed request and never
+retried. Outbox rows a step wrote are handed to `payments.dispatch_outbox` after commit.
+"""
 
 from __future__ import annotations
 
-from worker.app import app
+import logging
+from datetime import timedelta
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
+
+from shared import outbox, payments, requests, settlements, transfers
+from shared.errors import Conflict, InvalidInput
+from shared.models import RequestKind
+from worker.app import app, sessions, settings
+
+log = logging.getLogger(__name__)
+
+REDRIVE_AFTER = timedelta(seconds=60)
+TRANSIENT = (OperationalError, InterfaceError, BrokerError)
+RETRY = {
+    "autoretry_for": TRANSIENT,
+    "retry_backoff": 1,
+    "retry_backoff_max": 60,
+    "retry_jitter": True,
+    "max_retries": 10,
+}
+
+
+@app.task(name="payments.pay", soft_time_limit=20, time_limit=30, **RETRY)
+def pay(**fields: Any) -> str:
+    return _decide(RequestKind.PAYMENT, fields, payments.parse, payments.pay)
+
+
+@app.task(name="payments.transfer", soft_time_limit=20, time_limit=30, **RETRY)
+def transfer(**fields: Any) -> str:
+    return _decide(RequestKind.TRANSFER, fields, transfers.parse, transfers.transfer)
+
+
+@app.task(name="payments.settle", soft_time_limit=120, time_limit=150, **RETRY)
+def settle(**fields: Any) -> str:
+    return _decide(RequestKind.SETTLEMENT, fields, settlements.parse, settlements.settle)
+
+
+@app.task(name="payments.dispatch_outbox", bind=True, soft_time_limit=30, time_limit=45, **RETRY)
+def dispatch_outbox(self: Task, outbox_id: int) -> str:
+    outcome, delay = outbox.deliver(sessions(), outbox_id, settings(), _send_task)
+    if outcome == "retry":
+        raise self.retry(countdown=delay, max_retries=None)
+    return outcome
+
+
+@app.task(name="payments.relay_outbox", soft_time_limit=60, time_limit=90, **RETRY)
+def relay_outbox() -> int:
+    """Send what is pending and due, in case the immediate send was lost."""
+    with sessions().begin() as session:
+        due = outbox.due(session)
+    _dispatch(due)
+    return len(due)
+
+
+@app.task(name="payments.redrive_requests", soft_time_limit=60, time_limit=90, **RETRY)
+def redrive_requests() -> int:
+    """Send again the task of every request still `queued` a minute after it arrived."""
+    with sessions().begin() as session:
+        stale = [(row.kind, row.payload) for row in requests.stale_queued(session, REDRIVE_AFTER)]
+    for kind, payload in stale:
+        app.send_task(requests.TASK_FOR_KIND[kind], kwargs=payload)
+    return len(stale)
 
 
 @app.task(name="payments.ping", soft_time_limit=5, time_limit=10)
 def ping() -> str:
     return "pong"
+
+
+def _decide(
+    kind: RequestKind,
+    fields: dict[str, Any],
+    parse: Callable[..., Any],
+    act: Callable[[Session, Any, Any], Any],
+) -> str:
+    config = settings()
+    try:
+        order = parse(fields, config)
+    except InvalidInput as exc:
+        return _reject(kind, fields, exc)
+    try:
+        with sessions().begin() as session:
+            row = act(session, order, config)
+            status, outbox_ids = row.status, session.info.pop("outbox", [])
+    except Conflict as exc:
+        log.warning("%s %s refused: %s", kind.value, order.request_id, exc.message)
+        return "conflict"
+    _dispatch(outbox_ids)
+    return status
+
+
+def _reject(kind: RequestKind, fields: dict[str, Any], exc: InvalidInput) -> str:
+    """A malformed request sent by name: fail it (with its callback) if it can be named at all."""
+    try:
+        with sessions().begin() as session:
+            requests.reject(session, kind, fields, exc.message)
+            outbox_ids = session.info.pop("outbox", [])
+    except (InvalidInput, Conflict) as unrecordable:
+        log.error("%s request dropped: %s (%s)", kind.value, exc.message, unrecordable.message)
+        return "invalid"
+    _dispatch(outbox_ids)
+    return "failed"
+
+
+def _dispatch(outbox_ids: list[int]) -> None:
+    for outbox_id in outbox_ids:
+        try:
+            dispatch_outbox.apply_async(args=[outbox_id], queue="outbox")
+        except BrokerError:
+            log.warning("outbox %s not enqueued now; the relay will send it", outbox_id)
+
+
+def _send_task(name: str, kwargs: dict[str, Any], queue: str) -> None:
+    app.send_task(name, kwargs=kwargs, queue=queue)

@@ -36,7 +36,7 @@ operation = st.one_of(
 
 def _reset(engine: Engine) -> None:
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE postings, journal_entries, members, organisations"))
+        conn.execute(text("TRUNCATE postings, journal_entries, members, organisations, payment_requests, outbox"))
         conn.execute(text("DELETE FROM accounts WHERE kind <> 'system'"))
 
 

@@ -1,0 +1,66 @@
+"""What a calling module imports to use payments: `pay`, `transfer`, `topup` and `settle`
+enqueue the request by task name (needing only Celery and the broker URL); `status` reads the
+outcome. The kwargs are the fields of the HTTP bodies in CONTRACT.
+
+    from shared import client
+    client.pay(request_id="evt-123-ann", member_id="ann", amount="25.00",
+               description="Congress entry", organisation_id="nsw", route_code="EVT")
+    client.status("evt-123-ann")  # {"request_id": ..., "status": "paid", ...}
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from celery import Celery
+
+from shared.config import Settings
+from shared.db import make_engine, make_sessions
+
+QUEUE = "payments"
+
+
+@cache
+def celery_for(broker_url: str) -> Celery:
+    """A bare Celery app that only sends, JSON only."""
+    return Celery("payments-client", broker=broker_url, set_as_current=False,
+                  config_source={"task_serializer": "json", "accept_content": ["json"]})
+
+
+def send(task: str, kwargs: dict[str, Any], *, queue: str = QUEUE, settings: Settings | None = None) -> None:
+    settings = settings or Settings.from_env()
+    celery_for(settings.broker_url).send_task(task, kwargs=kwargs, queue=queue)
+
+
+def pay(settings: Settings | None = None, **fields: Any) -> str:
+    send("payments.pay", fields, settings=settings)
+    return str(fields.get("request_id"))
+
+
+def transfer(settings: Settings | None = None, **fields: Any) -> str:
+    send("payments.transfer", fields, settings=settings)
+    return str(fields.get("request_id"))
+
+
+def topup(settings: Settings | None = None, **fields: Any) -> str:
+    send("payments.topup", fields, settings=settings)
+    return str(fields.get("request_id"))
+
+
+def settle(settings: Settings | None = None, **fields: Any) -> str:
+    send("payments.settle", fields, settings=settings)
+    return str(fields.get("request_id"))
+
+
+def status(request_id: str, settings: Settings | None = None) -> dict[str, Any]:
+    """The request's status document (CONTRACT `GET /api/payments/{request_id}`)."""
+    from shared import requests
+
+    settings = settings or Settings.from_env()
+    engine = make_engine(settings.database_url)
+    try:
+        with make_sessions(engine).begin() as session:
+            return requests.status_document(requests.get(session, request_id))
+    finally:
+        engine.dispose()

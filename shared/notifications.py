@@ -1,0 +1,80 @@
+"""The e-mails of SPEC 6 (transfer sent and received, low balance), composed here and queued
+in the outbox in the caller's transaction. The low-balance warning goes to members who opted
+in, at most once per member per `low_balance_warning_days` (SPEC 3)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from zoneinfo import ZoneInfo
+
+from sqlalchemy.orm import Session
+
+from shared import outbox, statements
+from shared.models import Member, utcnow
+from shared.money import format_cents
+
+
+def transfer_emails(
+    session: Session, request_id: str, sender: Member, recipient: Member, amount: int, description: str
+) -> None:
+    money = format_cents(amount)
+    outbox.add_notification(
+        session,
+        f"transfer-sent:{request_id}",
+        _email(
+            sender,
+            "transfer_sent",
+            f"You sent {money} to {recipient.first_name} {recipient.last_name}",
+            f"You transferred {money} to {recipient.first_name} {recipient.last_name}: {description}.",
+        ),
+        request_id=request_id,
+    )
+    outbox.add_notification(
+        session,
+        f"transfer-received:{request_id}",
+        _email(
+            recipient,
+            "transfer_received",
+            f"You received {money} from {sender.first_name} {sender.last_name}",
+            f"{sender.first_name} {sender.last_name} transferred {money} to you: {description}.",
+        ),
+        request_id=request_id,
+    )
+
+
+def maybe_warn_low_balance(
+    session: Session, member: Member, balance: int, *, zone: ZoneInfo, throttle_days: int
+) -> bool:
+    """Queue a low-balance e-mail unless the member opted out or had one recently."""
+    now = utcnow()
+    if not member.low_balance_emails:
+        return False
+    if member.low_balance_warned_at and now - member.low_balance_warned_at < timedelta(days=throttle_days):
+        return False
+    member.low_balance_warned_at = now
+    recent = statements.statement(session, member.account_id, zone, limit=5)
+    lines = "\n".join(
+        f"  {row.date:%Y-%m-%d %H:%M}  {row.type:<18} {format_cents(row.amount):>10}  {row.description}"
+        for row in recent
+    )
+    outbox.add_notification(
+        session,
+        f"low-balance:{member.member_id}:{now.isoformat()}",
+        _email(
+            member,
+            "low_balance",
+            "Your Bridge Credits balance is low",
+            f"Your balance is {format_cents(balance)}.\n\nYour last transactions:\n{lines}\n",
+        ),
+    )
+    return True
+
+
+def _email(member: Member, kind: str, subject: str, body: str) -> dict[str, str]:
+    return {
+        "kind": kind,
+        "member_id": member.member_id,
+        "to": member.email,
+        "subject": subject,
+        "body": f"Dear {member.first_name},\n\n{body}\n",
+    }

@@ -1,0 +1,162 @@
+"""Settlements (SPEC 5): paying an organisation's money out to its bank, per organisation for a
+reference date (default: the last day of last month, local time).
+
+gross = the balance at the end of the reference date; net = gross - the organisation's minimum
+balance after settlement (or the admin's override amount); only net > 0 is settled;
+bank amount = round(net * (1 - fee/100), 2), half up; booking: organisation -net,
+`bank` +bank amount, `fees` +(net - bank amount). Example: 1000.00, minimum 100.00, 2 % ->
+net 900.00, bank 882.00, fee 18.00. One organisation and reference date settle once, whatever
+the request id: the entry's idempotency key is `settlement:{org}:{date}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared import fields, ledger, profiles, requests, statements
+from shared.config import Settings
+from shared.errors import Conflict, InsufficientFunds, InvalidInput, NotFound
+from shared.ledger import Entry, Line
+from shared.models import EntryType, JournalEntry, PaymentRequest, RequestKind, RequestStatus, SystemAccount, utcnow
+from shared.money import format_cents, parse_cents
+
+MAX_ORGANISATIONS = 1000
+
+
+@dataclass(frozen=True)
+class SettlementOrder:
+    request_id: str
+    reference_date: date
+    organisations: tuple[tuple[str, int | None], ...]  # (org id, override amount in cents)
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "reference_date": self.reference_date.isoformat(),
+            "organisations": [
+                {"organisation_id": org, "override_amount": None if o is None else format_cents(o)}
+                for org, o in self.organisations
+            ],
+        }
+
+
+def default_reference_date(today: date) -> date:
+    """The last day of last month."""
+    return today.replace(day=1) - timedelta(days=1)
+
+
+def bank_amount(net: int, fee_percent: Decimal) -> int:
+    """round(net * (1 - fee/100), 2), half up, in cents."""
+    return int((Decimal(net) * (100 - fee_percent) / 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def parse(body: Mapping[str, Any], settings: Settings, *, now: datetime | None = None) -> SettlementOrder:
+    today = (now or utcnow()).astimezone(settings.time_zone).date()
+    raw_date = body.get("reference_date")
+    reference = default_reference_date(today) if raw_date is None else fields.local_date(raw_date, "reference_date")
+    if reference >= today:
+        raise InvalidInput(
+            f"reference_date: {reference} has not ended yet (today is {today})", field="reference_date"
+        )
+    items = body.get("organisations")
+    if not isinstance(items, list) or not items or len(items) > MAX_ORGANISATIONS:
+        raise InvalidInput(
+            f"organisations: expected a list of 1 to {MAX_ORGANISATIONS} organisations", field="organisations"
+        )
+    organisations: list[tuple[str, int | None]] = []
+    for item in items:
+        if not isinstance(item, dict):
+            raise InvalidInput("organisations: each item must be an object", field="organisations")
+        org = fields.identifier(item.get("organisation_id"), "organisation_id")
+        override = item.get("override_amount")
+        cents = None if override is None else parse_cents(
+            override, "override_amount", minimum=1, maximum=settings.max_amount
+        )
+        organisations.append((org, cents))
+    if len({org for org, _ in organisations}) != len(organisations):
+        raise InvalidInput("organisations: an organisation is listed twice", field="organisations")
+    return SettlementOrder(
+        request_id=fields.identifier(body.get("request_id"), "request_id"),
+        reference_date=reference,
+        organisations=tuple(organisations),
+    )
+
+
+def record(session: Session, order: SettlementOrder) -> tuple[PaymentRequest, bool]:
+    total = 0  # the amounts are only known when settled
+    return requests.record(session, RequestKind.SETTLEMENT, order.request_id, order.payload(), amount=total)
+
+
+def settle(session: Session, order: SettlementOrder, settings: Settings) -> PaymentRequest:
+    """Settle each organisation in its own savepoint; the request lists every result."""
+    record(session, order)
+    row = requests.lock(session, order.request_id)
+    if row.status != RequestStatus.QUEUED.value:
+        return row
+    results = []
+    for org_id, override in order.organisations:
+        try:
+            with session.begin_nested():
+                results.append(_settle_one(session, order, org_id, override, settings))
+        except (NotFound, InsufficientFunds) as exc:
+            results.append({"organisation_id": org_id, "status": "failed", "reason": exc.message})
+    row.amount = sum(parse_cents(r["net"]) for r in results if r["status"] == "settled")
+    requests.finish(
+        session,
+        row,
+        RequestStatus.COMPLETED,
+        result={"reference_date": order.reference_date.isoformat(), "organisations": results},
+    )
+    return row
+
+
+def _settle_one(
+    session: Session, order: SettlementOrder, org_id: str, override: int | None, settings: Settings
+) -> dict[str, Any]:
+    key = f"settlement:{org_id}:{order.reference_date.isoformat()}"
+    earlier = session.scalar(select(JournalEntry.id).where(JournalEntry.idempotency_key == key))
+    if earlier is not None:
+        return {"organisation_id": org_id, "status": "already_settled", "entry_id": earlier}
+    org = profiles.get_organisation(session, org_id)
+    gross = statements.balance_at_end_of(session, org.account_id, order.reference_date, settings.time_zone)
+    net = override if override is not None else gross - org.minimum_balance_after_settlement
+    result: dict[str, Any] = {"organisation_id": org_id, "gross": format_cents(gross), "net": format_cents(max(net, 0))}
+    if net <= 0:
+        return {**result, "status": "nothing_to_settle"}
+    fee_percent = org.settlement_fee_percent if org.settlement_fee_percent is not None else settings.settlement_fee_percent
+    bank = bank_amount(net, fee_percent)
+    lines = [Line(org.account_id, -net)]
+    if bank:
+        lines.append(Line(profiles.system_account(session, SystemAccount.BANK), bank))
+    if net - bank:
+        lines.append(Line(profiles.system_account(session, SystemAccount.FEES), net - bank))
+    try:
+        booking = ledger.post(
+            session,
+            Entry(
+                key=key,
+                type=EntryType.SETTLEMENT,
+                description=f"Settlement to {order.reference_date.isoformat()}",
+                reference=order.request_id,
+                lines=tuple(lines),
+            ),
+        )
+    except Conflict:  # a concurrent request settled it first
+        earlier = session.scalar(select(JournalEntry.id).where(JournalEntry.idempotency_key == key))
+        return {"organisation_id": org_id, "status": "already_settled", "entry_id": earlier}
+    status = "already_settled" if booking.replayed else "settled"
+    return {
+        **result,
+        "status": status,
+        "fee_percent": f"{fee_percent:.2f}",
+        "bank_amount": format_cents(bank),
+        "fee": format_cents(net - bank),
+        "entry_id": booking.entry_id,
+    }

@@ -1,0 +1,85 @@
+"""End-to-end fixtures: a real `payments worker` on Redis and PostgreSQL, and a second Celery
+app consuming callbacks on its own queue. Both are started once per test session."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+
+from tests.e2e.processes import start, stop, wait_for
+
+# A Redis database of its own per run, so side-by-side runs do not share queues.
+REDIS_DB = int(os.environ.get("PAYMENTS_TEST_REDIS_DB", str(1 + uuid.uuid4().int % 14)))
+BROKER = f"redis://127.0.0.1:6379/{REDIS_DB}"
+CALLBACK_QUEUE = "events"
+CALLBACK_LIST = "callbacks-received"
+# EVT reaches the events app; GONE names a route code no one configured.
+ROUTES = f"EVT=events.payment_done@{CALLBACK_QUEUE}"
+
+
+def worker_env(database_url: str, **extra: str) -> dict[str, str]:
+    return {
+        "PAYMENTS_DATABASE_URL": database_url,
+        "PAYMENTS_BROKER_URL": BROKER,
+        "PAYMENTS_CALLBACK_ROUTES": ROUTES,
+        "PAYMENTS_OUTBOX_MAX_ATTEMPTS": "3",
+        "PAYMENTS_OUTBOX_BACKOFF_SECONDS": "0.2",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(BROKER)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def worker(database_url: str, broker: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A real `payments worker` with two processes; yields its log file."""
+    log = tmp_path_factory.mktemp("worker") / "worker.log"
+    process = start(["worker", "--concurrency", "2", "--hostname", f"e2e-{REDIS_DB}@%h"], worker_env(database_url), log)
+    sender = Celery(broker=BROKER)
+    wait_for(lambda: sender.control.ping(timeout=0.5) or process.poll() is not None, "the worker to start", 60)
+    assert process.poll() is None, log.read_text()[-3000:]
+    yield log
+    sender.close()
+    stop(process)
+
+
+@pytest.fixture(scope="session")
+def callback_consumer(broker: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The events module's own Celery worker, on its own queue."""
+    log = tmp_path_factory.mktemp("events") / "events.log"
+    env = {**os.environ, "CALLBACK_BROKER_URL": BROKER, "CALLBACK_QUEUE": CALLBACK_QUEUE, "CALLBACK_LIST": CALLBACK_LIST}
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "tests.e2e.callback_app", "worker", "--queues", CALLBACK_QUEUE,
+             "--concurrency", "1", "--hostname", f"events-{REDIS_DB}@%h", "--pool", "solo"],
+            env=env, stdout=out, stderr=subprocess.STDOUT,
+        )
+    sender = Celery(broker=BROKER)
+    wait_for(lambda: any(f"events-{REDIS_DB}" in name for r in sender.control.ping(timeout=0.5) for name in r),
+             "the events worker to start", 60)
+    yield
+    sender.close()
+    stop(process)
+
+
+@pytest.fixture
+def received(broker: redis.Redis, callback_consumer: None):
+    """A function returning the callbacks the events app has received so far."""
+    broker.delete(CALLBACK_LIST)
+    return lambda: [json.loads(item) for item in broker.lrange(CALLBACK_LIST, 0, -1)]

@@ -1,0 +1,185 @@
+"""SPEC 3, the payment request, decided by shared.payments on PostgreSQL (no worker needed)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+
+import pytest
+from freezegun import freeze_time
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import payments, profiles
+from shared.config import Settings
+from shared.errors import Conflict, InvalidInput
+from shared.models import Member, OutboxMessage, PaymentRequest, SystemAccount
+from tests.integration.helpers import add_member, add_organisation, balance_of, top_up
+
+
+@pytest.fixture
+def world(sessions: sessionmaker[Session]) -> dict[str, int]:
+    with sessions.begin() as session:
+        ids = {
+            "ann": add_member(session, "ann"),
+            "bob": add_member(session, "bob", "Bob", "Ray"),
+            "club": add_organisation(session, "club"),
+            "fees": profiles.system_account(session, SystemAccount.FEES),
+        }
+        top_up(session, ids["ann"], 100_00, "fund-ann")
+    return ids
+
+
+def order(**overrides: object) -> payments.PaymentOrder:
+    body = {"request_id": "r1", "member_id": "ann", "amount": "30.00", "description": "Table money",
+            "organisation_id": "club", "payment_type": "Club Payment", **overrides}
+    return payments.parse({k: v for k, v in body.items() if v is not None}, Settings())
+
+
+def pay(sessions: sessionmaker[Session], o: payments.PaymentOrder) -> PaymentRequest:
+    with sessions.begin() as session:
+        return payments.pay(session, o, Settings())
+
+
+def callbacks(sessions: sessionmaker[Session]) -> list[dict]:
+    with sessions.begin() as session:
+        return [m.payload for m in session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "callback"))]
+
+
+def test_enough_money_books_the_payment_and_calls_back_success(sessions, world) -> None:
+    row = pay(sessions, order(route_code="EVT", route_payload={"entry": 7}))
+    assert (row.status, row.reason) == ("paid", None)
+    assert balance_of(sessions, world["ann"]) == 70_00
+    assert balance_of(sessions, world["club"]) == 30_00
+    assert callbacks(sessions) == [
+        {"request_id": "r1", "route_code": "EVT", "route_payload": {"entry": 7},
+         "status": "success", "amount": "30.00", "reason": None}
+    ]
+
+
+def test_too_little_money_declines_books_nothing_and_calls_back_failure(sessions, world) -> None:
+    row = pay(sessions, order(amount="100.01", route_code="EVT"))
+    assert row.status == "declined"
+    assert row.reason == "insufficient funds: balance 100.00, needs 100.01"
+    assert balance_of(sessions, world["ann"]) == 100_00
+    assert balance_of(sessions, world["club"]) == 0
+    assert [c["status"] for c in callbacks(sessions)] == ["failure"]
+    assert callbacks(sessions)[0]["reason"] == row.reason
+
+
+def test_members_with_auto_top_up_or_checkout_are_declined_until_cards_arrive(sessions, world) -> None:
+    with sessions.begin() as session:
+        session.get(Member, "ann").auto_topup_status = "on"
+    assert pay(sessions, order(amount="150.00", allow_checkout=True)).status == "declined"
+    assert balance_of(sessions, world["ann"]) == 100_00
+
+
+def test_book_internals_false_decides_but_books_nothing(sessions, world) -> None:
+    assert pay(sessions, order(book_internals=False)).status == "paid"
+    assert balance_of(sessions, world["ann"]) == 100_00
+    assert balance_of(sessions, world["club"]) == 0
+
+
+def test_a_payment_to_another_member_or_to_no_one_is_booked_to_them_or_the_federation(sessions, world) -> None:
+    pay(sessions, order(request_id="to-bob", organisation_id=None, other_member_id="bob", amount="5.00"))
+    pay(sessions, order(request_id="to-fed", organisation_id=None, amount="7.00"))
+    assert balance_of(sessions, world["bob"]) == 5_00
+    assert balance_of(sessions, world["fees"]) == 7_00
+    assert balance_of(sessions, world["ann"]) == 88_00
+
+
+def test_an_unknown_member_or_organisation_fails_the_request(sessions, world) -> None:
+    assert pay(sessions, order(request_id="x1", member_id="zed", route_code="EVT")).reason == (
+        "member zed: not known to payments"
+    )
+    assert pay(sessions, order(request_id="x2", organisation_id="nowhere")).status == "failed"
+    assert [c["status"] for c in callbacks(sessions)] == ["failure"]
+    assert balance_of(sessions, world["ann"]) == 100_00
+
+
+def test_the_same_request_again_returns_the_first_outcome_and_books_once(sessions, world) -> None:
+    first = pay(sessions, order())
+    again = pay(sessions, order(amount="30"))  # the same amount, written differently
+    assert (first.status, again.status) == ("paid", "paid")
+    assert balance_of(sessions, world["ann"]) == 70_00
+    assert len(callbacks(sessions)) == 0  # no route code: no callback
+    with pytest.raises(Conflict, match="request r1: already used"):
+        pay(sessions, order(amount="31.00"))
+
+
+def test_twenty_concurrent_payments_of_ten_from_a_hundred_give_ten_paid_and_ten_declined(sessions, world) -> None:
+    orders = [order(request_id=f"c{i}", amount="10.00") for i in range(20)]
+    with ThreadPoolExecutor(20) as pool:
+        statuses = list(pool.map(lambda o: pay(sessions, o).status, orders))
+    assert sorted(statuses) == ["declined"] * 10 + ["paid"] * 10
+    assert balance_of(sessions, world["ann"]) == 0
+    assert balance_of(sessions, world["club"]) == 100_00
+
+
+def test_the_same_request_id_sent_five_times_at_once_books_once(sessions, world) -> None:
+    with ThreadPoolExecutor(5) as pool:
+        statuses = list(pool.map(lambda _: pay(sessions, order(route_code="EVT")).status, range(5)))
+    assert statuses == ["paid"] * 5
+    assert balance_of(sessions, world["ann"]) == 70_00
+    assert len(callbacks(sessions)) == 1
+    with sessions.begin() as session:
+        assert session.scalar(text("SELECT attempts FROM payment_requests WHERE request_id = 'r1'")) == 5
+
+
+def test_a_low_balance_warns_opted_in_members_at_most_once_a_week(sessions, world) -> None:
+    with sessions.begin() as session:
+        session.get(Member, "ann").low_balance_emails = True
+
+    def warnings() -> list[dict]:
+        with sessions.begin() as session:
+            return [m.payload for m in session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "notification"))]
+
+    with freeze_time("2026-03-01 10:00:00") as clock:
+        pay(sessions, order(request_id="p1", amount="75.00"))  # 25.00 left: above the limit
+        assert warnings() == []
+        pay(sessions, order(request_id="p2", amount="10.00"))  # 15.00 left
+        assert len(warnings()) == 1
+        clock.tick(timedelta(days=6))
+        pay(sessions, order(request_id="p3", amount="1.00"))
+        assert len(warnings()) == 1
+        clock.tick(timedelta(days=1, seconds=1))
+        pay(sessions, order(request_id="p4", amount="1.00"))
+    sent = warnings()
+    assert len(sent) == 2
+    assert sent[0]["to"] == "ann@example.org"
+    assert "Your balance is 15.00." in sent[0]["body"]
+    assert sent[0]["body"].count("Club Payment") == 2 and "Manual Top Up" in sent[0]["body"]
+
+
+def test_members_who_did_not_opt_in_get_no_low_balance_email(sessions, world) -> None:
+    pay(sessions, order(amount="95.00"))
+    with sessions.begin() as session:
+        assert session.scalar(text("SELECT count(*) FROM outbox")) == 0
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"request_id": None}, "request_id"),
+        ({"member_id": ""}, "member_id"),
+        ({"amount": "0.00"}, "amount"),
+        ({"amount": "-5.00"}, "amount"),
+        ({"amount": 5.5}, "amount"),
+        ({"amount": "1.001"}, "amount"),
+        ({"description": ""}, "description"),
+        ({"description": "x" * 81}, "description"),
+        ({"payment_type": "Settlement"}, "payment_type"),
+        ({"other_member_id": "bob"}, "organisation_id"),
+        ({"organisation_id": None, "other_member_id": "ann"}, "other_member_id"),
+        ({"book_internals": "yes"}, "book_internals"),
+        ({"allow_checkout": 1}, "allow_checkout"),
+        ({"route_code": "bad code"}, "route_code"),
+        ({"route_payload": "x" * 3000}, "route_payload"),
+    ],
+)
+def test_bad_payment_requests_name_the_field(overrides: dict, field: str) -> None:
+    with pytest.raises(InvalidInput) as caught:
+        order(**overrides) if overrides.get("request_id", 1) is not None else payments.parse(
+            {"member_id": "ann", "amount": "1.00", "description": "x"}, Settings()
+        )
+    assert caught.value.field == field

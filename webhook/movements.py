@@ -1,0 +1,63 @@
+"""Money movements over HTTP (CONTRACT): `POST /api/payments`, `/api/transfers` and
+`/api/settlements` check every field (a 4xx names the bad one), store the request as `queued`,
+enqueue its task and answer 202; `GET /api/payments/{request_id}` reads any request's outcome.
+
+A request is stored before its task is sent. If the broker is down it stays `queued` and
+`payments.redrive_requests` sends it later, so an accepted request is never lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy.orm import Session
+
+from shared import client, fields, payments, requests, settlements, transfers
+from shared.models import PaymentRequest, RequestStatus
+from webhook import context
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("movements", __name__)
+
+@blueprint.post("/payments")
+def post_payment() -> ResponseReturnValue:
+    return _accept(payments.parse, payments.record)
+
+
+@blueprint.post("/transfers")
+def post_transfer() -> ResponseReturnValue:
+    return _accept(transfers.parse, transfers.record)
+
+
+@blueprint.post("/settlements")
+def post_settlement() -> ResponseReturnValue:
+    return _accept(settlements.parse, settlements.record)
+
+
+@blueprint.get("/payments/<request_id>")
+def get_request(request_id: str) -> ResponseReturnValue:
+    with context.transaction() as session:
+        row = requests.get(session, fields.identifier(request_id, "request_id"))
+        return jsonify(requests.status_document(row))
+
+
+def _accept(
+    parse: Callable[..., Any], record: Callable[[Session, Any], tuple[PaymentRequest, bool]]
+) -> ResponseReturnValue:
+    order = parse(context.json_body(), context.settings())
+    with context.transaction() as session:
+        row, created = record(session, order)
+        document = requests.status_document(row)
+        kind = row.kind
+    if row.status == RequestStatus.QUEUED.value:
+        try:
+            client.send(requests.TASK_FOR_KIND[kind], order.payload(), settings=context.settings())
+        except BrokerError:
+            log.warning("request %s stored but not enqueued; it will be redriven", order.request_id)
+    return jsonify(document), 202 if created else 200
