@@ -70,9 +70,14 @@ class RuleViolation(PaymentsError):
 
 
 class InsufficientFunds(RuleViolation):
-    """Raised when a booking would take an account below zero."""
+    """Raised when a booking would take an account below zero; carries the balance it saw."""
 
     code = "insufficient_funds"
+
+    def __init__(self, message: str, *, account_id: int, balance: int, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.account_id = account_id
+        self.balance = balance
 
 
 class UnbalancedEntry(PaymentsError):

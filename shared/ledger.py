@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import func, insert, select
@@ -84,6 +84,8 @@ class Booking:
     entry_id: int
     created_at: datetime
     replayed: bool = False
+    # Balances after this entry of the debited accounts it checked (none when replayed).
+    balances: dict[int, int] = field(default_factory=dict)
 
 
 def post(session: Session, entry: Entry, *, now: datetime | None = None) -> Booking:
@@ -99,7 +101,8 @@ def post(session: Session, entry: Entry, *, now: datetime | None = None) -> Book
 
 
 _LEDGER_POST = (
-    "SELECT outcome, entry_id, created_at, short_account, short_balance FROM ledger_post("
+    "SELECT outcome, entry_id, created_at, short_account, short_balance, checked_accounts,"
+    " balances_after FROM ledger_post("
     "%(key)s, %(hash)s, %(type)s, %(description)s, %(reference)s, %(created_at)s, %(event_id)s,"
     " %(session_id)s, %(admin_id)s, %(allow_negative)s, %(accounts)s::bigint[], %(amounts)s::bigint[])"
 )
@@ -128,7 +131,8 @@ def _post_postgresql(session: Session, entry: Entry, created_at: datetime) -> Bo
         .one()
     )
     if row.outcome == "booked":
-        return Booking(entry_id=row.entry_id, created_at=row.created_at)
+        balances_after = dict(zip(row.checked_accounts or [], row.balances_after or [], strict=True))
+        return Booking(entry_id=row.entry_id, created_at=row.created_at, balances=balances_after)
     if row.outcome == "replayed":
         return Booking(entry_id=row.entry_id, created_at=row.created_at, replayed=True)
     if row.outcome == "conflict":
@@ -144,6 +148,7 @@ def _post_portable(session: Session, entry: Entry, created_at: datetime) -> Book
     if first is not None:
         return first
     held = lock_accounts(session, debits)
+    after: dict[int, int] = {}
     if held:
         first = _first_booking(session, entry, digest)
         if first is not None:
@@ -153,6 +158,7 @@ def _post_portable(session: Session, entry: Entry, created_at: datetime) -> Book
             for account_id in held:
                 if before[account_id] + debits[account_id] < 0:
                     raise _insufficient(session, account_id, before[account_id], debits[account_id])
+                after[account_id] = before[account_id] + debits[account_id]
 
     entry_id = session.execute(
         _insert_new_key(session)
@@ -177,7 +183,7 @@ def _post_portable(session: Session, entry: Entry, created_at: datetime) -> Book
         insert(Posting),
         [{"entry_id": entry_id, "account_id": l.account_id, "amount": l.amount} for l in entry.lines],
     )
-    return Booking(entry_id=entry_id, created_at=created_at)
+    return Booking(entry_id=entry_id, created_at=created_at, balances=after)
 
 
 def lock_accounts(session: Session, account_ids: Iterable[int]) -> list[int]:
@@ -286,7 +292,11 @@ def _conflict(entry: Entry, first_entry_id: int) -> Conflict:
 
 def _insufficient(session: Session, account_id: int, balance: int, debit: int) -> InsufficientFunds:
     kind, owner = _describe(session, account_id)
-    return InsufficientFunds(f"{kind} {owner}: balance {format_cents(balance)}, needs {format_cents(-debit)}")
+    return InsufficientFunds(
+        f"{kind} {owner}: balance {format_cents(balance)}, needs {format_cents(-debit)}",
+        account_id=account_id,
+        balance=balance,
+    )
 
 
 def _describe(session: Session, account_id: int) -> tuple[str, str]:

@@ -1,7 +1,8 @@
 """The payment request (SPEC 3): what other modules call to take money from a member.
 
 `parse` checks a request body (HTTP or Celery kwargs, the same fields) and returns its normal
-form. `pay` decides it atomically, under the request's row lock and the member's account lock:
+form. `pay` decides it atomically, under the request's row lock and the member's account lock
+(taken by `ledger.post`, whose funds check is the decision):
 
 1. balance >= amount: book member -amount, counterparty +amount (nothing when
    `book_internals` is false); `paid`; then the after-payment check;
@@ -22,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from shared import fields, ledger, notifications, profiles, requests
 from shared.config import Settings
-from shared.errors import InvalidInput, NotFound
+from shared.errors import InsufficientFunds, InvalidInput, NotFound
 from shared.ledger import Entry, Line
 from shared.models import (
     AutoTopUpStatus,
@@ -132,34 +133,46 @@ def pay(session: Session, order: PaymentOrder, settings: Settings) -> PaymentReq
         requests.finish(session, row, RequestStatus.FAILED, reason=exc.message)
         return row
 
-    ledger.lock_accounts(session, [member.account_id])
-    balance = ledger.balance(session, member.account_id)
-    if balance < order.amount:
-        if card_fallback(session, row, member, balance, settings) is None:
-            requests.finish(
+    if not order.book_internals:
+        # Decide on the balance, book nothing: the caller books its own internal entries.
+        ledger.lock_accounts(session, [member.account_id])
+        balance = ledger.balance(session, member.account_id)
+        if balance < order.amount:
+            return _short_of_funds(session, row, member, balance, settings)
+    else:
+        try:
+            booking = ledger.post(
                 session,
-                row,
-                RequestStatus.DECLINED,
-                reason=f"insufficient funds: balance {format_cents(balance)}, needs {format_cents(order.amount)}",
+                Entry(
+                    key=f"payment:{order.request_id}",
+                    type=PAYMENT_TYPES[order.payment_type],
+                    description=order.description,
+                    reference=order.request_id,
+                    lines=(Line(member.account_id, -order.amount), Line(counterparty, order.amount)),
+                    event_id=order.event_id,
+                    session_id=order.session_id,
+                ),
             )
-        return row
-
-    if order.book_internals:
-        ledger.post(
-            session,
-            Entry(
-                key=f"payment:{order.request_id}",
-                type=PAYMENT_TYPES[order.payment_type],
-                description=order.description,
-                reference=order.request_id,
-                lines=(Line(member.account_id, -order.amount), Line(counterparty, order.amount)),
-                event_id=order.event_id,
-                session_id=order.session_id,
-            ),
-        )
-        balance -= order.amount
+        except InsufficientFunds as exc:  # nothing written; the member's lock is held
+            return _short_of_funds(session, row, member, exc.balance, settings)
+        balance = booking.balances.get(member.account_id)
+        if balance is None:  # booked before under this key: read the balance afresh
+            balance = ledger.balance(session, member.account_id)
     requests.finish(session, row, RequestStatus.PAID)
     after_payment_check(session, member, balance, settings)
+    return row
+
+
+def _short_of_funds(
+    session: Session, row: PaymentRequest, member: Member, balance: int, settings: Settings
+) -> PaymentRequest:
+    if card_fallback(session, row, member, balance, settings) is None:
+        requests.finish(
+            session,
+            row,
+            RequestStatus.DECLINED,
+            reason=f"insufficient funds: balance {format_cents(balance)}, needs {format_cents(row.amount)}",
+        )
     return row
 
 

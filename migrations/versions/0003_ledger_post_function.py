@@ -6,7 +6,8 @@ trip instead of five. It follows the same steps as the portable path in `shared.
    (FOR NO KEY UPDATE, which does not block the foreign-key checks of concurrent credits);
 3. under those locks the key is looked up again (a duplicate of this very entry may have
    committed while we waited), then each debited account's balance is summed and a debit
-   that would take it below zero returns `insufficient`, writing nothing;
+   that would take it below zero returns `insufficient`, writing nothing (the balances after
+   the debits are returned, so a caller can act on them without reading them again);
 4. the key is claimed (ON CONFLICT DO NOTHING waits for a concurrent holder of the same key)
    and the postings are inserted.
 
@@ -35,7 +36,8 @@ def upgrade() -> None:
             p_created_at timestamptz, p_event_id text, p_session_id text, p_admin_id text,
             p_allow_negative boolean, p_accounts bigint[], p_amounts bigint[],
             OUT outcome text, OUT entry_id bigint, OUT created_at timestamptz,
-            OUT short_account bigint, OUT short_balance bigint
+            OUT short_account bigint, OUT short_balance bigint,
+            OUT checked_accounts bigint[], OUT balances_after bigint[]
         ) LANGUAGE plpgsql AS $$
         DECLARE
             existing record;
@@ -79,8 +81,12 @@ def upgrade() -> None:
                         IF short_balance + debit.amount < 0 THEN
                             outcome := 'insufficient';
                             short_account := debit.account;
+                            checked_accounts := NULL;
+                            balances_after := NULL;
                             RETURN;
                         END IF;
+                        checked_accounts := checked_accounts || debit.account;
+                        balances_after := balances_after || (short_balance + debit.amount);
                     END LOOP;
                     short_balance := NULL;
                 END IF;

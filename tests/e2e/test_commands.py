@@ -76,7 +76,8 @@ def test_run_serves_the_api_on_sqlite_and_ctrl_c_stops_everything(tmp_path: Path
         with urllib.request.urlopen(request, timeout=5) as response:
             assert json.load(response)["members"] == 0
         assert (tmp_path / "var" / "payments.db").exists()
-        assert (tmp_path / "var" / "broker.db").exists()
+        wait_for(lambda: (tmp_path / "var" / "broker.db").exists(), "the worker to open its SQLite broker")
+        wait_for(lambda: "beat: Starting" in log.read_text(), "beat to start")
         stack.send_signal(signal.SIGINT)
         assert stack.wait(timeout=30) == 0
     finally:

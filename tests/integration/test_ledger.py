@@ -31,6 +31,7 @@ def test_a_balanced_entry_moves_money_between_accounts(sessions, accounts) -> No
     with sessions.begin() as session:
         booking = pay(session, accounts["ann"], accounts["club"], 30_00, "p1")
     assert not booking.replayed
+    assert booking.balances == {accounts["ann"]: 70_00}
     assert balance_of(sessions, accounts["ann"]) == 70_00
     assert balance_of(sessions, accounts["club"]) == 30_00
     assert balance_of(sessions, accounts["stripe"]) == -100_00

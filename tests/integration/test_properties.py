@@ -5,17 +5,23 @@ admin adjustment explicitly allowed it."""
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from zoneinfo import ZoneInfo
+
+import pytest
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, text
 
 from shared import ledger, profiles, statements
-from shared.db import make_sessions
+from shared.db import make_engine, make_sessions
 from shared.errors import Conflict, InsufficientFunds
 from shared.ledger import Entry, Line
 from shared.models import EntryType, SystemAccount
+from shared.schema import upgrade
 from tests.integration.helpers import add_member, add_organisation
 
 MEMBERS = ("ann", "bob", "cat")
@@ -34,17 +40,39 @@ operation = st.one_of(
 )
 
 
-def _reset(engine: Engine) -> None:
-    with engine.begin() as conn:
-        conn.execute(text("TRUNCATE postings, journal_entries, members, organisations, payment_requests, outbox"))
-        conn.execute(text("DELETE FROM accounts WHERE kind <> 'system'"))
+@pytest.fixture(params=["postgresql", "sqlite"])
+def fresh_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[], Engine]]:
+    """A function giving an empty ledger per example: PostgreSQL runs the `ledger_post`
+    function, SQLite the portable Python path of the same rules."""
+    made: list[Engine] = []
+    if request.param == "postgresql":
+        engine = request.getfixturevalue("engine")
+
+        def empty() -> Engine:
+            with engine.begin() as conn:
+                conn.execute(text("TRUNCATE postings, journal_entries, members, organisations, payment_requests, outbox"))
+                conn.execute(text("DELETE FROM accounts WHERE kind <> 'system'"))
+            return engine
+    else:
+        template = tmp_path / "template.db"
+        upgrade(f"sqlite:///{template}")
+
+        def empty() -> Engine:
+            copy = tmp_path / f"ledger-{len(made)}.db"
+            shutil.copy(template, copy)
+            made.append(make_engine(f"sqlite:///{copy}"))
+            return made[-1]
+    yield empty
+    for engine in made:
+        engine.dispose()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(operations=st.lists(operation, min_size=1, max_size=25))
-def test_any_sequence_of_bookings_keeps_the_ledger_invariants(engine: Engine, operations: list) -> None:
-    _reset(engine)
-    sessions = make_sessions(engine)
+def test_any_sequence_of_bookings_keeps_the_ledger_invariants(
+    fresh_engine: Callable[[], Engine], operations: list
+) -> None:
+    sessions = make_sessions(fresh_engine())
     with sessions.begin() as session:
         account = {m: add_member(session, m) for m in MEMBERS}
         account.update({c: add_organisation(session, c) for c in CLUBS})
