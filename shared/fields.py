@@ -13,6 +13,7 @@ from typing import Any
 from shared.errors import InvalidInput
 
 _IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
+_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
@@ -60,7 +61,7 @@ def boolean(value: object, field: str) -> bool:
 
 
 def local_date(value: object, field: str) -> date:
-    if not isinstance(value, str):
+    if not isinstance(value, str) or not _DATE.fullmatch(value):
         raise InvalidInput(f"{field}: expected a date YYYY-MM-DD, got {_show(value)}", field=field)
     try:
         return date.fromisoformat(value)

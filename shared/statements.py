@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from shared import ledger
@@ -84,8 +84,10 @@ def last_top_up(session: Session, account_id: int) -> datetime | None:
     )
 
 
-def statement(session: Session, account_id: int, zone: ZoneInfo) -> list[StatementRow]:
-    """Every line of the account, newest first, with the balance after each."""
+def statement(
+    session: Session, account_id: int, zone: ZoneInfo, *, limit: int | None = None
+) -> list[StatementRow]:
+    """Every line of the account (or the newest `limit`), newest first, with the balance after each."""
     running = func.sum(Posting.amount).over(order_by=Posting.id)
     lines = session.execute(
         select(
@@ -101,6 +103,7 @@ def statement(session: Session, account_id: int, zone: ZoneInfo) -> list[Stateme
         .join(JournalEntry, JournalEntry.id == Posting.entry_id)
         .where(Posting.account_id == account_id)
         .order_by(Posting.id.desc())
+        .limit(limit)
     ).all()
     names = _counterparties(session, account_id, [line.entry_id for line in lines])
     return [
@@ -233,7 +236,7 @@ def _counterparties(session: Session, account_id: int, entry_ids: list[int]) -> 
             Organisation.name,
         )
         .join(Account, Account.id == Posting.account_id)
-        .outerjoin(Member, and_(Member.account_id == Account.id))
+        .outerjoin(Member, Member.account_id == Account.id)
         .outerjoin(Organisation, Organisation.account_id == Account.id)
         .where(Posting.entry_id.in_(entry_ids), Posting.account_id != account_id)
         .order_by(Posting.entry_id, case((Posting.amount < 0, -Posting.amount), else_=Posting.amount).desc())

@@ -82,7 +82,7 @@ def member_balance(member_id: str) -> ResponseReturnValue:
             {
                 "member_id": member_id,
                 "balance": format_cents(ledger.balance(session, member.account_id)),
-                "last_top_up": last.isoformat() if last else None,
+                "last_top_up": _local_time(last),
                 "auto_topup": {
                     "status": member.auto_topup_status,
                     "amount": format_cents(member.auto_topup_amount),
@@ -226,10 +226,20 @@ def _organisation_json(org: Organisation) -> dict[str, Any]:
     }
 
 
+def _local_time(moment: Any) -> str | None:
+    """A time in the statements' time zone, to the second (as statements show it)."""
+    if moment is None:
+        return None
+    return moment.astimezone(context.settings().time_zone).isoformat(timespec="seconds")
+
+
 def _balance_on(session: Any, account_id: int, day: str, **who: str) -> dict[str, Any]:
     zone = context.settings().time_zone
     local = fields.local_date(day, "date")
-    cents = statements.balance_at_end_of(session, account_id, local, zone)
+    try:
+        cents = statements.balance_at_end_of(session, account_id, local, zone)
+    except OverflowError:  # 9999-12-31: its end is past datetime.max
+        raise InvalidInput(f"date: {day!r} is out of range", field="date") from None
     return {**who, "date": local.isoformat(), "balance": format_cents(cents)}
 
 
@@ -244,3 +254,11 @@ def _statement_response(rows: list[statements.StatementRow], filename: str) -> R
     if wanted != "json":
         raise InvalidInput(f"format: {wanted!r} is not json or csv", field="format")
     return jsonify({"rows": [row.as_json() for row in rows]})
+
+
+# Money movements (webhook/movements.py) are nested under /api, so the bearer-token check above
+# guards them too. Nested here, once per process: Flask refuses to change a blueprint after it
+# has been registered, so doing it in create_app broke every app after the first.
+from webhook import movements  # noqa: E402
+
+blueprint.register_blueprint(movements.blueprint)

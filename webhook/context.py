@@ -31,7 +31,10 @@ def transaction() -> Iterator[Session]:
 
 def json_body() -> dict[str, Any]:
     """The request's JSON object, or an error naming what is wrong with it."""
-    body = request.get_json(silent=True)
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:  # json.loads on thousands of nested brackets; not a ValueError
+        raise InvalidInput("body: JSON nested too deeply", field="body") from None
     if not isinstance(body, dict):
         raise InvalidInput("body: expected a JSON object", field="body")
     return body
