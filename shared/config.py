@@ -55,6 +55,8 @@ class Settings:
     outbox_max_attempts: int = 8
     outbox_backoff_seconds: float = 2.0
     low_balance_warning_days: int = 7
+    # A request still `queued` this long after it arrived has its task sent again.
+    redrive_after_seconds: float = 60.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -141,6 +143,7 @@ class Settings:
             outbox_max_attempts=max(1, whole("PAYMENTS_OUTBOX_MAX_ATTEMPTS", 8)),
             outbox_backoff_seconds=seconds("PAYMENTS_OUTBOX_BACKOFF_SECONDS", 2.0),
             low_balance_warning_days=whole("PAYMENTS_LOW_BALANCE_WARNING_DAYS", 7),
+            redrive_after_seconds=seconds("PAYMENTS_REDRIVE_AFTER_SECONDS", 60.0),
         )
         if not settings.auto_topup_min_amount <= settings.auto_topup_default_amount <= settings.auto_topup_max_amount:
             raise ConfigError(

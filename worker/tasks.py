@@ -24,7 +24,6 @@ from worker.app import app, sessions, settings
 
 log = logging.getLogger(__name__)
 
-REDRIVE_AFTER = timedelta(seconds=60)
 TRANSIENT = (OperationalError, InterfaceError, BrokerError)
 RETRY = {
     "autoretry_for": TRANSIENT,
@@ -69,9 +68,10 @@ def relay_outbox() -> int:
 
 @app.task(name="payments.redrive_requests", soft_time_limit=60, time_limit=90, **RETRY)
 def redrive_requests() -> int:
-    """Send again the task of every request still `queued` a minute after it arrived."""
+    """Send again the task of every request still `queued` well after it arrived."""
+    after = timedelta(seconds=settings().redrive_after_seconds)
     with sessions().begin() as session:
-        stale = [(row.kind, row.payload) for row in requests.stale_queued(session, REDRIVE_AFTER)]
+        stale = [(row.kind, row.payload) for row in requests.stale_queued(session, after)]
     for kind, payload in stale:
         app.send_task(requests.TASK_FOR_KIND[kind], kwargs=payload)
     return len(stale)

@@ -33,6 +33,7 @@ def worker_env(database_url: str, **extra: str) -> dict[str, str]:
         "PAYMENTS_CALLBACK_ROUTES": ROUTES,
         "PAYMENTS_OUTBOX_MAX_ATTEMPTS": "3",
         "PAYMENTS_OUTBOX_BACKOFF_SECONDS": "0.2",
+        "PAYMENTS_REDRIVE_AFTER_SECONDS": "0.5",
         **extra,
     }
 

@@ -15,6 +15,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import client as payments_client
+from shared import outbox, payments
 from shared.config import Settings
 from shared.models import OutboxMessage
 from tests.e2e.conftest import BROKER, worker_env
@@ -199,3 +200,24 @@ def test_a_callback_with_no_route_ends_dead_and_replays_once_the_route_is_fixed(
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"outbox {message.id}: sent"
     assert [c["route_code"] for c in wait_for(received, "the replayed callback")] == ["GONE"]
+
+
+def test_a_request_stored_while_its_task_was_lost_is_redriven_and_paid(world, sessions, settings) -> None:
+    """The API stored the request but the broker was down, so its task never left."""
+    with sessions.begin() as session:
+        payments.record(session, payments.parse(payment(), settings))
+
+    def paid_after_redrive() -> bool:
+        payments_client.send("payments.redrive_requests", {}, settings=settings)
+        return payments_client.status("r1", settings)["status"] == "paid"
+
+    wait_for(paid_after_redrive, "the redriven request to be paid")
+    assert balance_of(sessions, world["ann"]) == 70_00
+
+
+def test_a_callback_whose_dispatch_was_lost_is_sent_by_the_relay(sessions, settings, received) -> None:
+    with sessions.begin() as session:
+        outbox.add_callback(session, request_id="lost", kwargs={"request_id": "lost", "route_code": "EVT",
+                            "route_payload": None, "status": "success", "amount": "1.00", "reason": None})
+    payments_client.send("payments.relay_outbox", {}, queue="outbox", settings=settings)
+    assert [c["request_id"] for c in wait_for(received, "the relayed callback")] == ["lost"]
