@@ -2,13 +2,18 @@
 
     PaymentsError                 code, HTTP status, optional field
     ├── InvalidInput      400     a value is malformed, of the wrong type, or missing
-    │   └── InvalidAmount 400     an amount is not exact cents or is outside its limits
+    │   ├── InvalidAmount 400     an amount is not exact cents or is outside its limits
+    │   └── BadSignature  400     a Stripe webhook's signature is missing, wrong or stale
     ├── NotFound          404     a member, organisation, entry or request does not exist
     ├── Conflict          409     a key is reused with a different payload
     ├── RuleViolation     422     well-formed, but a money rule forbids it
-    │   └── InsufficientFunds     an account would go below zero
+    │   ├── InsufficientFunds     an account would go below zero
+    │   ├── CardDeclined          the card was declined
+    │   └── AuthenticationRequired  the bank wants the member to authenticate (3-D Secure)
     ├── UnbalancedEntry   422     postings of one entry do not sum to zero
     ├── ServiceUnavailable 503    a dependency (database, broker) is not reachable
+    │   └── StripeUnavailable     Stripe unreachable, rate limited or 5xx: retry, same key
+    ├── StripeRequestFailed 502   Stripe refused the request (not transient: do not retry)
     └── ConfigError               a PAYMENTS_* variable has a bad value (at start-up)
 
 Messages name the thing and the values, e.g. ``member 42: balance 12.00, needs 15.00``.
@@ -99,3 +104,45 @@ class ConfigError(PaymentsError):
 
     code = "config_error"
     status = 500
+
+
+class CardDeclined(RuleViolation):
+    """Raised when Stripe declines a card; carries the PaymentIntent id when Stripe gave one."""
+
+    code = "card_declined"
+
+    def __init__(self, message: str, *, payment_intent_id: str | None = None, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.payment_intent_id = payment_intent_id
+
+
+class AuthenticationRequired(RuleViolation):
+    """Raised when an off-session charge needs the member to authenticate (3-D Secure); carries
+    the PaymentIntent id when known, so the member can be sent to finish it."""
+
+    code = "authentication_required"
+
+    def __init__(self, message: str, *, payment_intent_id: str | None = None, field: str | None = None) -> None:
+        super().__init__(message, field=field)
+        self.payment_intent_id = payment_intent_id
+
+
+class StripeUnavailable(ServiceUnavailable):
+    """Raised when Stripe cannot be reached, rate limits us or answers 5xx: transient, so the
+    caller retries later with the same idempotency key."""
+
+    code = "stripe_unavailable"
+
+
+class StripeRequestFailed(PaymentsError):
+    """Raised when Stripe refuses a request for a reason a retry will not change (bad key, no
+    permission, invalid parameters, idempotency key reused with other parameters)."""
+
+    code = "stripe_request_failed"
+    status = 502
+
+
+class BadSignature(InvalidInput):
+    """Raised when a Stripe webhook's signature is missing, does not match, or is too old."""
+
+    code = "bad_signature"

@@ -25,15 +25,7 @@ from shared import fields, ledger, notifications, profiles, requests
 from shared.config import Settings
 from shared.errors import InsufficientFunds, InvalidInput, NotFound
 from shared.ledger import Entry, Line
-from shared.models import (
-    AutoTopUpStatus,
-    EntryType,
-    Member,
-    PaymentRequest,
-    RequestKind,
-    RequestStatus,
-    SystemAccount,
-)
+from shared.models import AutoTopUpStatus, EntryType, RequestKind, RequestStatus
 from shared.money import format_cents, parse_cents
 
 # Types a module may ask for; top-ups, settlements and corrections are booked by this service.
@@ -108,37 +100,30 @@ def parse(body: Mapping[str, Any], settings: Settings) -> PaymentOrder:
     return order
 
 
-def record(session: Session, order: PaymentOrder) -> tuple[PaymentRequest, bool]:
-    return requests.record(
-        session,
-        RequestKind.PAYMENT,
-        order.request_id,
-        order.payload(),
-        amount=order.amount,
-        member_id=order.member_id,
-        route_code=order.route_code,
-    )
+def record(session: Session, order: PaymentOrder) -> tuple[requests.Request, bool]:
+    return requests.record(session, RequestKind.PAYMENT, order.request_id, order.payload(), **_request_columns(order))
 
 
-def pay(session: Session, order: PaymentOrder, settings: Settings) -> PaymentRequest:
+def pay(session: Session, order: PaymentOrder, settings: Settings) -> requests.Request:
     """Record and decide the payment in the caller's transaction; a decided one is returned as is."""
-    record(session, order)
-    row = requests.lock(session, order.request_id)
-    if row.status != RequestStatus.QUEUED.value:
+    row = requests.claim(session, RequestKind.PAYMENT, order.request_id, order.payload(), **_request_columns(order))
+    if not row.queued:
         return row
     try:
-        member = profiles.get_member(session, order.member_id)
-        counterparty = _counterparty_account(session, order)
+        parties = profiles.payment_parties(
+            session, order.member_id, organisation_id=order.organisation_id, other_member_id=order.other_member_id
+        )
     except NotFound as exc:
         requests.finish(session, row, RequestStatus.FAILED, reason=exc.message)
         return row
 
+    payer = parties.member_account
     if not order.book_internals:
         # Decide on the balance, book nothing: the caller books its own internal entries.
-        ledger.lock_accounts(session, [member.account_id])
-        balance = ledger.balance(session, member.account_id)
+        ledger.lock_accounts(session, [payer])
+        balance = ledger.balance(session, payer)
         if balance < order.amount:
-            return _short_of_funds(session, row, member, balance, settings)
+            return _short_of_funds(session, row, order, balance, settings)
     else:
         try:
             booking = ledger.post(
@@ -148,25 +133,30 @@ def pay(session: Session, order: PaymentOrder, settings: Settings) -> PaymentReq
                     type=PAYMENT_TYPES[order.payment_type],
                     description=order.description,
                     reference=order.request_id,
-                    lines=(Line(member.account_id, -order.amount), Line(counterparty, order.amount)),
+                    lines=(Line(payer, -order.amount), Line(parties.payee_account, order.amount)),
                     event_id=order.event_id,
                     session_id=order.session_id,
                 ),
             )
         except InsufficientFunds as exc:  # nothing written; the member's lock is held
-            return _short_of_funds(session, row, member, exc.balance, settings)
-        balance = booking.balances.get(member.account_id)
+            return _short_of_funds(session, row, order, exc.balance, settings)
+        balance = booking.balances.get(payer)
         if balance is None:  # booked before under this key: read the balance afresh
-            balance = ledger.balance(session, member.account_id)
+            balance = ledger.balance(session, payer)
     requests.finish(session, row, RequestStatus.PAID)
-    after_payment_check(session, member, balance, settings)
+    if balance < settings.auto_topup_low_limit:
+        after_payment_check(session, order.member_id, balance, settings)
     return row
 
 
+def _request_columns(order: PaymentOrder) -> dict[str, Any]:
+    return {"amount": order.amount, "member_id": order.member_id, "route_code": order.route_code}
+
+
 def _short_of_funds(
-    session: Session, row: PaymentRequest, member: Member, balance: int, settings: Settings
-) -> PaymentRequest:
-    if card_fallback(session, row, member, balance, settings) is None:
+    session: Session, row: requests.Request, order: PaymentOrder, balance: int, settings: Settings
+) -> requests.Request:
+    if card_fallback(session, row, order, balance, settings) is None:
         requests.finish(
             session,
             row,
@@ -177,7 +167,7 @@ def _short_of_funds(
 
 
 def card_fallback(
-    session: Session, row: PaymentRequest, member: Member, balance: int, settings: Settings
+    session: Session, row: requests.Request, order: PaymentOrder, balance: int, settings: Settings
 ) -> object | None:
     """The card branches of SPEC 3 steps 2 and 3 (auto top-up, card checkout).
 
@@ -187,10 +177,11 @@ def card_fallback(
     return None
 
 
-def after_payment_check(session: Session, member: Member, balance: int, settings: Settings) -> None:
+def after_payment_check(session: Session, member_id: str, balance: int, settings: Settings) -> None:
     """SPEC 3: below the low limit, an `on` member is topped up (with Stripe), others warned."""
     if balance >= settings.auto_topup_low_limit:
         return
+    member = profiles.get_member(session, member_id)
     if member.auto_topup_status == AutoTopUpStatus.ON.value:
         return  # the after-payment top-up arrives with the Stripe work
     notifications.maybe_warn_low_balance(
@@ -200,12 +191,3 @@ def after_payment_check(session: Session, member: Member, balance: int, settings
         zone=settings.time_zone,
         throttle_days=settings.low_balance_warning_days,
     )
-
-
-def _counterparty_account(session: Session, order: PaymentOrder) -> int:
-    """The account credited; with no counterparty named, the payment is the federation's."""
-    if order.organisation_id is not None:
-        return profiles.get_organisation(session, order.organisation_id).account_id
-    if order.other_member_id is not None:
-        return profiles.get_member(session, order.other_member_id).account_id
-    return profiles.system_account(session, SystemAccount.FEES)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from shared.errors import NotFound
@@ -90,6 +90,48 @@ def get_organisation(session: Session, org_id: str) -> Organisation:
     if org is None:
         raise NotFound(f"organisation {org_id}: not known to payments", field="organisation_id")
     return org
+
+
+@dataclass(frozen=True)
+class Parties:
+    """The accounts of a payment, found in one query: the paying member's and the payee's."""
+
+    member_account: int
+    auto_topup_status: str
+    payee_account: int
+
+
+_MEMBERS, _ORGS, _ACCOUNTS = Member.__table__, Organisation.__table__, Account.__table__
+_PARTIES = select(
+    _MEMBERS.c.account_id,
+    _MEMBERS.c.auto_topup_status,
+    select(_ORGS.c.account_id).where(_ORGS.c.org_id == bindparam("org")).scalar_subquery().label("org"),
+    select(_MEMBERS.c.account_id)
+    .where(_MEMBERS.c.member_id == bindparam("other"))
+    .scalar_subquery()
+    .label("other"),
+    select(_ACCOUNTS.c.id)
+    .where(_ACCOUNTS.c.kind == AccountKind.SYSTEM.value, _ACCOUNTS.c.owner == SystemAccount.FEES.value)
+    .scalar_subquery()
+    .label("fees"),
+).where(_MEMBERS.c.member_id == bindparam("member"))
+
+
+def payment_parties(
+    session: Session, member_id: str, *, organisation_id: str | None, other_member_id: str | None
+) -> Parties:
+    """The payer and the payee (an organisation, another member, or else the federation's `fees`)."""
+    found = session.connection().execute(
+        _PARTIES, {"member": member_id, "org": organisation_id, "other": other_member_id}
+    ).one_or_none()
+    if found is None:
+        raise NotFound(f"member {member_id}: not known to payments", field="member_id")
+    if organisation_id is not None and found.org is None:
+        raise NotFound(f"organisation {organisation_id}: not known to payments", field="organisation_id")
+    if other_member_id is not None and found.other is None:
+        raise NotFound(f"member {other_member_id}: not known to payments", field="other_member_id")
+    payee = found.org if organisation_id else found.other if other_member_id else found.fees
+    return Parties(member_account=found.account_id, auto_topup_status=found.auto_topup_status, payee_account=payee)
 
 
 def system_account(session: Session, name: SystemAccount) -> int:

@@ -2,21 +2,25 @@
 its outcome (CONTRACT: "GET /api/payments/{request_id} is the one place to read any request's
 outcome"; DESIGN invariant 3).
 
-`record` stores a request once: the same id with the same payload finds the first row, with a
-different payload it is a `Conflict`. `lock` takes the row's lock, so duplicates of one request
-are decided one after the other and only the first does anything. `finish` sets the terminal
-status and, for a request with a route code, writes its one callback to the outbox in the same
-transaction.
+`record` stores a request once (the HTTP edge, before it enqueues the task); `claim` is where a
+task starts: it stores the request if it is new and takes its row lock in the same statement,
+so duplicates of one request are decided one after the other and only the first does anything.
+The same id with a different payload is a `Conflict`. `finish` sets the outcome and, for a
+terminal outcome of a request with a route code, writes its one callback to the outbox in the
+same transaction.
+
+These run on every payment, so they use prebuilt Core statements: one round trip each.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass, fields as dataclass_fields
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -26,6 +30,7 @@ from shared.models import PaymentRequest, RequestKind, RequestStatus, utcnow
 from shared.money import format_cents
 
 SUCCESS_STATUSES = (RequestStatus.PAID, RequestStatus.COMPLETED)
+TERMINAL = {s.value for s in (*SUCCESS_STATUSES, RequestStatus.DECLINED, RequestStatus.FAILED)}
 
 # The task that decides each kind of request, sent with the request's stored payload.
 TASK_FOR_KIND = {
@@ -33,6 +38,57 @@ TASK_FOR_KIND = {
     RequestKind.TRANSFER.value: "payments.transfer",
     RequestKind.SETTLEMENT.value: "payments.settle",
 }
+
+
+@dataclass
+class Request:
+    """A payment request row, as plain values."""
+
+    request_id: str
+    kind: str
+    payload_hash: str
+    payload: dict[str, Any]
+    status: str
+    member_id: str | None
+    amount: int
+    reason: str | None
+    route_code: str | None
+    result: dict[str, Any] | None
+    attempts: int
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def queued(self) -> bool:
+        return self.status == RequestStatus.QUEUED.value
+
+
+_TABLE = PaymentRequest.__table__
+_COLUMNS = [_TABLE.c[f.name] for f in dataclass_fields(Request)]
+_NEW_ROW = {
+    name: bindparam(name)
+    for name in ("request_id", "kind", "payload_hash", "payload", "status", "member_id", "amount",
+                 "route_code", "attempts", "created_at", "updated_at")
+}
+
+
+def _upserts(module: Any) -> tuple[Any, Any]:
+    insert = module.insert(_TABLE).values(**_NEW_ROW)
+    record = insert.on_conflict_do_nothing(index_elements=["request_id"]).returning(*_COLUMNS)
+    claim = insert.on_conflict_do_update(
+        index_elements=["request_id"], set_={"attempts": _TABLE.c.attempts + 1}
+    ).returning(*_COLUMNS)
+    return record, claim
+
+
+_STATEMENTS = {"postgresql": _upserts(postgresql), "sqlite": _upserts(sqlite)}
+_GET = select(*_COLUMNS).where(_TABLE.c.request_id == bindparam("request_id"))
+_FINISH = (
+    update(_TABLE)
+    .where(_TABLE.c.request_id == bindparam("key"))
+    .values(status=bindparam("status"), reason=bindparam("reason"), result=bindparam("result"),
+            amount=bindparam("amount"), updated_at=bindparam("updated_at"))
+)
 
 
 def payload_hash(kind: RequestKind, payload: dict[str, Any]) -> str:
@@ -49,73 +105,66 @@ def record(
     amount: int,
     member_id: str | None = None,
     route_code: str | None = None,
-) -> tuple[PaymentRequest, bool]:
-    """Store the request as `queued` unless its id is known; returns the row and whether it is new."""
-    digest = payload_hash(kind, payload)
-    now = utcnow()
-    module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    inserted = session.execute(
-        module.insert(PaymentRequest)
-        .values(
-            request_id=request_id,
-            kind=kind.value,
-            payload_hash=digest,
-            payload=payload,
-            status=RequestStatus.QUEUED.value,
-            member_id=member_id,
-            amount=amount,
-            route_code=route_code,
-            attempts=0,
-            created_at=now,
-            updated_at=now,
-        )
-        .on_conflict_do_nothing(index_elements=["request_id"])
-        .returning(PaymentRequest.request_id)
-    ).scalar_one_or_none()
-    row = session.get(PaymentRequest, request_id, populate_existing=True)
-    assert row is not None
-    if inserted is None and row.payload_hash != digest:
-        raise Conflict(
-            f"request {request_id}: already used for a different {row.kind} request", field="request_id"
-        )
-    return row, inserted is not None
+) -> tuple[Request, bool]:
+    """Store the request as `queued` unless its id is known; returns it and whether it is new."""
+    params = _new_row(kind, request_id, payload, amount, member_id, route_code, attempts=0)
+    statement = _STATEMENTS[_dialect(session)][0]
+    found = session.connection().execute(statement, params).one_or_none()
+    created = found is not None
+    row = Request(**found._mapping) if found else get(session, request_id)
+    _same_payload(row, params["payload_hash"])
+    return row, created
 
 
-def get(session: Session, request_id: str) -> PaymentRequest:
-    row = session.get(PaymentRequest, request_id)
-    if row is None:
+def claim(
+    session: Session,
+    kind: RequestKind,
+    request_id: str,
+    payload: dict[str, Any],
+    *,
+    amount: int,
+    member_id: str | None = None,
+    route_code: str | None = None,
+) -> Request:
+    """Store the request if new, lock its row, count the attempt; one statement.
+
+    Concurrent duplicates wait on the row lock; each then finds the outcome of the first.
+    """
+    params = _new_row(kind, request_id, payload, amount, member_id, route_code, attempts=1)
+    statement = _STATEMENTS[_dialect(session)][1]
+    row = Request(**session.connection().execute(statement, params).one()._mapping)
+    _same_payload(row, params["payload_hash"])
+    return row
+
+
+def get(session: Session, request_id: str) -> Request:
+    found = session.connection().execute(_GET, {"request_id": request_id}).one_or_none()
+    if found is None:
         raise NotFound(f"request {request_id}: not known", field="request_id")
-    return row
-
-
-def lock(session: Session, request_id: str) -> PaymentRequest:
-    """The request row under its lock, re-read: concurrent duplicates wait here."""
-    row = session.scalars(
-        select(PaymentRequest)
-        .where(PaymentRequest.request_id == request_id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
-    row.attempts += 1
-    return row
+    return Request(**found._mapping)
 
 
 def finish(
     session: Session,
-    row: PaymentRequest,
+    row: Request,
     status: RequestStatus,
     *,
     reason: str | None = None,
     result: dict[str, Any] | None = None,
-    now: datetime | None = None,
+    amount: int | None = None,
 ) -> None:
     """Set the outcome; a terminal outcome of a routed request queues its one callback."""
-    row.status = status.value
-    row.reason = reason
+    row.status, row.reason, row.updated_at = status.value, reason, utcnow()
     if result is not None:
         row.result = result
-    row.updated_at = now or utcnow()
-    if row.route_code and status in (*SUCCESS_STATUSES, RequestStatus.DECLINED, RequestStatus.FAILED):
+    if amount is not None:
+        row.amount = amount
+    session.connection().execute(
+        _FINISH,
+        {"key": row.request_id, "status": row.status, "reason": reason, "result": row.result,
+         "amount": row.amount, "updated_at": row.updated_at},
+    )
+    if row.route_code and row.status in TERMINAL:
         outbox.add_callback(
             session,
             request_id=row.request_id,
@@ -130,7 +179,22 @@ def finish(
         )
 
 
-def status_document(row: PaymentRequest) -> dict[str, Any]:
+def reject(session: Session, kind: RequestKind, raw: dict[str, Any], reason: str) -> Request:
+    """Record a malformed request sent by task name as `failed`, with its failure callback.
+
+    Raises `InvalidInput` if it has no usable request id, so it cannot be recorded at all.
+    """
+    request_id = fields.identifier(raw.get("request_id"), "request_id")
+    route_code = raw.get("route_code")
+    route_code = route_code if isinstance(route_code, str) and 0 < len(route_code) <= 64 else None
+    safe = json.loads(json.dumps(raw, default=str))
+    row = claim(session, kind, request_id, safe, amount=0, route_code=route_code)
+    if row.queued:
+        finish(session, row, RequestStatus.FAILED, reason=reason)
+    return row
+
+
+def status_document(row: Request) -> dict[str, Any]:
     """The CONTRACT shape of `GET /api/payments/{request_id}`."""
     document: dict[str, Any] = {
         "request_id": row.request_id,
@@ -145,32 +209,42 @@ def status_document(row: PaymentRequest) -> dict[str, Any]:
     return document
 
 
-def reject(session: Session, kind: RequestKind, raw: dict[str, Any], reason: str) -> PaymentRequest:
-    """Record a malformed request sent by task name as `failed`, with its failure callback.
-
-    Raises `InvalidInput` if it has no usable request id, so it cannot be recorded at all.
-    """
-    request_id = fields.identifier(raw.get("request_id"), "request_id")
-    route_code = raw.get("route_code")
-    route_code = route_code if isinstance(route_code, str) and 0 < len(route_code) <= 64 else None
-    safe = json.loads(json.dumps(raw, default=str))
-    row, created = record(session, kind, request_id, safe, amount=0, route_code=route_code)
-    row = lock(session, request_id)
-    if row.status == RequestStatus.QUEUED.value:
-        finish(session, row, RequestStatus.FAILED, reason=reason)
-    return row
-
-
-def stale_queued(session: Session, older_than: timedelta, *, limit: int = 1000) -> list[PaymentRequest]:
+def stale_queued(session: Session, older_than: timedelta, *, limit: int = 1000) -> list[Request]:
     """Requests still `queued` well after they arrived: their task may never have been sent."""
-    return list(
-        session.scalars(
-            select(PaymentRequest)
-            .where(
-                PaymentRequest.status == RequestStatus.QUEUED.value,
-                PaymentRequest.updated_at < utcnow() - older_than,
-            )
-            .order_by(PaymentRequest.updated_at)
-            .limit(limit)
-        )
+    rows = session.connection().execute(
+        select(*_COLUMNS)
+        .where(_TABLE.c.status == RequestStatus.QUEUED.value, _TABLE.c.updated_at < utcnow() - older_than)
+        .order_by(_TABLE.c.updated_at)
+        .limit(limit)
     )
+    return [Request(**found._mapping) for found in rows]
+
+
+def _new_row(
+    kind: RequestKind,
+    request_id: str,
+    payload: dict[str, Any],
+    amount: int,
+    member_id: str | None,
+    route_code: str | None,
+    *,
+    attempts: int,
+) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "request_id": request_id, "kind": kind.value, "payload_hash": payload_hash(kind, payload),
+        "payload": payload, "status": RequestStatus.QUEUED.value, "member_id": member_id,
+        "amount": amount, "route_code": route_code, "attempts": attempts,
+        "created_at": now, "updated_at": now,
+    }
+
+
+def _same_payload(row: Request, digest: str) -> None:
+    if row.payload_hash != digest:
+        raise Conflict(
+            f"request {row.request_id}: already used for a different {row.kind} request", field="request_id"
+        )
+
+
+def _dialect(session: Session) -> str:
+    return "postgresql" if session.get_bind().dialect.name == "postgresql" else "sqlite"

@@ -24,7 +24,7 @@ from shared import fields, ledger, profiles, requests, statements
 from shared.config import Settings
 from shared.errors import Conflict, InsufficientFunds, InvalidInput, NotFound
 from shared.ledger import Entry, Line
-from shared.models import EntryType, JournalEntry, PaymentRequest, RequestKind, RequestStatus, SystemAccount, utcnow
+from shared.models import EntryType, JournalEntry, RequestKind, RequestStatus, SystemAccount, utcnow
 from shared.money import format_cents, parse_cents
 
 MAX_ORGANISATIONS = 1000
@@ -89,30 +89,28 @@ def parse(body: Mapping[str, Any], settings: Settings, *, now: datetime | None =
     )
 
 
-def record(session: Session, order: SettlementOrder) -> tuple[PaymentRequest, bool]:
-    total = 0  # the amounts are only known when settled
-    return requests.record(session, RequestKind.SETTLEMENT, order.request_id, order.payload(), amount=total)
+def record(session: Session, order: SettlementOrder) -> tuple[requests.Request, bool]:
+    # The amount is only known once settled.
+    return requests.record(session, RequestKind.SETTLEMENT, order.request_id, order.payload(), amount=0)
 
 
-def settle(session: Session, order: SettlementOrder, settings: Settings) -> PaymentRequest:
-    """Settle each organisation in its own savepoint; the request lists every result."""
-    record(session, order)
-    row = requests.lock(session, order.request_id)
-    if row.status != RequestStatus.QUEUED.value:
+def settle(session: Session, order: SettlementOrder, settings: Settings) -> requests.Request:
+    """Settle each organisation in turn; the request lists every result."""
+    row = requests.claim(session, RequestKind.SETTLEMENT, order.request_id, order.payload(), amount=0)
+    if not row.queued:
         return row
     results = []
     for org_id, override in order.organisations:
-        try:
-            with session.begin_nested():
-                results.append(_settle_one(session, order, org_id, override, settings))
+        try:  # a refusal writes nothing, so the other organisations go on
+            results.append(_settle_one(session, order, org_id, override, settings))
         except (NotFound, InsufficientFunds) as exc:
             results.append({"organisation_id": org_id, "status": "failed", "reason": exc.message})
-    row.amount = sum(parse_cents(r["net"]) for r in results if r["status"] == "settled")
     requests.finish(
         session,
         row,
         RequestStatus.COMPLETED,
         result={"reference_date": order.reference_date.isoformat(), "organisations": results},
+        amount=sum(parse_cents(r["net"]) for r in results if r["status"] == "settled"),
     )
     return row
 

@@ -14,7 +14,7 @@ from shared import fields, ledger, notifications, profiles, requests
 from shared.config import Settings
 from shared.errors import InsufficientFunds, InvalidInput, NotFound
 from shared.ledger import Entry, Line
-from shared.models import EntryType, PaymentRequest, RequestKind, RequestStatus
+from shared.models import EntryType, RequestKind, RequestStatus
 from shared.money import format_cents, parse_cents
 
 
@@ -52,22 +52,20 @@ def parse(body: Mapping[str, Any], settings: Settings) -> TransferOrder:
     return order
 
 
-def record(session: Session, order: TransferOrder) -> tuple[PaymentRequest, bool]:
+def record(session: Session, order: TransferOrder) -> tuple[requests.Request, bool]:
     return requests.record(
-        session,
-        RequestKind.TRANSFER,
-        order.request_id,
-        order.payload(),
-        amount=order.amount,
+        session, RequestKind.TRANSFER, order.request_id, order.payload(), amount=order.amount,
         member_id=order.from_member_id,
     )
 
 
-def transfer(session: Session, order: TransferOrder, settings: Settings) -> PaymentRequest:
+def transfer(session: Session, order: TransferOrder, settings: Settings) -> requests.Request:
     """Record and book the transfer in the caller's transaction; `declined` if funds are short."""
-    record(session, order)
-    row = requests.lock(session, order.request_id)
-    if row.status != RequestStatus.QUEUED.value:
+    row = requests.claim(
+        session, RequestKind.TRANSFER, order.request_id, order.payload(), amount=order.amount,
+        member_id=order.from_member_id,
+    )
+    if not row.queued:
         return row
     try:
         sender = profiles.get_member(session, order.from_member_id) if order.from_member_id else None
@@ -86,9 +84,8 @@ def transfer(session: Session, order: TransferOrder, settings: Settings) -> Paym
         lines=(Line(source, -order.amount), Line(target, order.amount)),
     )
     try:
-        with session.begin_nested():  # a refused booking leaves nothing behind
-            ledger.post(session, entry)
-    except InsufficientFunds as exc:
+        ledger.post(session, entry)
+    except InsufficientFunds as exc:  # nothing was written
         requests.finish(session, row, RequestStatus.DECLINED, reason=exc.message)
         return row
     requests.finish(session, row, RequestStatus.PAID)

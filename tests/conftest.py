@@ -17,7 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import make_engine, make_sessions
+from shared.models import SystemAccount
 from shared.schema import upgrade
+
+pytest_plugins = ["tests.stripe_fixture"]  # the `stripe_api` fixture: localstripe over HTTP
 
 PG_ADMIN_URL = os.environ.get("PAYMENTS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("PAYMENTS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
@@ -51,12 +54,22 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+def empty_database(engine: Engine) -> None:
+    """Empty every table and put back the system accounts, as the first migration made them.
+
+    TRUNCATE, because the ledger's tables (and accounts) refuse DELETE.
+    """
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE accounts, postings, journal_entries, members, organisations, payment_requests, outbox"))
+        conn.execute(
+            text("INSERT INTO accounts (kind, owner, created_at) SELECT 'system', name, now() FROM unnest(CAST(:names AS text[])) AS name"),
+            {"names": [s.value for s in SystemAccount]},
+        )
+
+
 @pytest.fixture
 def clean_db(engine: Engine) -> None:
-    """Empty every table but the system accounts the migration created."""
-    with engine.begin() as conn:
-        conn.execute(text("TRUNCATE postings, journal_entries, members, organisations, payment_requests, outbox"))
-        conn.execute(text("DELETE FROM accounts WHERE kind <> 'system'"))
+    empty_database(engine)
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.orm import Session
 
 from shared import client, fields, payments, requests, settlements, transfers
-from shared.models import PaymentRequest, RequestStatus
 from webhook import context
 
 log = logging.getLogger(__name__)
@@ -48,14 +47,14 @@ def get_request(request_id: str) -> ResponseReturnValue:
 
 
 def _accept(
-    parse: Callable[..., Any], record: Callable[[Session, Any], tuple[PaymentRequest, bool]]
+    parse: Callable[..., Any], record: Callable[[Session, Any], tuple[requests.Request, bool]]
 ) -> ResponseReturnValue:
     order = parse(context.json_body(), context.settings())
     with context.transaction() as session:
         row, created = record(session, order)
         document = requests.status_document(row)
         kind = row.kind
-    if row.status == RequestStatus.QUEUED.value:
+    if row.queued:
         try:
             client.send(requests.TASK_FOR_KIND[kind], order.payload(), settings=context.settings())
         except BrokerError:

@@ -62,5 +62,9 @@ def settings() -> Settings:
 
 @cache
 def sessions() -> sessionmaker[Session]:
-    """One engine per worker process, made on first use (after the prefork)."""
-    return make_sessions(make_engine(settings().database_url, pool_size=2))
+    """One engine per worker process, made on first use (after the prefork).
+
+    No pre-ping (a round trip per task): a connection lost with the database fails the task
+    with OperationalError, which retries with backoff on a fresh connection.
+    """
+    return make_sessions(make_engine(settings().database_url, pool_size=2, pool_pre_ping=False))

@@ -22,6 +22,7 @@ from shared.errors import Conflict, InsufficientFunds
 from shared.ledger import Entry, Line
 from shared.models import EntryType, SystemAccount
 from shared.schema import upgrade
+from tests.conftest import empty_database
 from tests.integration.helpers import add_member, add_organisation
 
 MEMBERS = ("ann", "bob", "cat")
@@ -49,9 +50,7 @@ def fresh_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cal
         engine = request.getfixturevalue("engine")
 
         def empty() -> Engine:
-            with engine.begin() as conn:
-                conn.execute(text("TRUNCATE postings, journal_entries, members, organisations, payment_requests, outbox"))
-                conn.execute(text("DELETE FROM accounts WHERE kind <> 'system'"))
+            empty_database(engine)
             return engine
     else:
         template = tmp_path / "template.db"

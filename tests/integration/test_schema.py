@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from shared.db import make_engine
 from shared.models import Base
@@ -19,8 +20,33 @@ def _differences(engine: Engine) -> list:
         return compare_metadata(MigrationContext.configure(conn), Base.metadata)
 
 
+def _is_postings_account_fk(difference: tuple) -> bool:
+    return difference[0] == "add_fk" and difference[1].parent.name == "postings" and [
+        c.name for c in difference[1].columns
+    ] == ["account_id"]
+
+
 def test_the_migrated_postgresql_schema_matches_the_models(engine: Engine) -> None:
-    assert _differences(engine) == []
+    """On PostgreSQL, and only there, postings check their account by trigger (migration 0004)."""
+    differences = _differences(engine)
+    assert [d for d in differences if not _is_postings_account_fk(d)] == []
+    assert len(differences) == 1
+
+
+def test_postgresql_refuses_postings_to_unknown_accounts_and_deleting_accounts(sessions) -> None:
+    with pytest.raises(IntegrityError, match="posting to unknown account 999999"), sessions.begin() as session:
+        entry = session.scalar(
+            text(
+                "INSERT INTO journal_entries (idempotency_key, payload_hash, type, description, reference,"
+                " created_at) VALUES ('k', 'x', 'Miscellaneous', 'd', 'r', now()) RETURNING id"
+            )
+        )
+        session.execute(
+            text("INSERT INTO postings (entry_id, account_id, amount) VALUES (:e, 999999, 5), (:e, 1, -5)"),
+            {"e": entry},
+        )
+    with pytest.raises(DBAPIError, match="append-only"), sessions.begin() as session:
+        session.execute(text("DELETE FROM accounts WHERE kind = 'system'"))
 
 
 @pytest.mark.parametrize("runs", [1, 2])

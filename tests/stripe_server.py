@@ -1,0 +1,33 @@
+"""localstripe (the Stripe stand-in, DESIGN "Stripe stand-in") on loopback only, with its state in
+memory: `python -m tests.stripe_server PORT`.
+
+Its own CLI binds every interface and keeps its state in /tmp/localstripe.pickle, shared by
+every run on the machine and reloaded at start. Here the store's disk methods are replaced by
+no-ops before the app starts, so each process starts empty and runs side by side do not see
+each other's customers.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from aiohttp import web
+from localstripe import resources  # type: ignore[import-untyped]
+from localstripe.server import app  # type: ignore[import-untyped]
+
+
+def _no_disk(self: resources.Store) -> None:
+    return None
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) != 1 or not argv[0].isdigit():
+        sys.exit("usage: python -m tests.stripe_server PORT")
+    resources.Store.try_load_from_disk = _no_disk
+    resources.Store.dump_to_disk = _no_disk
+    resources.store.clear()
+    web.run_app(app, host="127.0.0.1", port=int(argv[0]), print=None)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
