@@ -107,6 +107,8 @@ def upgrade() -> None:
                 RETURN;
             END IF;
 
+            -- The mark lets postings through for this entry only (migration 0004).
+            PERFORM set_config('ledger.entry', entry_id::text, true);
             INSERT INTO postings (entry_id, account_id, amount)
             SELECT entry_id, d.account, d.amount FROM unnest(p_accounts, p_amounts) AS d(account, amount);
             outcome := 'booked';

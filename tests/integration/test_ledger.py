@@ -118,20 +118,39 @@ def test_entries_and_postings_cannot_be_edited_or_deleted(sessions, accounts) ->
     assert balance_of(sessions, accounts["ann"]) == 10_00
 
 
-def test_the_database_refuses_an_unbalanced_entry_written_around_the_ledger(sessions, accounts) -> None:
-    with pytest.raises(IntegrityError, match="unbalanced"), sessions.begin() as session:
-        entry_id = session.scalar(
-            text(
-                "INSERT INTO journal_entries (idempotency_key, payload_hash, type, description,"
-                " reference, created_at) VALUES ('raw', 'x', 'Miscellaneous', 'raw', 'raw', now())"
-                " RETURNING id"
+def _raw_ledger_post(session, key: str, accounts: list[int], amounts: list[int]) -> None:
+    """Call the database's ledger_post directly, past the Python checks."""
+    session.execute(
+        text(
+            "SELECT * FROM ledger_post(:key, 'h', 'Miscellaneous', 'd', 'r', now(), NULL, NULL, NULL,"
+            " false, CAST(:accounts AS bigint[]), CAST(:amounts AS bigint[]))"
+        ),
+        {"key": key, "accounts": accounts, "amounts": amounts},
+    )
+
+
+def test_the_database_refuses_postings_written_around_ledger_post(sessions, accounts) -> None:
+    with sessions.begin() as session:
+        entry = top_up(session, accounts["ann"], 10_00, "t1").entry_id
+    with pytest.raises(DBAPIError, match=f"postings of entry {entry} may only be written by ledger_post"):
+        with sessions.begin() as session:
+            session.execute(
+                text("INSERT INTO postings (entry_id, account_id, amount) VALUES (:e, :a, 500)"),
+                {"e": entry, "a": accounts["ann"]},
             )
-        )
-        session.execute(
-            text("INSERT INTO postings (entry_id, account_id, amount) VALUES (:e, :a, 500)"),
-            {"e": entry_id, "a": accounts["ann"]},
-        )
-    with pytest.raises(IntegrityError, match="unbalanced"), sessions.begin() as session:
+    assert balance_of(sessions, accounts["ann"]) == 10_00
+
+
+def test_the_database_refuses_at_commit_an_entry_that_is_unbalanced_empty_or_on_unknown_accounts(
+    sessions, accounts
+) -> None:
+    with pytest.raises(IntegrityError, match="unbalanced: 2 postings summing to 100"), sessions.begin() as session:
+        _raw_ledger_post(session, "u1", [accounts["ann"], accounts["stripe"]], [600, -500])
+    with pytest.raises(IntegrityError, match="unbalanced: 1 postings summing to -500"), sessions.begin() as session:
+        _raw_ledger_post(session, "u2", [accounts["stripe"]], [-500])
+    with pytest.raises(IntegrityError, match="posts to an unknown account"), sessions.begin() as session:
+        _raw_ledger_post(session, "u3", [999999, accounts["stripe"]], [500, -500])
+    with pytest.raises(IntegrityError, match="unbalanced: 0 postings"), sessions.begin() as session:
         session.execute(
             text(
                 "INSERT INTO journal_entries (idempotency_key, payload_hash, type, description,"
@@ -139,14 +158,13 @@ def test_the_database_refuses_an_unbalanced_entry_written_around_the_ledger(sess
             )
         )
     assert balance_of(sessions, accounts["ann"]) == 0
+    with sessions.begin() as session:
+        assert session.scalar(text("SELECT count(*) FROM journal_entries")) == 0
 
 
 def test_the_database_refuses_a_zero_posting_and_an_unknown_type(sessions, accounts) -> None:
     with pytest.raises(IntegrityError, match="amount_not_zero"), sessions.begin() as session:
-        session.execute(
-            text("INSERT INTO postings (entry_id, account_id, amount) VALUES (1, :a, 0)"),
-            {"a": accounts["ann"]},
-        )
+        _raw_ledger_post(session, "z1", [accounts["ann"], accounts["stripe"]], [0, 0])
     with pytest.raises(IntegrityError, match="ck_journal_entries_type"), sessions.begin() as session:
         session.execute(
             text(
