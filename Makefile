@@ -20,6 +20,7 @@ test: $(STAMP) services
 
 bench: $(STAMP) services
 	$(BIN)/python bench/ledger.py
+	$(BIN)/python bench/payments.py
 
 services:
 	@bash tests/ensure-services.sh
