@@ -26,6 +26,7 @@ from sqlalchemy import (
     Numeric,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -215,6 +216,8 @@ class RequestKind(enum.StrEnum):
     PAYMENT = "payment"
     TRANSFER = "transfer"
     SETTLEMENT = "settlement"
+    TOPUP = "topup"
+    REFUND = "refund"
 
 
 class RequestStatus(enum.StrEnum):
@@ -290,3 +293,91 @@ class OutboxMessage(Base):
     # Not before this time: a failed send backs off; a claimed row is leased until then.
     next_attempt_at: Mapped[Timestamp]
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class EventStatus(enum.StrEnum):
+    RECEIVED = "received"
+    PROCESSING = "processing"
+    PROCESSED = "processed"
+    IGNORED = "ignored"
+    FAILED = "failed"
+
+
+class StripeEvent(Base):
+    """The inbox: every Stripe event accepted by the webhook, kept and replayable (DESIGN 7, 8)."""
+
+    __tablename__ = "stripe_events"
+    __table_args__ = (
+        CheckConstraint(_in("status", EventStatus), name="status"),
+        Index("ix_stripe_events_status_updated_at", "status", "updated_at"),
+    )
+
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    type: Mapped[str] = mapped_column(String(100))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    received_at: Mapped[Timestamp]
+    updated_at: Mapped[Timestamp]
+
+
+class CardPaymentKind(enum.StrEnum):
+    AUTO_TOP_UP = "auto_topup"  # off-session, saved card
+    MANUAL_TOP_UP = "manual_topup"  # saved card at once, or a checkout with a new card
+    CHECKOUT = "checkout"  # card money for a payment request short of funds
+
+
+class CardPaymentStatus(enum.StrEnum):
+    PENDING = "pending"  # committed before Stripe is called; the charge may or may not exist
+    AWAITING_CARD = "awaiting_card"  # a checkout waiting for the browser
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    ACTION_REQUIRED = "action_required"
+
+
+IN_FLIGHT = (CardPaymentStatus.PENDING.value,)
+
+
+class CardPayment(Base):
+    """One attempt to take card money, committed before Stripe is called (DESIGN 5).
+
+    Its `attempt_key` is the idempotency key of the Stripe call and the key of the booking, so
+    no retry, redelivery or second scheduler can charge or book it twice; at most one auto
+    top-up per member is in flight (a partial unique index).
+    """
+
+    __tablename__ = "card_payments"
+    __table_args__ = (
+        CheckConstraint(_in("kind", CardPaymentKind), name="kind"),
+        CheckConstraint(_in("status", CardPaymentStatus), name="status"),
+        CheckConstraint("amount > 0", name="amount_positive"),
+        Index(
+            "uq_card_payments_one_top_up_in_flight",
+            "member_id",
+            unique=True,
+            postgresql_where="status = 'pending' AND kind = 'auto_topup'",
+            sqlite_where=text("status = 'pending' AND kind = 'auto_topup'"),
+        ),
+        Index("ix_card_payments_status_updated_at", "status", "updated_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    attempt_key: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16))
+    member_id: Mapped[str] = mapped_column(String(64))
+    amount: Mapped[Cents]
+    # The payment request this card money is for (checkout, or a top-up inside a payment).
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    payment_intent_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    client_secret: Mapped[str | None] = mapped_column(String(255))
+    entry_id: Mapped[int | None] = mapped_column(BigInteger)
+    # Times a Stripe call was started for it: after the first, look it up before charging again.
+    tries: Mapped[int] = mapped_column(Integer, default=0)
+    refunded: Mapped[Cents] = mapped_column(default=0)
+    # What Stripe reported happening outside the service (refunds, disputes), for admins.
+    stripe_notes: Mapped[list[Any] | None] = mapped_column(JSON)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[Timestamp]
+    updated_at: Mapped[Timestamp]

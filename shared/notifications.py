@@ -5,6 +5,7 @@ in, at most once per member per `low_balance_warning_days` (SPEC 3)."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy.orm import Session
@@ -78,3 +79,26 @@ def _email(member: Member, kind: str, subject: str, body: str) -> dict[str, str]
         "subject": subject,
         "body": f"Dear {member.first_name},\n\n{body}\n",
     }
+
+
+_AUTO_TOPUP_EMAILS = {
+    "success": ("Auto top up successful", "We topped up your Bridge Credits by {amount} from your saved card."),
+    "failure": (
+        "Auto Top Up Failure",
+        "Your card was declined for an auto top up of {amount}. Auto top up is off until you save a card again.",
+    ),
+    "action_required": (
+        "Your bank needs you to confirm an auto top up",
+        "Your bank asked you to authenticate an auto top up of {amount}. Please log in and confirm it: "
+        "{link}",
+    ),
+}
+
+
+def auto_topup_email(session: Session, member: Member, attempt: Any, outcome: str) -> None:
+    """SPEC 4.3: success, failure, or authentication needed (with a link)."""
+    subject, text = _AUTO_TOPUP_EMAILS[outcome]
+    body = text.format(amount=format_cents(attempt.amount), link=f"/payments/auto-topup/{attempt.attempt_key}")
+    outbox.add_notification(
+        session, f"auto-topup-{outcome}:{attempt.attempt_key}", _email(member, f"auto_topup_{outcome}", subject, body)
+    )

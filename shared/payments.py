@@ -21,11 +21,20 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from shared import fields, ledger, notifications, profiles, requests
+from shared import fields, ledger, notifications, profiles, requests, topups
 from shared.config import Settings
 from shared.errors import InsufficientFunds, InvalidInput, NotFound
 from shared.ledger import Entry, Line
-from shared.models import AutoTopUpStatus, EntryType, RequestKind, RequestStatus
+from shared.models import (
+    AutoTopUpStatus,
+    CardPayment,
+    CardPaymentKind,
+    CardPaymentStatus,
+    EntryType,
+    RequestKind,
+    RequestStatus,
+    utcnow,
+)
 from shared.money import format_cents, parse_cents
 
 # Types a module may ask for; top-ups, settlements and corrections are booked by this service.
@@ -107,15 +116,22 @@ def record(session: Session, order: PaymentOrder) -> tuple[requests.Request, boo
 def pay(session: Session, order: PaymentOrder, settings: Settings) -> requests.Request:
     """Record and decide the payment in the caller's transaction; a decided one is returned as is."""
     row = requests.claim(session, RequestKind.PAYMENT, order.request_id, order.payload(), **_request_columns(order))
-    if not row.queued:
-        return row
+    if row.queued:
+        _decide(session, row, order, settings, cards=True)
+    return row
+
+
+def _decide(
+    session: Session, row: requests.Request, order: PaymentOrder, settings: Settings, *, cards: bool
+) -> None:
+    """SPEC 3 under the member's lock; `cards` says whether the card branches may be tried."""
     try:
         parties = profiles.payment_parties(
             session, order.member_id, organisation_id=order.organisation_id, other_member_id=order.other_member_id
         )
     except NotFound as exc:
         requests.finish(session, row, RequestStatus.FAILED, reason=exc.message)
-        return row
+        return
 
     payer = parties.member_account
     if not order.book_internals:
@@ -123,7 +139,8 @@ def pay(session: Session, order: PaymentOrder, settings: Settings) -> requests.R
         ledger.lock_accounts(session, [payer])
         balance = ledger.balance(session, payer)
         if balance < order.amount:
-            return _short_of_funds(session, row, order, balance, settings)
+            _short_of_funds(session, row, order, balance, settings, cards=cards)
+            return
     else:
         try:
             booking = ledger.post(
@@ -139,14 +156,14 @@ def pay(session: Session, order: PaymentOrder, settings: Settings) -> requests.R
                 ),
             )
         except InsufficientFunds as exc:  # nothing written; the member's lock is held
-            return _short_of_funds(session, row, order, exc.balance, settings)
+            _short_of_funds(session, row, order, exc.balance, settings, cards=cards)
+            return
         balance = booking.balances.get(payer)
         if balance is None:  # booked before under this key: read the balance afresh
             balance = ledger.balance(session, payer)
     requests.finish(session, row, RequestStatus.PAID)
     if balance < settings.auto_topup_low_limit:
         after_payment_check(session, order.member_id, balance, settings)
-    return row
 
 
 def _request_columns(order: PaymentOrder) -> dict[str, Any]:
@@ -154,40 +171,115 @@ def _request_columns(order: PaymentOrder) -> dict[str, Any]:
 
 
 def _short_of_funds(
-    session: Session, row: requests.Request, order: PaymentOrder, balance: int, settings: Settings
-) -> requests.Request:
-    if card_fallback(session, row, order, balance, settings) is None:
-        requests.finish(
-            session,
-            row,
-            RequestStatus.DECLINED,
-            reason=f"insufficient funds: balance {format_cents(balance)}, needs {format_cents(row.amount)}",
-        )
-    return row
+    session: Session, row: requests.Request, order: PaymentOrder, balance: int, settings: Settings, *, cards: bool
+) -> None:
+    if cards and card_fallback(session, row, order, balance, settings):
+        return  # the request waits for the card
+    requests.finish(
+        session,
+        row,
+        RequestStatus.DECLINED,
+        reason=f"insufficient funds: balance {format_cents(balance)}, needs {format_cents(row.amount)}",
+    )
 
 
 def card_fallback(
     session: Session, row: requests.Request, order: PaymentOrder, balance: int, settings: Settings
-) -> object | None:
-    """The card branches of SPEC 3 steps 2 and 3 (auto top-up, card checkout).
+) -> bool:
+    """SPEC 3 steps 2 and 3: top up from the saved card, or else open a card checkout.
 
-    This is the seam the Stripe work fills. Until then no card can be charged, so members with
-    auto top-up `on` and requests that `allow_checkout` take the declined path like everyone else.
+    Only commits an attempt row here (the request stays `queued`); the charge or checkout is
+    made after commit (`shared.charges`), and its outcome carries the request on.
     """
-    return None
+    member = profiles.get_member(session, order.member_id)
+    if member.auto_topup_status == AutoTopUpStatus.ON.value and member.stripe_customer_id:
+        amount = topups.topup_amount(
+            auto_amount=member.auto_topup_amount, balance=balance, payment=order.amount,
+            low_limit=settings.auto_topup_low_limit,
+        )
+        attempt = topups.open_attempt(
+            session, key=f"pay-topup:{order.request_id}", kind=CardPaymentKind.AUTO_TOP_UP,
+            member_id=order.member_id, amount=amount, request_id=order.request_id,
+        )
+        if attempt is not None and attempt.status == CardPaymentStatus.PENDING.value:
+            session.info.setdefault("charges", []).append(attempt.id)
+            return True
+        # Another top-up is in flight, or this one already failed: go on to step 3.
+    return _open_checkout(session, order, order.amount - balance)
+
+
+def _open_checkout(session: Session, order: PaymentOrder, amount: int) -> bool:
+    if not order.allow_checkout:
+        return False
+    attempt = topups.open_attempt(
+        session, key=f"checkout:{order.request_id}", kind=CardPaymentKind.CHECKOUT,
+        member_id=order.member_id, amount=amount, request_id=order.request_id,
+    )
+    if attempt is None:
+        return False
+    if attempt.status == CardPaymentStatus.PENDING.value:
+        session.info.setdefault("checkouts", []).append(attempt.id)
+    return attempt.status in (CardPaymentStatus.PENDING.value, CardPaymentStatus.AWAITING_CARD.value)
+
+
+def await_card(session: Session, attempt: CardPayment, settings: Settings) -> None:
+    """The checkout exists: the request is `awaiting_card` with what a browser needs."""
+    row = requests.lock_existing(session, attempt.request_id or "")
+    if row.status not in (RequestStatus.QUEUED.value, RequestStatus.AWAITING_CARD.value):
+        return
+    checkout = {
+        "payment_intent_id": attempt.payment_intent_id,
+        "client_secret": attempt.client_secret,
+        "amount": format_cents(attempt.amount),
+        "publishable_key": settings.stripe_publishable_key,
+    }
+    requests.finish(session, row, RequestStatus.AWAITING_CARD, result={"checkout": checkout})
+
+
+def card_money_arrived(session: Session, attempt: CardPayment, settings: Settings) -> None:
+    """Card money for a request is booked: decide the request again (it can now be paid)."""
+    if attempt.request_id is None:
+        return
+    row = requests.lock_existing(session, attempt.request_id)
+    if row.status not in (RequestStatus.QUEUED.value, RequestStatus.AWAITING_CARD.value):
+        return
+    if row.kind == RequestKind.TOPUP.value:
+        requests.finish(session, row, RequestStatus.PAID, result={})
+        return
+    _decide(session, row, parse(row.payload, settings), settings, cards=False)
+
+
+def card_failed(session: Session, attempt: CardPayment, reason: str, settings: Settings) -> None:
+    """The card did not pay: a payment goes on to a checkout if allowed (SPEC 3 step 3), else fails."""
+    if attempt.request_id is None:
+        return
+    row = requests.lock_existing(session, attempt.request_id)
+    if row.status not in (RequestStatus.QUEUED.value, RequestStatus.AWAITING_CARD.value):
+        return
+    if row.kind == RequestKind.PAYMENT.value and attempt.kind == CardPaymentKind.AUTO_TOP_UP.value:
+        order = parse(row.payload, settings)
+        balance = ledger.balance(session, profiles.get_member(session, order.member_id).account_id)
+        if _open_checkout(session, order, order.amount - balance):
+            return
+        requests.finish(session, row, RequestStatus.DECLINED, reason=f"auto top-up failed: {reason}", result={})
+        return
+    requests.finish(session, row, RequestStatus.FAILED, reason=f"card payment failed: {reason}", result={})
 
 
 def after_payment_check(session: Session, member_id: str, balance: int, settings: Settings) -> None:
-    """SPEC 3: below the low limit, an `on` member is topped up (with Stripe), others warned."""
-    if balance >= settings.auto_topup_low_limit:
-        return
+    """SPEC 3: below the low limit, an `on` member gets one top-up of their auto amount,
+    any other member who opted in a low-balance warning."""
     member = profiles.get_member(session, member_id)
-    if member.auto_topup_status == AutoTopUpStatus.ON.value:
-        return  # the after-payment top-up arrives with the Stripe work
+    if member.auto_topup_status == AutoTopUpStatus.ON.value and member.stripe_customer_id:
+        attempt = topups.open_attempt(
+            session, key=f"low-{member_id}-{utcnow():%Y%m%dT%H%M%S%f}", kind=CardPaymentKind.AUTO_TOP_UP,
+            member_id=member_id, amount=topups.topup_amount(
+                auto_amount=member.auto_topup_amount, balance=balance, payment=0,
+                low_limit=settings.auto_topup_low_limit),
+        )
+        if attempt is not None and attempt.status == CardPaymentStatus.PENDING.value:
+            session.info.setdefault("charges", []).append(attempt.id)
+        return
     notifications.maybe_warn_low_balance(
-        session,
-        member,
-        balance,
-        zone=settings.time_zone,
-        throttle_days=settings.low_balance_warning_days,
+        session, member, balance, zone=settings.time_zone, throttle_days=settings.low_balance_warning_days
     )

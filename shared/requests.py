@@ -37,6 +37,8 @@ TASK_FOR_KIND = {
     RequestKind.PAYMENT.value: "payments.pay",
     RequestKind.TRANSFER.value: "payments.transfer",
     RequestKind.SETTLEMENT.value: "payments.settle",
+    RequestKind.TOPUP.value: "payments.topup",
+    RequestKind.REFUND.value: "payments.refund",
 }
 
 
@@ -135,6 +137,14 @@ def claim(
     row = Request(**session.connection().execute(statement, params).one()._mapping)
     _same_payload(row, params["payload_hash"])
     return row
+
+
+def lock_existing(session: Session, request_id: str) -> Request:
+    """A stored request under its row lock (to carry it on after card money moved)."""
+    found = session.connection().execute(_GET.with_for_update(), {"request_id": request_id}).one_or_none()
+    if found is None:
+        raise NotFound(f"request {request_id}: not known", field="request_id")
+    return Request(**found._mapping)
 
 
 def get(session: Session, request_id: str) -> Request:

@@ -9,12 +9,13 @@ from flask import Flask
 
 from shared.config import Settings
 from shared.db import make_engine, make_sessions
+from shared.stripe_gateway import StripeGateway
 
 MAX_BODY_BYTES = 1024 * 1024
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    from webhook import api, errors, health
+    from webhook import api, errors, health, stripe
 
     settings = settings or Settings.from_env()
     app = Flask(__name__)
@@ -24,8 +25,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         "settings": settings,
         "engine": engine,
         "sessions": make_sessions(engine),
+        "gateway": StripeGateway(settings),
     }
     errors.register(app)
     app.register_blueprint(health.blueprint)
+    app.register_blueprint(stripe.blueprint)
     app.register_blueprint(api.blueprint)
     return app

@@ -256,9 +256,11 @@ def _statement_response(rows: list[statements.StatementRow], filename: str) -> R
     return jsonify({"rows": [row.as_json() for row in rows]})
 
 
-# Money movements (webhook/movements.py) are nested under /api, so the bearer-token check above
-# guards them too. Nested here, once per process: Flask refuses to change a blueprint after it
-# has been registered, so doing it in create_app broke every app after the first.
-from webhook import movements  # noqa: E402
+# Money movements (webhook/movements.py) and saved cards (webhook/cards.py) are nested under
+# /api, so the bearer-token check above guards them too. Nested here, once per process: Flask
+# refuses to change a blueprint after it has been registered, so doing it in create_app broke
+# every app after the first.
+from webhook import cards, movements  # noqa: E402
 
 blueprint.register_blueprint(movements.blueprint)
+blueprint.register_blueprint(cards.blueprint)

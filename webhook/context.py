@@ -8,10 +8,11 @@ from typing import Any
 
 from flask import current_app, request
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.errors import InvalidInput
+from shared.stripe_gateway import StripeGateway
 
 
 def settings() -> Settings:
@@ -38,3 +39,11 @@ def json_body() -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidInput("body: expected a JSON object", field="body")
     return body
+
+
+def gateway() -> StripeGateway:
+    return current_app.extensions["payments"]["gateway"]
+
+
+def sessions() -> sessionmaker[Session]:
+    return current_app.extensions["payments"]["sessions"]

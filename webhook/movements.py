@@ -17,7 +17,7 @@ from flask.typing import ResponseReturnValue
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.orm import Session
 
-from shared import client, fields, payments, requests, settlements, transfers
+from shared import client, fields, payments, requests, settlements, topups, transfers
 from webhook import context
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,12 @@ def post_settlement() -> ResponseReturnValue:
     return _accept(settlements.parse, settlements.record)
 
 
+@blueprint.post("/members/<member_id>/topups")
+def post_topup(member_id: str) -> ResponseReturnValue:
+    body = {**context.json_body(), "member_id": member_id}
+    return _accept(topups.parse_topup, topups.record_topup, body)
+
+
 @blueprint.get("/payments/<request_id>")
 def get_request(request_id: str) -> ResponseReturnValue:
     with context.transaction() as session:
@@ -47,9 +53,11 @@ def get_request(request_id: str) -> ResponseReturnValue:
 
 
 def _accept(
-    parse: Callable[..., Any], record: Callable[[Session, Any], tuple[requests.Request, bool]]
+    parse: Callable[..., Any],
+    record: Callable[[Session, Any], tuple[requests.Request, bool]],
+    body: dict[str, Any] | None = None,
 ) -> ResponseReturnValue:
-    order = parse(context.json_body(), context.settings())
+    order = parse(context.json_body() if body is None else body, context.settings())
     with context.transaction() as session:
         row, created = record(session, order)
         document = requests.status_document(row)

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
 from shared.db import make_engine, make_sessions
+from shared.stripe_gateway import StripeGateway
 
 QUEUES = ("webhooks", "payments", "topups", "outbox", "celery")
 
@@ -21,6 +22,9 @@ ROUTES = {
     "payments.dispatch_outbox": {"queue": "outbox"},
     "payments.relay_outbox": {"queue": "outbox"},
     "payments.redrive_requests": {"queue": "payments"},
+    "payments.topup": {"queue": "topups"},
+    "payments.auto_topup": {"queue": "topups"},
+    "payments.process_stripe_event": {"queue": "webhooks"},
 }
 
 
@@ -68,3 +72,8 @@ def sessions() -> sessionmaker[Session]:
     with OperationalError, which retries with backoff on a fresh connection.
     """
     return make_sessions(make_engine(settings().database_url, pool_size=2, pool_pre_ping=False))
+
+
+@cache
+def gateway() -> StripeGateway:
+    return StripeGateway(settings())

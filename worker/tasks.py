@@ -17,14 +17,14 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from shared import outbox, payments, requests, settlements, transfers
-from shared.errors import Conflict, InvalidInput
+from shared import charges, outbox, payments, requests, settlements, stripe_events, topups, transfers
+from shared.errors import Conflict, InvalidInput, StripeUnavailable
 from shared.models import RequestKind
-from worker.app import app, sessions, settings
+from worker.app import app, gateway, sessions, settings
 
 log = logging.getLogger(__name__)
 
-TRANSIENT = (OperationalError, InterfaceError, BrokerError)
+TRANSIENT = (OperationalError, InterfaceError, BrokerError, StripeUnavailable)
 RETRY = {
     "autoretry_for": TRANSIENT,
     "retry_backoff": 1,
@@ -47,6 +47,30 @@ def transfer(**fields: Any) -> str:
 @app.task(name="payments.settle", soft_time_limit=120, time_limit=150, **RETRY)
 def settle(**fields: Any) -> str:
     return _decide(RequestKind.SETTLEMENT, fields, settlements.parse, settlements.settle)
+
+
+@app.task(name="payments.topup", soft_time_limit=60, time_limit=90, **RETRY)
+def topup(**fields: Any) -> str:
+    return _decide(RequestKind.TOPUP, fields, topups.parse_topup, topups.topup)
+
+
+@app.task(name="payments.process_stripe_event", soft_time_limit=60, time_limit=90, **RETRY)
+def process_stripe_event(event_id: str) -> str:
+    outcome, effects = stripe_events.process(sessions(), gateway(), settings(), event_id)
+    _carry_out(effects)
+    return outcome
+
+
+@app.task(name="payments.auto_topup", soft_time_limit=60, time_limit=90, **RETRY)
+def auto_topup(member_id: str, key: str) -> str:
+    """Top up an `on` member below the low limit: the attempt row (keyed by the caller, e.g.
+    per sweep window) is committed first, then the saved card is charged."""
+    with sessions().begin() as session:
+        attempt_id = topups.open_auto_topup(session, member_id, key, settings())
+    if attempt_id is None:
+        return "nothing to do"
+    _carry_out(charges.Effects(charges=[attempt_id]))
+    return "charged"
 
 
 @app.task(name="payments.dispatch_outbox", bind=True, soft_time_limit=30, time_limit=45, **RETRY)
@@ -93,15 +117,29 @@ def _decide(
         order = parse(fields, config)
     except InvalidInput as exc:
         return _reject(kind, fields, exc)
+    effects = charges.Effects()
     try:
         with sessions().begin() as session:
             row = act(session, order, config)
-            status, outbox_ids = row.status, session.info.pop("outbox", [])
+            status = row.status
+            effects.collect(session)
     except Conflict as exc:
         log.warning("%s %s refused: %s", kind.value, order.request_id, exc.message)
         return "conflict"
-    _dispatch(outbox_ids)
+    _carry_out(effects)
     return status
+
+
+def _carry_out(effects: charges.Effects) -> None:
+    """After commit: card work (which may lead to more), then the outbox rows."""
+    pending = [effects]
+    while pending:
+        current = pending.pop()
+        for attempt_id in current.charges:
+            pending.append(charges.charge(sessions(), gateway(), settings(), attempt_id))
+        for attempt_id in current.checkouts:
+            pending.append(charges.start_checkout(sessions(), gateway(), settings(), attempt_id))
+        _dispatch(current.outbox)
 
 
 def _reject(kind: RequestKind, fields: dict[str, Any], exc: InvalidInput) -> str:

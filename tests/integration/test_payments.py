@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import payments, profiles
 from shared.config import Settings
 from shared.errors import Conflict, InvalidInput
-from shared.models import Member, OutboxMessage, PaymentRequest, SystemAccount
+from shared.models import CardPayment, Member, OutboxMessage, PaymentRequest, SystemAccount
 from tests.integration.helpers import add_member, add_organisation, balance_of, top_up
 
 
@@ -67,10 +67,15 @@ def test_too_little_money_declines_books_nothing_and_calls_back_failure(sessions
     assert callbacks(sessions)[0]["reason"] == row.reason
 
 
-def test_members_with_auto_top_up_or_checkout_are_declined_until_cards_arrive(sessions, world) -> None:
+def test_short_of_funds_with_checkout_allowed_opens_a_checkout_for_the_shortfall(sessions, world) -> None:
     with sessions.begin() as session:
-        session.get(Member, "ann").auto_topup_status = "on"
-    assert pay(sessions, order(amount="150.00", allow_checkout=True)).status == "declined"
+        session.get(Member, "ann").auto_topup_status = "on"  # but no saved card: no top-up
+        row = payments.pay(session, order(amount="150.00", allow_checkout=True), Settings())
+        assert session.info["checkouts"] and "charges" not in session.info
+    assert row.status == "queued"  # until the PaymentIntent exists (shared.charges)
+    with sessions.begin() as session:
+        [attempt] = session.scalars(select(CardPayment)).all()
+        assert (attempt.kind, attempt.amount, attempt.request_id) == ("checkout", 50_00, "r1")
     assert balance_of(sessions, world["ann"]) == 100_00
 
 

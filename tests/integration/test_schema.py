@@ -36,3 +36,15 @@ def test_the_migrated_postgresql_schema_matches_the_models(engine: Engine) -> No
 def test_postgresql_refuses_deleting_an_account(sessions) -> None:
     with pytest.raises(DBAPIError, match="accounts is append-only: DELETE refused"), sessions.begin() as session:
         session.execute(text("DELETE FROM accounts WHERE kind = 'system'"))
+
+
+@pytest.mark.parametrize("runs", [1, 2])
+def test_the_migrated_sqlite_schema_matches_the_models(tmp_path: Path, runs: int) -> None:
+    url = f"sqlite:///{tmp_path}/p.db"
+    for _ in range(runs):
+        upgrade(url)
+    engine = make_engine(url)
+    try:
+        assert _differences(engine) == []
+    finally:
+        engine.dispose()

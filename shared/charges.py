@@ -1,0 +1,216 @@
+"""Taking card money: the Stripe calls, each between two committed steps (DESIGN invariant 5).
+
+1. `shared.topups` commits an attempt row (its key is the Stripe idempotency key);
+2. here, with no transaction open, Stripe is called;
+3. then one transaction books the outcome (`settle_intent`) and carries on with the payment
+   request waiting for it, if any.
+
+A crash between 2 and 3 leaves the attempt `pending` with `tries` > 0: the next try looks the
+attempt up at Stripe by its key before charging, so a card is never charged twice even by a
+Stripe stand-in that ignores idempotency keys. Every function returns the ids of outbox rows
+it wrote, for the caller to dispatch after commit, and follow-up card work it scheduled.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import ledger, payments, profiles, topups
+from shared.config import Settings
+from shared.errors import AuthenticationRequired, CardDeclined, NotFound, StripeRequestFailed
+from shared.models import AutoTopUpStatus, CardPaymentKind, CardPaymentStatus, Member
+from shared.stripe_gateway import PaymentIntentInfo, StripeGateway
+
+# Stripe says the money is taken, or that it will not be (until the member acts).
+SUCCEEDED = "succeeded"
+NEEDS_ACTION = ("requires_action", "requires_confirmation")
+FAILED = ("requires_payment_method", "canceled")
+
+
+@dataclass
+class Effects:
+    """What a step left for after its commit: outbox rows to send, card work to do."""
+
+    outbox: list[int] = field(default_factory=list)
+    charges: list[int] = field(default_factory=list)
+    checkouts: list[int] = field(default_factory=list)
+
+    def collect(self, session: Session) -> None:
+        self.outbox += session.info.pop("outbox", [])
+        self.charges += session.info.pop("charges", [])
+        self.checkouts += session.info.pop("checkouts", [])
+
+
+def charge(sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, attempt_id: int) -> Effects:
+    """Charge a pending top-up attempt to the member's saved card, off-session."""
+    effects = Effects()
+    with sessions.begin() as session:
+        attempt = topups.lock_attempt(session, attempt_id)
+        if attempt.status != CardPaymentStatus.PENDING.value:
+            return effects
+        customer = profiles.get_member(session, attempt.member_id).stripe_customer_id
+        looked_up_first = attempt.tries > 0
+        attempt.tries += 1
+        key, amount, member_id, kind = attempt.attempt_key, attempt.amount, attempt.member_id, attempt.kind
+    if customer is None:
+        return _declined(sessions, settings, attempt_id, "no card is saved", effects)
+
+    intent = gateway.find_payment_intent(customer_id=customer, attempt_key=key) if looked_up_first else None
+    if intent is None:
+        try:
+            intent = gateway.charge_saved_card(
+                customer_id=customer, amount_cents=amount, idempotency_key=key,
+                metadata={"attempt_key": key, "member_id": member_id, "kind": kind},
+            )
+        except CardDeclined as exc:
+            return _declined(sessions, settings, attempt_id, exc.message, effects)
+        except AuthenticationRequired as exc:
+            return _declined(sessions, settings, attempt_id, exc.message, effects, action=True,
+                             payment_intent_id=exc.payment_intent_id)
+        except StripeRequestFailed as exc:  # refused for good (not an outage, which retries)
+            return _declined(sessions, settings, attempt_id, exc.message, effects)
+    if os.environ.get("PAYMENTS_TEST_CRASH_AFTER_CHARGE") == key:
+        os._exit(17)  # test hook: the worker dies between the charge and the booking
+    return settle_intent(sessions, settings, attempt_id, intent, effects)
+
+
+def start_checkout(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, attempt_id: int
+) -> Effects:
+    """Create the PaymentIntent a browser pays with; the request waits for the card."""
+    effects = Effects()
+    with sessions.begin() as session:
+        attempt = topups.lock_attempt(session, attempt_id)
+        if attempt.status != CardPaymentStatus.PENDING.value or attempt.payment_intent_id:
+            return effects
+        attempt.tries += 1
+        key, amount, member_id = attempt.attempt_key, attempt.amount, attempt.member_id
+        customer = profiles.get_member(session, member_id).stripe_customer_id
+    checkout = gateway.create_checkout(
+        amount_cents=amount, idempotency_key=key, customer_id=customer,
+        metadata={"attempt_key": key, "member_id": member_id, "kind": CardPaymentKind.CHECKOUT.value},
+    )
+    with sessions.begin() as session:
+        attempt = topups.lock_attempt(session, attempt_id)
+        if attempt.status == CardPaymentStatus.PENDING.value and not attempt.payment_intent_id:
+            attempt.status = CardPaymentStatus.AWAITING_CARD.value
+            attempt.payment_intent_id = checkout.payment_intent_id
+            attempt.client_secret = checkout.client_secret
+            if attempt.request_id:
+                payments.await_card(session, attempt, settings)
+        effects.collect(session)
+    return effects
+
+
+def settle_intent(
+    sessions: sessionmaker[Session], settings: Settings, attempt_id: int, intent: PaymentIntentInfo,
+    effects: Effects | None = None,
+) -> Effects:
+    """Book what Stripe says happened to the attempt's PaymentIntent, once."""
+    effects = effects or Effects()
+    with sessions.begin() as session:
+        attempt = topups.lock_attempt(session, attempt_id)
+        if attempt.status in (CardPaymentStatus.SUCCEEDED.value, CardPaymentStatus.FAILED.value):
+            return effects  # already settled: a redelivery or a late event
+        if intent.status == SUCCEEDED:
+            topups.book_card_money(session, attempt, payment_intent_id=intent.id)
+            payments.card_money_arrived(session, attempt, settings)
+        elif intent.status in FAILED or (
+            intent.status in NEEDS_ACTION and attempt.kind == CardPaymentKind.AUTO_TOP_UP.value
+        ):
+            action = intent.status in NEEDS_ACTION
+            topups.fail_attempt(session, attempt, f"PaymentIntent {intent.id} is {intent.status}",
+                                action_required=action, payment_intent_id=intent.id)
+            payments.card_failed(session, attempt, f"card payment {intent.status}", settings)
+        effects.collect(session)
+    return effects
+
+
+def _declined(
+    sessions: sessionmaker[Session], settings: Settings, attempt_id: int, reason: str, effects: Effects,
+    *, action: bool = False, payment_intent_id: str | None = None,
+) -> Effects:
+    with sessions.begin() as session:
+        attempt = topups.lock_attempt(session, attempt_id)
+        if attempt.status == CardPaymentStatus.PENDING.value:
+            topups.fail_attempt(session, attempt, reason, action_required=action, payment_intent_id=payment_intent_id)
+            payments.card_failed(session, attempt, reason, settings)
+        effects.collect(session)
+    return effects
+
+
+# Saved cards (SPEC 4.1) ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetupInfo:
+    setup_intent_id: str
+    client_secret: str = field(repr=False)
+    publishable_key: str | None = None
+
+
+def setup_auto_topup(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, member_id: str
+) -> SetupInfo:
+    """One Stripe customer per member, reused; a SetupIntent for the browser to save a card."""
+    with sessions.begin() as session:
+        member = profiles.get_member(session, member_id)
+        known, email, name = member.stripe_customer_id, member.email, f"{member.first_name} {member.last_name}"
+    customer = gateway.ensure_customer(member_id=member_id, email=email, name=name, customer_id=known)
+    with sessions.begin() as session:
+        member = session.get(Member, member_id, with_for_update=True, populate_existing=True)
+        # A concurrent setup may have stored its customer first: keep that one.
+        member.stripe_customer_id = member.stripe_customer_id or customer
+        customer = member.stripe_customer_id
+        if member.auto_topup_status != AutoTopUpStatus.ON.value:
+            member.auto_topup_status = AutoTopUpStatus.PENDING.value
+    intent = gateway.create_setup_intent(customer_id=customer, member_id=member_id)
+    return SetupInfo(intent.id, intent.client_secret, settings.stripe_publishable_key)
+
+
+def cancel_auto_topup(
+    sessions: sessionmaker[Session], gateway: StripeGateway, member_id: str
+) -> None:
+    """State `off` first (no more charges), then the cards are detached at Stripe."""
+    with sessions.begin() as session:
+        member = session.get(Member, member_id, with_for_update=True)
+        if member is None:
+            raise NotFound(f"member {member_id}: not known to payments", field="member_id")
+        member.auto_topup_status = AutoTopUpStatus.OFF.value
+        customer = member.stripe_customer_id
+    if customer:
+        gateway.detach_cards(customer)
+
+
+def card_saved(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, *, customer_id: str,
+    setup_intent_id: str | None = None, payment_method_id: str | None = None, event_id: str,
+) -> Effects:
+    """Stripe saved a card: make it the default, turn auto top-up on, top up if below the limit."""
+    effects = Effects()
+    with sessions.begin() as session:
+        member = session.scalar(select(Member).where(Member.stripe_customer_id == customer_id))
+        if member is None or member.auto_topup_status == AutoTopUpStatus.OFF.value:
+            return effects  # not ours, or cancelled since: a late event changes nothing
+        member_id = member.member_id
+    gateway.card_saved(customer_id=customer_id, setup_intent_id=setup_intent_id, payment_method_id=payment_method_id)
+    with sessions.begin() as session:
+        member = session.get(Member, member_id, with_for_update=True, populate_existing=True)
+        if member is None or member.auto_topup_status == AutoTopUpStatus.OFF.value:
+            return effects
+        member.auto_topup_status = AutoTopUpStatus.ON.value
+        balance = ledger.balance(session, member.account_id)
+        if balance < settings.auto_topup_low_limit:
+            attempt = topups.open_attempt(
+                session, key=f"card-saved:{event_id}", kind=CardPaymentKind.AUTO_TOP_UP, member_id=member_id,
+                amount=topups.topup_amount(auto_amount=member.auto_topup_amount, balance=balance, payment=0,
+                                           low_limit=settings.auto_topup_low_limit),
+            )
+            if attempt is not None and attempt.status == CardPaymentStatus.PENDING.value:
+                effects.charges.append(attempt.id)
+        effects.collect(session)
+    return effects

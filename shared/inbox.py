@@ -1,0 +1,94 @@
+"""The inbox of Stripe events (DESIGN invariants 7 and 8, dj-stripe's kept event model).
+
+The webhook stores each verified event once, keyed by Stripe's event id, and commits before it
+answers 200; processing happens in a worker. An event moves received -> processing ->
+processed, ignored or failed, keeping its attempts and last error; a stored event can be
+processed again at any time (`payments events replay`), since every handler is idempotent.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from shared.errors import InvalidInput, NotFound
+from shared.models import EventStatus, StripeEvent, utcnow
+
+_TABLE = StripeEvent.__table__
+_NEW = {name: bindparam(name) for name in ("event_id", "type", "payload", "status", "attempts", "received_at", "updated_at")}
+_ACCEPT = {
+    "postgresql": postgresql.insert(_TABLE).values(**_NEW).on_conflict_do_nothing(index_elements=["event_id"]),
+    "sqlite": sqlite.insert(_TABLE).values(**_NEW).on_conflict_do_nothing(index_elements=["event_id"]),
+}
+
+
+@dataclass(frozen=True)
+class Accepted:
+    event_id: str
+    duplicate: bool
+
+
+def parse_event(body: bytes) -> dict[str, Any]:
+    """The event object of a (verified) webhook body; errors name what is wrong."""
+    try:
+        event = json.loads(body)
+    except (ValueError, RecursionError):
+        raise InvalidInput("body: not JSON", field="body") from None
+    if not isinstance(event, dict) or event.get("object") not in (None, "event"):
+        raise InvalidInput("body: not a Stripe event object", field="body")
+    for key in ("id", "type"):
+        if not isinstance(event.get(key), str) or not event[key] or len(event[key]) > 255:
+            raise InvalidInput(f"{key}: missing or not a string", field=key)
+    if not isinstance(event.get("data"), dict) or not isinstance(event["data"].get("object"), dict):
+        raise InvalidInput("data.object: missing", field="data")
+    return event
+
+
+def accept(session: Session, event: dict[str, Any]) -> Accepted:
+    """Store the event unless it is already stored; one statement, no lock held afterwards."""
+    now = utcnow()
+    dialect = "postgresql" if session.get_bind().dialect.name == "postgresql" else "sqlite"
+    result = session.connection().execute(
+        _ACCEPT[dialect],
+        {"event_id": event["id"], "type": event["type"], "payload": event, "status": EventStatus.RECEIVED.value,
+         "attempts": 0, "received_at": now, "updated_at": now},
+    )
+    return Accepted(event_id=event["id"], duplicate=result.rowcount == 0)
+
+
+def claim(session: Session, event_id: str) -> StripeEvent | None:
+    """Take a stored event for processing (one attempt); None if it is done or being processed."""
+    claimed = session.execute(
+        update(StripeEvent)
+        .where(
+            StripeEvent.event_id == event_id,
+            StripeEvent.status.in_([EventStatus.RECEIVED.value, EventStatus.FAILED.value]),
+        )
+        .values(status=EventStatus.PROCESSING.value, attempts=StripeEvent.attempts + 1, updated_at=utcnow())
+        .returning(StripeEvent.event_id)
+    ).scalar_one_or_none()
+    if claimed is None:
+        return None
+    return session.get(StripeEvent, event_id, populate_existing=True)
+
+
+def finish(session: Session, event_id: str, status: EventStatus, error: str | None = None) -> None:
+    session.execute(
+        update(StripeEvent)
+        .where(StripeEvent.event_id == event_id)
+        .values(status=status.value, last_error=error[:500] if error else None, updated_at=utcnow())
+    )
+
+
+def replay(session: Session, event_id: str) -> None:
+    """Make a stored event processable again, whatever its state."""
+    event = session.get(StripeEvent, event_id, with_for_update=True)
+    if event is None:
+        raise NotFound(f"event {event_id}: not in the inbox", field="event_id")
+    event.status = EventStatus.RECEIVED.value
+    event.updated_at = utcnow()

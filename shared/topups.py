@@ -1,0 +1,242 @@
+"""Card money in (SPEC 3 steps 2 and 3, SPEC 4, SPEC 5 manual top-up): the rules and the
+database steps, with no network call. `shared.charges` puts the Stripe calls between them.
+
+Every attempt to take card money is a `card_payments` row committed before Stripe is called
+(DESIGN invariant 5). Its `attempt_key` is the Stripe idempotency key and the key of the
+booking, so card money is booked at most once per attempt however often Stripe reports it;
+at most one auto top-up per member is in flight (a partial unique index).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from shared import fields, ledger, notifications, profiles, requests
+from shared.config import Settings
+from shared.errors import InvalidInput, NotFound
+from shared.ledger import Booking, Entry, Line
+from shared.models import (
+    AutoTopUpStatus,
+    CardPayment,
+    CardPaymentKind,
+    CardPaymentStatus,
+    EntryType,
+    RequestKind,
+    RequestStatus,
+    SystemAccount,
+    utcnow,
+)
+from shared.money import format_cents, parse_cents
+
+ENTRY_TYPE = {
+    CardPaymentKind.AUTO_TOP_UP.value: EntryType.AUTO_TOP_UP,
+    CardPaymentKind.MANUAL_TOP_UP.value: EntryType.MANUAL_TOP_UP,
+    CardPaymentKind.CHECKOUT.value: EntryType.CC_PAYMENT,
+}
+
+
+def topup_amount(*, auto_amount: int, balance: int, payment: int, low_limit: int) -> int:
+    """SPEC 4.2: the top-up T for a payment A from balance B, auto amount U, low limit L.
+
+    T = max(U, A); when B < L and B + T - A would still be below L, T is instead the smallest
+    multiple of U that brings the balance after the payment up to L.
+    """
+    amount = max(auto_amount, payment)
+    if balance < low_limit and balance + amount - payment < low_limit:
+        needed = low_limit - balance + payment
+        amount = -(-needed // auto_amount) * auto_amount
+    return amount
+
+
+def check_auto_amount(value: object, settings: Settings) -> int:
+    return parse_cents(
+        value, "amount", minimum=settings.auto_topup_min_amount, maximum=settings.auto_topup_max_amount
+    )
+
+
+def check_manual_amount(amount: int, balance: int, settings: Settings) -> None:
+    """SPEC 5: at least the minimum, and the balance after it at most the maximum."""
+    if amount < settings.manual_topup_min:
+        raise InvalidInput(
+            f"amount: {format_cents(amount)} is below the minimum top-up {format_cents(settings.manual_topup_min)}",
+            field="amount",
+        )
+    if balance + amount > settings.manual_topup_max_balance:
+        raise InvalidInput(
+            f"amount: {format_cents(amount)} would take the balance {format_cents(balance)} above "
+            f"{format_cents(settings.manual_topup_max_balance)}",
+            field="amount",
+        )
+
+
+def open_attempt(
+    session: Session,
+    *,
+    key: str,
+    kind: CardPaymentKind,
+    member_id: str,
+    amount: int,
+    request_id: str | None = None,
+) -> CardPayment | None:
+    """Commit-ready attempt row; the existing one if the key was used; None if another auto
+    top-up of the member is in flight."""
+    now = utcnow()
+    module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    session.execute(
+        module.insert(CardPayment)
+        .values(
+            attempt_key=key, kind=kind.value, status=CardPaymentStatus.PENDING.value, member_id=member_id,
+            amount=amount, request_id=request_id, tries=0, refunded=0, created_at=now, updated_at=now,
+        )
+        .on_conflict_do_nothing()
+    )
+    return session.scalar(
+        select(CardPayment).where(CardPayment.attempt_key == key).execution_options(populate_existing=True)
+    )
+
+
+def in_flight(session: Session, member_id: str) -> CardPayment | None:
+    return session.scalar(
+        select(CardPayment).where(
+            CardPayment.member_id == member_id,
+            CardPayment.kind == CardPaymentKind.AUTO_TOP_UP.value,
+            CardPayment.status == CardPaymentStatus.PENDING.value,
+        )
+    )
+
+
+def lock_attempt(session: Session, card_payment_id: int) -> CardPayment:
+    attempt = session.get(CardPayment, card_payment_id, with_for_update=True, populate_existing=True)
+    if attempt is None:
+        raise NotFound(f"card payment {card_payment_id}: not known", field="card_payment_id")
+    return attempt
+
+
+def by_payment_intent(session: Session, payment_intent_id: str, attempt_key: str | None) -> CardPayment | None:
+    """The attempt a PaymentIntent belongs to, by its id or by the attempt key in its metadata."""
+    attempt = session.scalar(
+        select(CardPayment).where(CardPayment.payment_intent_id == payment_intent_id).with_for_update()
+    )
+    if attempt is None and attempt_key:
+        attempt = session.scalar(select(CardPayment).where(CardPayment.attempt_key == attempt_key).with_for_update())
+    return attempt
+
+
+def book_card_money(session: Session, attempt: CardPayment, *, payment_intent_id: str) -> Booking:
+    """Stripe took the money: book it to the member (once per attempt) and e-mail an auto top-up."""
+    member = profiles.get_member(session, attempt.member_id)
+    stripe = profiles.system_account(session, SystemAccount.STRIPE)
+    booking = ledger.post(
+        session,
+        Entry(
+            key=f"card:{attempt.attempt_key}",
+            type=ENTRY_TYPE[attempt.kind],
+            description="Card payment" if attempt.kind == CardPaymentKind.CHECKOUT.value else "Top up by card",
+            reference=payment_intent_id,
+            lines=(Line(member.account_id, attempt.amount), Line(stripe, -attempt.amount)),
+        ),
+    )
+    attempt.status = CardPaymentStatus.SUCCEEDED.value
+    attempt.payment_intent_id = payment_intent_id
+    attempt.entry_id = booking.entry_id
+    attempt.last_error = None
+    attempt.updated_at = utcnow()
+    if attempt.kind == CardPaymentKind.AUTO_TOP_UP.value and not booking.replayed:
+        if member.auto_topup_status == AutoTopUpStatus.ACTION_REQUIRED.value:
+            member.auto_topup_status = AutoTopUpStatus.ON.value
+        notifications.auto_topup_email(session, member, attempt, "success")
+    return booking
+
+
+def fail_attempt(
+    session: Session, attempt: CardPayment, error: str, *, action_required: bool = False,
+    payment_intent_id: str | None = None,
+) -> None:
+    """The card was declined or needs the member: record it; an auto top-up changes the
+    member's state (SPEC 4.3) and e-mails them."""
+    attempt.status = (CardPaymentStatus.ACTION_REQUIRED if action_required else CardPaymentStatus.FAILED).value
+    attempt.last_error = error[:500]
+    attempt.payment_intent_id = attempt.payment_intent_id or payment_intent_id
+    attempt.updated_at = utcnow()
+    if attempt.kind == CardPaymentKind.AUTO_TOP_UP.value:
+        member = profiles.get_member(session, attempt.member_id)
+        member.auto_topup_status = (
+            AutoTopUpStatus.ACTION_REQUIRED if action_required else AutoTopUpStatus.FAILED
+        ).value
+        member.updated_at = utcnow()
+        notifications.auto_topup_email(session, member, attempt, "action_required" if action_required else "failure")
+
+
+# Manual top-ups (SPEC 5) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TopupOrder:
+    request_id: str
+    member_id: str
+    amount: int
+    use_saved_card: bool
+
+    def payload(self) -> dict[str, Any]:
+        return {**asdict(self), "amount": format_cents(self.amount)}
+
+
+def parse_topup(body: Mapping[str, Any], settings: Settings) -> TopupOrder:
+    return TopupOrder(
+        request_id=fields.identifier(body.get("request_id"), "request_id"),
+        member_id=fields.identifier(body.get("member_id"), "member_id"),
+        amount=parse_cents(body.get("amount"), "amount", minimum=settings.manual_topup_min,
+                           maximum=settings.manual_topup_max_balance),
+        use_saved_card=fields.boolean(body.get("use_saved_card", False), "use_saved_card"),
+    )
+
+
+def record_topup(session: Session, order: TopupOrder) -> tuple[requests.Request, bool]:
+    return requests.record(session, RequestKind.TOPUP, order.request_id, order.payload(), amount=order.amount,
+                           member_id=order.member_id)
+
+
+def topup(session: Session, order: TopupOrder, settings: Settings) -> requests.Request:
+    """Check the limits under the member's lock and open the attempt: the saved card is charged
+    after commit, or a checkout is made for a new card."""
+    row = requests.claim(session, RequestKind.TOPUP, order.request_id, order.payload(), amount=order.amount,
+                         member_id=order.member_id)
+    if not row.queued:
+        return row
+    try:
+        member = profiles.get_member(session, order.member_id)
+        ledger.lock_accounts(session, [member.account_id])
+        check_manual_amount(order.amount, ledger.balance(session, member.account_id), settings)
+        if order.use_saved_card and not member.stripe_customer_id:
+            raise InvalidInput("use_saved_card: no card is saved", field="use_saved_card")
+    except (NotFound, InvalidInput) as exc:
+        requests.finish(session, row, RequestStatus.FAILED, reason=exc.message)
+        return row
+    attempt = open_attempt(session, key=f"topup:{order.request_id}", kind=CardPaymentKind.MANUAL_TOP_UP,
+                           member_id=order.member_id, amount=order.amount, request_id=order.request_id)
+    assert attempt is not None  # manual top-ups are not limited to one in flight
+    if attempt.status == CardPaymentStatus.PENDING.value:
+        session.info.setdefault("charges" if order.use_saved_card else "checkouts", []).append(attempt.id)
+    return row
+
+
+def open_auto_topup(session: Session, member_id: str, key: str, settings: Settings) -> int | None:
+    """SPEC 4.4: the attempt for an `on` member below the low limit with none in flight."""
+    member = profiles.get_member(session, member_id)
+    if member.auto_topup_status != AutoTopUpStatus.ON.value or not member.stripe_customer_id:
+        return None
+    balance = ledger.balance(session, member.account_id)
+    if balance >= settings.auto_topup_low_limit:
+        return None
+    amount = topup_amount(auto_amount=member.auto_topup_amount, balance=balance, payment=0,
+                          low_limit=settings.auto_topup_low_limit)
+    attempt = open_attempt(session, key=key, kind=CardPaymentKind.AUTO_TOP_UP, member_id=member_id, amount=amount)
+    if attempt is None or attempt.status != CardPaymentStatus.PENDING.value:
+        return None
+    return attempt.id

@@ -1,0 +1,39 @@
+"""Saved cards and auto top-up over HTTP (CONTRACT; SPEC 4.1): set up (a SetupIntent for the
+browser), change the amount, cancel. Stripe is called with no transaction open."""
+
+from __future__ import annotations
+
+from flask import Blueprint, jsonify
+from flask.typing import ResponseReturnValue
+
+from shared import charges, fields, profiles, topups
+from shared.money import format_cents
+from webhook import context
+
+blueprint = Blueprint("cards", __name__)
+
+
+@blueprint.post("/members/<member_id>/auto-topup/setup")
+def setup(member_id: str) -> ResponseReturnValue:
+    member_id = fields.identifier(member_id, "member_id")
+    info = charges.setup_auto_topup(context.sessions(), context.gateway(), context.settings(), member_id)
+    return jsonify({"setup_intent_id": info.setup_intent_id, "client_secret": info.client_secret,
+                    "publishable_key": info.publishable_key})
+
+
+@blueprint.put("/members/<member_id>/auto-topup")
+def change_amount(member_id: str) -> ResponseReturnValue:
+    member_id = fields.identifier(member_id, "member_id")
+    amount = topups.check_auto_amount(context.json_body().get("amount"), context.settings())
+    with context.transaction() as session:
+        member = profiles.get_member(session, member_id)
+        member.auto_topup_amount = amount
+        status = member.auto_topup_status
+    return jsonify({"member_id": member_id, "auto_topup": {"status": status, "amount": format_cents(amount)}})
+
+
+@blueprint.delete("/members/<member_id>/auto-topup")
+def cancel(member_id: str) -> ResponseReturnValue:
+    member_id = fields.identifier(member_id, "member_id")
+    charges.cancel_auto_topup(context.sessions(), context.gateway(), member_id)
+    return jsonify({"member_id": member_id, "auto_topup": {"status": "off"}})
