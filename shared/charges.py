@@ -38,11 +38,13 @@ class Effects:
     outbox: list[int] = field(default_factory=list)
     charges: list[int] = field(default_factory=list)
     checkouts: list[int] = field(default_factory=list)
+    refunds: list[str] = field(default_factory=list)  # request ids of booked card refunds
 
     def collect(self, session: Session) -> None:
         self.outbox += session.info.pop("outbox", [])
         self.charges += session.info.pop("charges", [])
         self.checkouts += session.info.pop("checkouts", [])
+        self.refunds += session.info.pop("refunds", [])
 
 
 def charge(sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, attempt_id: int) -> Effects:

@@ -312,3 +312,16 @@ def _insert_new_key(session: Session) -> postgresql.Insert | sqlite.Insert:
     """
     module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     return module.insert(JournalEntry).on_conflict_do_nothing(index_elements=["idempotency_key"])
+
+
+def entry_lines(session: Session, key: str) -> list[tuple[int, int]]:
+    """The (account, amount) postings of the entry booked under `key` (to reverse it)."""
+    return [
+        (row.account_id, row.amount)
+        for row in session.execute(
+            select(Posting.account_id, Posting.amount)
+            .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+            .where(JournalEntry.idempotency_key == key)
+            .order_by(Posting.id)
+        )
+    ]

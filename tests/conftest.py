@@ -60,7 +60,7 @@ def empty_database(engine: Engine) -> None:
     TRUNCATE, because the ledger's tables (and accounts) refuse DELETE.
     """
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE accounts, postings, journal_entries, members, organisations, payment_requests, outbox"))
+        conn.execute(text("TRUNCATE accounts, postings, journal_entries, members, organisations, payment_requests, outbox, stripe_events, card_payments"))
         conn.execute(
             text("INSERT INTO accounts (kind, owner, created_at) SELECT 'system', name, now() FROM unnest(CAST(:names AS text[])) AS name"),
             {"names": [s.value for s in SystemAccount]},

@@ -17,7 +17,7 @@ from flask.typing import ResponseReturnValue
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.orm import Session
 
-from shared import client, fields, payments, requests, settlements, topups, transfers
+from shared import client, fields, payments, refunds, requests, settlements, topups, transfers
 from webhook import context
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,11 @@ def post_transfer() -> ResponseReturnValue:
 @blueprint.post("/settlements")
 def post_settlement() -> ResponseReturnValue:
     return _accept(settlements.parse, settlements.record)
+
+
+@blueprint.post("/refunds")
+def post_refund() -> ResponseReturnValue:
+    return _accept(refunds.parse, refunds.record)
 
 
 @blueprint.post("/members/<member_id>/topups")

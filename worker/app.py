@@ -23,6 +23,7 @@ ROUTES = {
     "payments.relay_outbox": {"queue": "outbox"},
     "payments.redrive_requests": {"queue": "payments"},
     "payments.topup": {"queue": "topups"},
+    "payments.refund": {"queue": "payments"},
     "payments.auto_topup": {"queue": "topups"},
     "payments.process_stripe_event": {"queue": "webhooks"},
 }

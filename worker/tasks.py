@@ -17,7 +17,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from shared import charges, outbox, payments, requests, settlements, stripe_events, topups, transfers
+from shared import charges, outbox, payments, refunds, requests, settlements, stripe_events, topups, transfers
 from shared.errors import Conflict, InvalidInput, StripeUnavailable
 from shared.models import RequestKind
 from worker.app import app, gateway, sessions, settings
@@ -52,6 +52,11 @@ def settle(**fields: Any) -> str:
 @app.task(name="payments.topup", soft_time_limit=60, time_limit=90, **RETRY)
 def topup(**fields: Any) -> str:
     return _decide(RequestKind.TOPUP, fields, topups.parse_topup, topups.topup)
+
+
+@app.task(name="payments.refund", soft_time_limit=60, time_limit=90, **RETRY)
+def refund(**fields: Any) -> str:
+    return _decide(RequestKind.REFUND, fields, refunds.parse, refunds.book)
 
 
 @app.task(name="payments.process_stripe_event", soft_time_limit=60, time_limit=90, **RETRY)
@@ -139,6 +144,8 @@ def _carry_out(effects: charges.Effects) -> None:
             pending.append(charges.charge(sessions(), gateway(), settings(), attempt_id))
         for attempt_id in current.checkouts:
             pending.append(charges.start_checkout(sessions(), gateway(), settings(), attempt_id))
+        for request_id in current.refunds:
+            refunds.send_to_card(sessions(), gateway(), settings(), request_id)
         _dispatch(current.outbox)
 
 

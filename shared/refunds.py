@@ -1,0 +1,161 @@
+"""Card refunds (SPEC 5).
+
+By the member: the whole unrefunded remainder of one card payment, within the refund window
+(12 weeks), only if their balance stays >= 0; the member is debited the remainder, the card
+gets it less the fee (3 %), and the fee is booked to `fees`. By an admin: any part of the
+remainder, no fee. Never more than was charged in total: the card payment's row is locked while
+its refunded total is checked and raised.
+
+The booking is committed first, then Stripe is asked to refund (with the booking's key as the
+idempotency key); if Stripe refuses for good the booking is reversed by a new entry, so the
+ledger never shows a refund the card did not get.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import fields, ledger, profiles, requests
+from shared.config import Settings
+from shared.errors import InsufficientFunds, InvalidInput, StripeRequestFailed
+from shared.ledger import Entry, Line
+from shared.models import CardPayment, CardPaymentStatus, EntryType, RequestKind, RequestStatus, SystemAccount, utcnow
+from shared.money import format_cents, parse_cents
+from shared.stripe_gateway import StripeGateway
+
+
+@dataclass(frozen=True)
+class RefundOrder:
+    request_id: str
+    payment_intent_id: str
+    by: str  # "member" or "admin"
+    amount: int | None = None  # admin only; None: the whole remainder
+    admin_id: str | None = None
+
+    def payload(self) -> dict[str, Any]:
+        return {**asdict(self), "amount": None if self.amount is None else format_cents(self.amount)}
+
+
+def parse(body: Mapping[str, Any], settings: Settings) -> RefundOrder:
+    by = body.get("by")
+    if by not in ("member", "admin"):
+        raise InvalidInput("by: must be member or admin", field="by")
+    amount = body.get("amount")
+    if by == "member" and amount is not None:
+        raise InvalidInput("amount: a member refunds the whole remainder; leave amount out", field="amount")
+    intent = fields.text(body.get("payment_intent_id"), "payment_intent_id", max_length=255)
+    return RefundOrder(
+        request_id=fields.identifier(body.get("request_id"), "request_id"),
+        payment_intent_id=intent,
+        by=by,
+        amount=None if amount is None else parse_cents(amount, "amount", minimum=1, maximum=settings.max_amount),
+        admin_id=fields.identifier(body.get("admin_id"), "admin_id") if by == "admin" else None,
+    )
+
+
+def fee(amount: int, percent: Decimal) -> int:
+    return int((Decimal(amount) * percent / 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def record(session: Session, order: RefundOrder) -> tuple[requests.Request, bool]:
+    return requests.record(session, RequestKind.REFUND, order.request_id, order.payload(), amount=order.amount or 0)
+
+
+def book(session: Session, order: RefundOrder, settings: Settings) -> requests.Request:
+    """Check and book the refund; the Stripe refund follows after commit (`send_to_card`)."""
+    row = requests.claim(session, RequestKind.REFUND, order.request_id, order.payload(), amount=order.amount or 0)
+    if not row.queued or (row.result or {}).get("booked"):
+        return row
+    card = session.scalar(
+        select(CardPayment).where(CardPayment.payment_intent_id == order.payment_intent_id).with_for_update()
+    )
+    reason = _refusal(card, order, settings)
+    if reason:
+        requests.finish(session, row, RequestStatus.DECLINED, reason=reason)
+        return row
+    assert card is not None
+    remainder = card.amount - card.refunded
+    amount = remainder if order.amount is None else order.amount
+    charge = fee(amount, settings.card_refund_fee_percent) if order.by == "member" else 0
+    member = profiles.get_member(session, card.member_id)
+    lines = [Line(member.account_id, -amount),
+             Line(profiles.system_account(session, SystemAccount.STRIPE), amount - charge)]
+    if charge:
+        lines.append(Line(profiles.system_account(session, SystemAccount.FEES), charge))
+    try:
+        booking = ledger.post(session, Entry(
+            key=f"refund:{order.request_id}", type=EntryType.CARD_REFUND,
+            description=f"Refund to card of {order.payment_intent_id}", reference=order.request_id,
+            lines=tuple(lines), admin_id=order.admin_id,
+        ))
+    except InsufficientFunds as exc:
+        requests.finish(session, row, RequestStatus.DECLINED, reason=exc.message)
+        return row
+    card.refunded += amount
+    card.updated_at = utcnow()
+    requests.finish(session, row, RequestStatus.QUEUED, amount=amount, result={
+        "booked": True, "entry_id": booking.entry_id, "member_id": card.member_id,
+        "to_card": format_cents(amount - charge), "fee": format_cents(charge),
+    })
+    session.info.setdefault("refunds", []).append(order.request_id)
+    return row
+
+
+def send_to_card(sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, request_id: str) -> None:
+    """Ask Stripe to refund what was booked; reverse the booking if Stripe refuses for good."""
+    with sessions.begin() as session:
+        row = requests.get(session, request_id)
+        if not row.queued or not (row.result or {}).get("booked"):
+            return
+        order = parse(row.payload, settings)
+        to_card = parse_cents(row.result["to_card"])
+    try:
+        refund = gateway.refund(payment_intent_id=order.payment_intent_id, amount_cents=to_card,
+                                idempotency_key=f"refund:{request_id}", metadata={"request_id": request_id})
+    except StripeRequestFailed as exc:
+        with sessions.begin() as session:
+            _reverse(session, request_id, exc.message, settings)
+        return
+    with sessions.begin() as session:
+        row = requests.lock_existing(session, request_id)
+        if row.queued:
+            requests.finish(session, row, RequestStatus.PAID, result={**(row.result or {}), "stripe_refund_id": refund.id})
+
+
+def _refusal(card: CardPayment | None, order: RefundOrder, settings: Settings) -> str | None:
+    if card is None or card.status != CardPaymentStatus.SUCCEEDED.value:
+        return f"payment_intent_id: {order.payment_intent_id} is not a card payment that succeeded"
+    remainder = card.amount - card.refunded
+    if remainder <= 0:
+        return f"{order.payment_intent_id}: already refunded in full"
+    if order.amount is not None and order.amount > remainder:
+        return f"amount: {format_cents(order.amount)} is more than the unrefunded {format_cents(remainder)}"
+    if order.by == "member" and utcnow() - card.created_at > timedelta(days=settings.card_refund_window_days):
+        return f"{order.payment_intent_id}: older than {settings.card_refund_window_days} days; ask an admin"
+    return None
+
+
+def _reverse(session: Session, request_id: str, reason: str, settings: Settings) -> None:
+    row = requests.lock_existing(session, request_id)
+    if not row.queued:
+        return
+    order = parse(row.payload, settings)
+    card = session.scalar(
+        select(CardPayment).where(CardPayment.payment_intent_id == order.payment_intent_id).with_for_update()
+    )
+    entry = ledger.entry_lines(session, f"refund:{request_id}")
+    ledger.post(session, Entry(
+        key=f"refund-reversal:{request_id}", type=EntryType.CARD_REFUND,
+        description=f"Refund to card of {order.payment_intent_id} not made", reference=request_id,
+        lines=tuple(Line(account, -amount) for account, amount in entry), allow_negative=False,
+    ))
+    if card is not None:
+        card.refunded -= row.amount
+    requests.finish(session, row, RequestStatus.FAILED, reason=f"Stripe refused the refund: {reason}")

@@ -1,0 +1,120 @@
+"""SPEC 5 card refunds: booked first, then refunded at localstripe (over HTTP); a refusal by
+Stripe reverses the booking. Never more than was charged."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+import stripe
+from freezegun import freeze_time
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import profiles, refunds, requests, topups
+from shared.config import Settings
+from shared.models import CardPayment, CardPaymentKind, Member, SystemAccount
+from shared.stripe_gateway import StripeGateway
+from tests.integration.helpers import add_member, balance_of, pay, add_organisation
+from tests.integration.test_stripe_gateway import VISA, customer_with_card
+from tests.stripe_fixture import STRIPE_TEST_KEY
+
+
+@pytest.fixture
+def config(stripe_api: str) -> Settings:
+    return Settings(stripe_api_key=STRIPE_TEST_KEY, stripe_api_base=stripe_api)
+
+
+@pytest.fixture
+def gateway(config: Settings) -> StripeGateway:
+    return StripeGateway(config)
+
+
+@pytest.fixture
+def card_payment(sessions: sessionmaker[Session], gateway: StripeGateway, stripe_api: str) -> dict:
+    """Ann topped up 100.00 by card: charged at localstripe and booked."""
+    browser = stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": stripe_api}, max_network_retries=0)
+    customer, _ = customer_with_card(gateway, browser, VISA)
+    intent = gateway.charge_saved_card(customer_id=customer, amount_cents=100_00, idempotency_key="k1", metadata={})
+    with sessions.begin() as session:
+        account = add_member(session, "ann")
+        club = add_organisation(session, "club")
+        attempt = topups.open_attempt(session, key="k1", kind=CardPaymentKind.MANUAL_TOP_UP, member_id="ann", amount=100_00)
+        topups.book_card_money(session, attempt, payment_intent_id=intent.id)
+    return {"intent": intent.id, "ann": account, "club": club, "browser": browser}
+
+
+def refund(sessions, gateway, config, request_id: str, **body) -> requests.Request:
+    order = refunds.parse({"request_id": request_id, **body}, config)
+    with sessions.begin() as session:
+        refunds.book(session, order, config)
+    refunds.send_to_card(sessions, gateway, config, request_id)
+    with sessions.begin() as session:
+        return requests.get(session, request_id)
+
+
+def refunded_at_stripe(browser: stripe.StripeClient, intent: str) -> int:
+    return sum(r.amount for r in browser.v1.refunds.list({"payment_intent": intent}).data)
+
+
+def test_a_member_refunds_the_whole_remainder_less_three_percent(sessions, gateway, config, card_payment) -> None:
+    row = refund(sessions, gateway, config, "rf1", payment_intent_id=card_payment["intent"], by="member")
+    assert (row.status, row.amount, row.result["to_card"], row.result["fee"]) == ("paid", 100_00, "97.00", "3.00")
+    assert balance_of(sessions, card_payment["ann"]) == 0
+    with sessions.begin() as session:
+        fees = profiles.system_account(session, SystemAccount.FEES)
+    assert balance_of(sessions, fees) == 3_00
+    assert refunded_at_stripe(card_payment["browser"], card_payment["intent"]) == 97_00
+    again = refund(sessions, gateway, config, "rf2", payment_intent_id=card_payment["intent"], by="member")
+    assert (again.status, again.reason) == ("declined", f"{card_payment['intent']}: already refunded in full")
+
+
+def test_an_admin_refunds_part_without_a_fee_and_never_more_than_was_charged(sessions, gateway, config, card_payment) -> None:
+    first = refund(sessions, gateway, config, "rf1", payment_intent_id=card_payment["intent"], by="admin",
+                   admin_id="adm", amount="30.00")
+    assert (first.status, first.reason) == ("paid", None)
+    assert first.result["fee"] == "0.00"
+    too_much = refund(sessions, gateway, config, "rf2", payment_intent_id=card_payment["intent"], by="admin",
+                      admin_id="adm", amount="70.01")
+    assert too_much.reason == "amount: 70.01 is more than the unrefunded 70.00"
+    assert balance_of(sessions, card_payment["ann"]) == 70_00
+    assert refunded_at_stripe(card_payment["browser"], card_payment["intent"]) == 30_00
+
+
+def test_a_member_refund_that_would_overdraw_or_is_too_old_is_declined(sessions, gateway, config, card_payment) -> None:
+    with sessions.begin() as session:
+        pay(session, card_payment["ann"], card_payment["club"], 1_00, "spent")
+    row = refund(sessions, gateway, config, "rf1", payment_intent_id=card_payment["intent"], by="member")
+    assert (row.status, row.reason) == ("declined", "member ann: balance 99.00, needs 100.00")
+    with freeze_time(timedelta(days=85)):
+        old = refund(sessions, gateway, config, "rf2", payment_intent_id=card_payment["intent"], by="member")
+    assert old.reason.endswith("older than 84 days; ask an admin")
+    assert balance_of(sessions, card_payment["ann"]) == 99_00
+    assert refunded_at_stripe(card_payment["browser"], card_payment["intent"]) == 0
+
+
+def test_a_refund_stripe_refuses_is_reversed_in_the_ledger(sessions, gateway, config, card_payment) -> None:
+    # A card payment Stripe does not know (say, made with another account): it refuses the refund.
+    with sessions.begin() as session:
+        attempt = topups.open_attempt(session, key="k2", kind=CardPaymentKind.MANUAL_TOP_UP, member_id="ann", amount=50_00)
+        topups.book_card_money(session, attempt, payment_intent_id="pi_unknown_to_stripe")
+    row = refund(sessions, gateway, config, "rf1", payment_intent_id="pi_unknown_to_stripe", by="admin",
+                 admin_id="adm", amount="40.00")
+    assert row.status == "failed" and row.reason.startswith("Stripe refused the refund")
+    assert balance_of(sessions, card_payment["ann"]) == 150_00
+    with sessions.begin() as session:
+        refunded = session.scalar(select(CardPayment.refunded).where(CardPayment.attempt_key == "k2"))
+        stripe_account = profiles.system_account(session, SystemAccount.STRIPE)
+    assert refunded == 0
+    assert balance_of(sessions, stripe_account) == -150_00
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [({"by": "someone"}, "by"), ({"by": "member", "amount": "5.00"}, "amount"), ({"by": "admin", "amount": "1"}, "admin_id"),
+     ({"by": "admin", "admin_id": "a", "amount": 0}, "amount"), ({"by": "member", "payment_intent_id": ""}, "payment_intent_id")],
+)
+def test_bad_refund_requests_name_the_field(config, body: dict, field: str) -> None:
+    with pytest.raises(Exception) as caught:
+        refunds.parse({"request_id": "r", "payment_intent_id": "pi_1", **body}, config)
+    assert caught.value.field == field
