@@ -15,7 +15,10 @@ import pytest
 import redis
 from celery import Celery
 
-from tests.e2e.processes import start, stop, wait_for
+import urllib.request
+
+from tests.e2e.processes import free_port, start, stop, wait_for
+from tests.stripe_fixture import STRIPE_TEST_KEY, register_webhook
 
 # A Redis database of its own per run, so side-by-side runs do not share queues.
 REDIS_DB = int(os.environ.get("PAYMENTS_TEST_REDIS_DB", str(1 + uuid.uuid4().int % 14)))
@@ -26,10 +29,20 @@ CALLBACK_LIST = "callbacks-received"
 ROUTES = f"EVT=events.payment_done@{CALLBACK_QUEUE}"
 
 
+WEBHOOK_SECRET = "whsec_e2e_not_a_secret"
+PUBLISHABLE_KEY = "pk_test_e2e"
+# Where the session's localstripe listens; set by the `worker` fixture, which starts it first.
+STRIPE_BASE: list[str] = []
+
+
 def worker_env(database_url: str, **extra: str) -> dict[str, str]:
     return {
         "PAYMENTS_DATABASE_URL": database_url,
         "PAYMENTS_BROKER_URL": BROKER,
+        "PAYMENTS_STRIPE_API_KEY": STRIPE_TEST_KEY,
+        "PAYMENTS_STRIPE_API_BASE": STRIPE_BASE[0] if STRIPE_BASE else "",
+        "PAYMENTS_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "PAYMENTS_STRIPE_PUBLISHABLE_KEY": PUBLISHABLE_KEY,
         "PAYMENTS_CALLBACK_ROUTES": ROUTES,
         "PAYMENTS_OUTBOX_MAX_ATTEMPTS": "3",
         "PAYMENTS_OUTBOX_BACKOFF_SECONDS": "0.2",
@@ -48,8 +61,11 @@ def broker() -> Iterator[redis.Redis]:
 
 
 @pytest.fixture(scope="session")
-def worker(database_url: str, broker: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A real `payments worker` with two processes; yields its log file."""
+def worker(
+    database_url: str, broker: redis.Redis, stripe_api: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
+    """A real `payments worker` with two processes, on localstripe; yields its log file."""
+    STRIPE_BASE[:] = [stripe_api]
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     process = start(["worker", "--concurrency", "2", "--hostname", f"e2e-{REDIS_DB}@%h"], worker_env(database_url), log)
     sender = Celery(broker=BROKER)
@@ -84,3 +100,23 @@ def received(broker: redis.Redis, callback_consumer: None):
     """A function returning the callbacks the events app has received so far."""
     broker.delete(CALLBACK_LIST)
     return lambda: [json.loads(item) for item in broker.lrange(CALLBACK_LIST, 0, -1)]
+
+
+@pytest.fixture(scope="session")
+def webhook_url(database_url: str, worker: Path, stripe_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real webhook server (`payments webhook`, gunicorn), registered with localstripe, which
+    delivers its payment_intent.* events to it about a second after each API call."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("webhook") / "webhook.log"
+    process = start(["webhook", "--port", str(port), "--workers", "1"], worker_env(database_url), log)
+    base = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        with urllib.request.urlopen(f"{base}/healthz", timeout=1) as response:
+            return response.status == 200
+
+    wait_for(healthy, "the webhook server", 30)
+    register_webhook(stripe_api, f"e2e-{REDIS_DB}", url=f"{base}/stripe/webhook", secret=WEBHOOK_SECRET,
+                     events=["payment_intent.succeeded", "payment_intent.payment_failed"])
+    yield f"{base}/stripe/webhook"
+    stop(process)
