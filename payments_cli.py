@@ -31,6 +31,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay = box_verbs.add_parser("replay", help="send a message again now (e.g. after fixing a route)")
     replay.add_argument("id", type=int)
 
+    events = verbs.add_parser("events", help="Stripe events in the inbox")
+    events_verbs = events.add_subparsers(dest="action", required=True)
+    replay_event = events_verbs.add_parser("replay", help="process a stored event again now")
+    replay_event.add_argument("event_id")
+
+    verbs.add_parser("reconcile", help="finish open card payments from Stripe's state now")
+
     run = verbs.add_parser("run", help="the whole stack locally; Ctrl-C stops it")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
@@ -44,6 +51,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _worker(rest)
     if args.verb == "beat":
         return _beat(rest)
+    if args.verb == "events":
+        return _events_replay(args.event_id)
+    if args.verb == "reconcile":
+        return _reconcile()
     if args.verb == "outbox":
         return _outbox_replay(args.id)
     if args.verb == "run":
@@ -95,6 +106,32 @@ def _beat(extra: Sequence[str]) -> int:
 
     app.conf.beat_schedule = beat_schedule()
     app.start(["beat", "--loglevel", "INFO", *extra])
+    return 0
+
+
+def _events_replay(event_id: str) -> int:
+    """Process a stored Stripe event again, here and now (handlers are idempotent)."""
+    from shared import inbox, stripe_events
+    from shared.errors import NotFound
+    from worker.app import gateway, sessions, settings
+    from worker.tasks import carry_out
+
+    try:
+        with sessions().begin() as session:
+            inbox.replay(session, event_id)
+    except NotFound as exc:
+        print(exc.message, file=sys.stderr)
+        return 1
+    outcome, effects = stripe_events.process(sessions(), gateway(), settings(), event_id)
+    carry_out(effects)
+    print(f"event {event_id}: {outcome}")
+    return 0
+
+
+def _reconcile() -> int:
+    from scheduler.jobs import reconcile
+
+    print(f"reconcile: {reconcile()}")
     return 0
 
 

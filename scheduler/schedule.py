@@ -25,6 +25,10 @@ def _every(job: str, default: float) -> float:
 
 def beat_schedule() -> dict[str, dict[str, Any]]:
     return {
+        "sweep-auto-topups": {"task": "payments.sweep_auto_topups", "schedule": _every("sweep_auto_topups", 300)},
+        "redrive-inbox": {"task": "payments.redrive_inbox", "schedule": _every("redrive_inbox", 60)},
         "relay-outbox": {"task": "payments.relay_outbox", "schedule": _every("relay_outbox", 30)},
         "redrive-requests": {"task": "payments.redrive_requests", "schedule": _every("redrive_requests", 60)},
+        "reconcile": {"task": "payments.reconcile", "schedule": _every("reconcile", 300)},
+        "expire-checkouts": {"task": "payments.expire_checkouts", "schedule": _every("expire_checkouts", 3600)},
     }

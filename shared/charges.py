@@ -14,6 +14,7 @@ it wrote, for the caller to dispatch after commit, and follow-up card work it sc
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
@@ -214,5 +215,41 @@ def card_saved(
             )
             if attempt is not None and attempt.status == CardPaymentStatus.PENDING.value:
                 effects.charges.append(attempt.id)
+        effects.collect(session)
+    return effects
+
+
+# Healing (the scheduler) -----------------------------------------------------------------
+
+
+def reconcile(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, older_than: timedelta
+) -> Effects:
+    """Finish card payments still open after `older_than`, as the webhook would have: a checkout
+    by its PaymentIntent's state at Stripe; a top-up by looking it up (and charging it if it
+    never reached Stripe)."""
+    effects = Effects()
+    with sessions.begin() as session:
+        stale = [(a.id, a.status, a.payment_intent_id) for a in topups.stale_attempts(session, older_than)]
+    for attempt_id, status, intent_id in stale:
+        if status == CardPaymentStatus.AWAITING_CARD.value and intent_id:
+            intent = gateway.retrieve_payment_intent(intent_id)
+            if intent.status in (SUCCEEDED, "canceled"):  # a browser may still retry other failures
+                settle_intent(sessions, settings, attempt_id, intent, effects)
+        elif status == CardPaymentStatus.PENDING.value:
+            with sessions.begin() as session:
+                topups.lock_attempt(session, attempt_id).tries += 1  # look it up before any charge
+            effects.charges.append(attempt_id)
+    return effects
+
+
+def expire_checkouts(sessions: sessionmaker[Session], settings: Settings, older_than: timedelta) -> Effects:
+    """Checkouts never paid within `older_than` (24 h) fail, with their failure callback."""
+    effects = Effects()
+    with sessions.begin() as session:
+        for attempt in topups.stale_attempts(session, older_than):
+            if attempt.status == CardPaymentStatus.AWAITING_CARD.value:
+                topups.fail_attempt(session, attempt, "checkout expired")
+                payments.card_failed(session, attempt, "checkout expired after 24 h", settings)
         effects.collect(session)
     return effects

@@ -57,6 +57,10 @@ class Settings:
     low_balance_warning_days: int = 7
     # A request still `queued` this long after it arrived has its task sent again.
     redrive_after_seconds: float = 60.0
+    # Card payments still open this long are finished from Stripe's state (the reconciler).
+    reconcile_after_seconds: float = 600.0
+    # Auto top-up sweeps in one window share attempt keys: a member is charged once a window.
+    sweep_window_seconds: float = 3600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -144,6 +148,8 @@ class Settings:
             outbox_backoff_seconds=seconds("PAYMENTS_OUTBOX_BACKOFF_SECONDS", 2.0),
             low_balance_warning_days=whole("PAYMENTS_LOW_BALANCE_WARNING_DAYS", 7),
             redrive_after_seconds=seconds("PAYMENTS_REDRIVE_AFTER_SECONDS", 60.0),
+            reconcile_after_seconds=seconds("PAYMENTS_RECONCILE_AFTER_SECONDS", 600.0),
+            sweep_window_seconds=seconds("PAYMENTS_SWEEP_WINDOW_SECONDS", 3600.0),
         )
         if not settings.auto_topup_min_amount <= settings.auto_topup_default_amount <= settings.auto_topup_max_amount:
             raise ConfigError(

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -92,3 +93,28 @@ def replay(session: Session, event_id: str) -> None:
         raise NotFound(f"event {event_id}: not in the inbox", field="event_id")
     event.status = EventStatus.RECEIVED.value
     event.updated_at = utcnow()
+
+
+def stale(session: Session, older_than: timedelta) -> list[str]:
+    """Events stuck `received` (their enqueue was lost) or `processing` (their worker died)
+    for longer than `older_than`; the processing ones are made `received` again."""
+    cutoff = utcnow() - older_than
+    ids = list(
+        session.scalars(
+            select(StripeEvent.event_id)
+            .where(
+                StripeEvent.status.in_([EventStatus.RECEIVED.value, EventStatus.PROCESSING.value]),
+                StripeEvent.updated_at < cutoff,
+            )
+            .order_by(StripeEvent.received_at)
+            .limit(1000)
+            .with_for_update(skip_locked=True)
+        )
+    )
+    if ids:
+        session.execute(
+            update(StripeEvent)
+            .where(StripeEvent.event_id.in_(ids), StripeEvent.status == EventStatus.PROCESSING.value)
+            .values(status=EventStatus.RECEIVED.value, updated_at=utcnow())
+        )
+    return ids

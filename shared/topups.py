@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import select
+from datetime import timedelta
+
+from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -27,6 +29,8 @@ from shared.models import (
     CardPaymentKind,
     CardPaymentStatus,
     EntryType,
+    Member,
+    Posting,
     RequestKind,
     RequestStatus,
     SystemAccount,
@@ -240,3 +244,47 @@ def open_auto_topup(session: Session, member_id: str, key: str, settings: Settin
     if attempt is None or attempt.status != CardPaymentStatus.PENDING.value:
         return None
     return attempt.id
+
+
+def members_due_for_topup(session: Session, settings: Settings) -> list[str]:
+    """SPEC 4.4 in one query: `on` members with a saved card, below the low limit, with no auto
+    top-up in flight."""
+    balance = (
+        select(func.coalesce(func.sum(Posting.amount), 0))
+        .where(Posting.account_id == Member.account_id)
+        .scalar_subquery()
+    )
+    in_flight_topup = (
+        select(CardPayment.id)
+        .where(
+            CardPayment.member_id == Member.member_id,
+            CardPayment.kind == CardPaymentKind.AUTO_TOP_UP.value,
+            CardPayment.status == CardPaymentStatus.PENDING.value,
+        )
+        .exists()
+    )
+    return list(
+        session.scalars(
+            select(Member.member_id).where(
+                Member.auto_topup_status == AutoTopUpStatus.ON.value,
+                Member.stripe_customer_id.is_not(None),
+                balance < settings.auto_topup_low_limit,
+                ~in_flight_topup,
+            )
+        )
+    )
+
+
+def stale_attempts(session: Session, older_than: timedelta) -> list[CardPayment]:
+    """Attempts still open well after they began: a lost webhook, or a crash mid-charge."""
+    return list(
+        session.scalars(
+            select(CardPayment)
+            .where(
+                CardPayment.status.in_([CardPaymentStatus.PENDING.value, CardPaymentStatus.AWAITING_CARD.value]),
+                CardPayment.updated_at < utcnow() - older_than,
+            )
+            .order_by(CardPayment.id)
+            .limit(1000)
+        )
+    )

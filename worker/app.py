@@ -22,6 +22,10 @@ ROUTES = {
     "payments.dispatch_outbox": {"queue": "outbox"},
     "payments.relay_outbox": {"queue": "outbox"},
     "payments.redrive_requests": {"queue": "payments"},
+    "payments.redrive_inbox": {"queue": "webhooks"},
+    "payments.sweep_auto_topups": {"queue": "topups"},
+    "payments.reconcile": {"queue": "topups"},
+    "payments.expire_checkouts": {"queue": "topups"},
     "payments.topup": {"queue": "topups"},
     "payments.refund": {"queue": "payments"},
     "payments.auto_topup": {"queue": "topups"},
@@ -31,7 +35,7 @@ ROUTES = {
 
 def create_celery(config: Settings | None = None) -> Celery:
     config = config or Settings.from_env()
-    app = Celery("payments", broker=config.broker_url, include=["worker.tasks"])
+    app = Celery("payments", broker=config.broker_url, include=["worker.tasks", "scheduler.jobs"])
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,

@@ -8,7 +8,6 @@ retried. Outbox rows a step wrote are handed to `payments.dispatch_outbox` after
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from collections.abc import Callable
 from typing import Any
 
@@ -62,7 +61,7 @@ def refund(**fields: Any) -> str:
 @app.task(name="payments.process_stripe_event", soft_time_limit=60, time_limit=90, **RETRY)
 def process_stripe_event(event_id: str) -> str:
     outcome, effects = stripe_events.process(sessions(), gateway(), settings(), event_id)
-    _carry_out(effects)
+    carry_out(effects)
     return outcome
 
 
@@ -74,7 +73,7 @@ def auto_topup(member_id: str, key: str) -> str:
         attempt_id = topups.open_auto_topup(session, member_id, key, settings())
     if attempt_id is None:
         return "nothing to do"
-    _carry_out(charges.Effects(charges=[attempt_id]))
+    carry_out(charges.Effects(charges=[attempt_id]))
     return "charged"
 
 
@@ -84,26 +83,6 @@ def dispatch_outbox(self: Task, outbox_id: int) -> str:
     if outcome == "retry":
         raise self.retry(countdown=delay, max_retries=None)
     return outcome
-
-
-@app.task(name="payments.relay_outbox", soft_time_limit=60, time_limit=90, **RETRY)
-def relay_outbox() -> int:
-    """Send what is pending and due, in case the immediate send was lost."""
-    with sessions().begin() as session:
-        due = outbox.due(session)
-    _dispatch(due)
-    return len(due)
-
-
-@app.task(name="payments.redrive_requests", soft_time_limit=60, time_limit=90, **RETRY)
-def redrive_requests() -> int:
-    """Send again the task of every request still `queued` well after it arrived."""
-    after = timedelta(seconds=settings().redrive_after_seconds)
-    with sessions().begin() as session:
-        stale = [(row.kind, row.payload) for row in requests.stale_queued(session, after)]
-    for kind, payload in stale:
-        app.send_task(requests.TASK_FOR_KIND[kind], kwargs=payload)
-    return len(stale)
 
 
 @app.task(name="payments.ping", soft_time_limit=5, time_limit=10)
@@ -131,11 +110,11 @@ def _decide(
     except Conflict as exc:
         log.warning("%s %s refused: %s", kind.value, order.request_id, exc.message)
         return "conflict"
-    _carry_out(effects)
+    carry_out(effects)
     return status
 
 
-def _carry_out(effects: charges.Effects) -> None:
+def carry_out(effects: charges.Effects) -> None:
     """After commit: card work (which may lead to more), then the outbox rows."""
     pending = [effects]
     while pending:
@@ -146,7 +125,7 @@ def _carry_out(effects: charges.Effects) -> None:
             pending.append(charges.start_checkout(sessions(), gateway(), settings(), attempt_id))
         for request_id in current.refunds:
             refunds.send_to_card(sessions(), gateway(), settings(), request_id)
-        _dispatch(current.outbox)
+        dispatch(current.outbox)
 
 
 def _reject(kind: RequestKind, fields: dict[str, Any], exc: InvalidInput) -> str:
@@ -158,11 +137,11 @@ def _reject(kind: RequestKind, fields: dict[str, Any], exc: InvalidInput) -> str
     except (InvalidInput, Conflict) as unrecordable:
         log.error("%s request dropped: %s (%s)", kind.value, exc.message, unrecordable.message)
         return "invalid"
-    _dispatch(outbox_ids)
+    dispatch(outbox_ids)
     return "failed"
 
 
-def _dispatch(outbox_ids: list[int]) -> None:
+def dispatch(outbox_ids: list[int]) -> None:
     for outbox_id in outbox_ids:
         try:
             dispatch_outbox.apply_async(args=[outbox_id], queue="outbox")

@@ -1,0 +1,73 @@
+"""The periodic jobs (CONTRACT names), each a thin task calling `shared`; beat sends them on
+the schedule in `scheduler.schedule`, and each is safe to send by hand or twice at once:
+attempts and events are keyed, and rows are claimed before they are worked on."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from shared import charges, inbox, outbox, requests, topups
+from shared.models import utcnow
+from worker.app import app, gateway, sessions, settings
+from worker.tasks import RETRY, carry_out, dispatch
+
+
+@app.task(name="payments.sweep_auto_topups", soft_time_limit=120, time_limit=150, **RETRY)
+def sweep_auto_topups() -> int:
+    """SPEC 4.4: one auto top-up per `on` member below the low limit, keyed by member and sweep
+    window, so two sweeps in one window (or two beats) charge a member once."""
+    config = settings()
+    window = int(utcnow().timestamp() // config.sweep_window_seconds)
+    with sessions().begin() as session:
+        due = topups.members_due_for_topup(session, config)
+    with app.producer_or_acquire() as producer:  # one broker connection for the whole sweep
+        for member_id in due:
+            app.send_task("payments.auto_topup", kwargs={"member_id": member_id, "key": f"sweep:{member_id}:{window}"},
+                          producer=producer)
+    return len(due)
+
+
+@app.task(name="payments.redrive_inbox", soft_time_limit=60, time_limit=90, **RETRY)
+def redrive_inbox() -> int:
+    """Stripe events stuck `received` or `processing` past the timeout are enqueued again."""
+    with sessions().begin() as session:
+        stale = inbox.stale(session, timedelta(seconds=settings().redrive_after_seconds))
+    for event_id in stale:
+        app.send_task("payments.process_stripe_event", kwargs={"event_id": event_id})
+    return len(stale)
+
+
+@app.task(name="payments.relay_outbox", soft_time_limit=60, time_limit=90, **RETRY)
+def relay_outbox() -> int:
+    """Send what is pending and due, in case the immediate send was lost."""
+    with sessions().begin() as session:
+        due = outbox.due(session)
+    dispatch(due)
+    return len(due)
+
+
+@app.task(name="payments.redrive_requests", soft_time_limit=60, time_limit=90, **RETRY)
+def redrive_requests() -> int:
+    """Send again the task of every request still `queued` well after it arrived."""
+    after = timedelta(seconds=settings().redrive_after_seconds)
+    with sessions().begin() as session:
+        stale = [(row.kind, row.payload) for row in requests.stale_queued(session, after)]
+    for kind, payload in stale:
+        app.send_task(requests.TASK_FOR_KIND[kind], kwargs=payload)
+    return len(stale)
+
+
+@app.task(name="payments.reconcile", soft_time_limit=300, time_limit=330, **RETRY)
+def reconcile() -> str:
+    """Card payments still open after a while are finished from Stripe's state."""
+    config = settings()
+    effects = charges.reconcile(sessions(), gateway(), config, timedelta(seconds=config.reconcile_after_seconds))
+    carry_out(effects)
+    return f"{len(effects.charges)} top-ups retried"
+
+
+@app.task(name="payments.expire_checkouts", soft_time_limit=120, time_limit=150, **RETRY)
+def expire_checkouts() -> int:
+    effects = charges.expire_checkouts(sessions(), settings(), timedelta(hours=24))
+    carry_out(effects)
+    return len(effects.outbox)
