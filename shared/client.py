@@ -19,6 +19,8 @@ from shared.config import Settings
 from shared.db import make_engine, make_sessions
 
 QUEUE = "payments"
+# Every queue the service consumes; `celery` is Celery's default, for tasks sent with no queue.
+QUEUES = ("webhooks", "payments", "topups", "outbox", "celery")
 
 
 @cache

@@ -1,13 +1,16 @@
 """Liveness and readiness: `/healthz` says the process is up, `/readyz` that the database and
-the broker answer."""
+the broker answer; `/metrics` is for Prometheus."""
 
 from __future__ import annotations
 
-from flask import Blueprint, jsonify
+import redis
+from flask import Blueprint, Response, jsonify
 from flask.typing import ResponseReturnValue
 from kombu import Connection
 from sqlalchemy import text
 
+from shared.client import QUEUES
+from shared.metrics import render
 from webhook import context
 
 blueprint = Blueprint("health", __name__)
@@ -42,3 +45,24 @@ def _broker_ok() -> bool:
         return True
     except Exception:
         return False
+
+
+@blueprint.get("/metrics")
+def metrics() -> ResponseReturnValue:
+    with context.transaction() as session:
+        text_body = render(session, _queue_depths())
+    return Response(text_body, mimetype="text/plain; version=0.0.4")
+
+
+def _queue_depths() -> dict[str, int] | None:
+    url = context.settings().broker_url
+    if not url.startswith(("redis://", "rediss://")):
+        return None
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2)
+        with client.pipeline() as pipe:
+            for queue in QUEUES:
+                pipe.llen(queue)
+            return dict(zip(QUEUES, pipe.execute(), strict=True))
+    except redis.RedisError:
+        return None

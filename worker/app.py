@@ -9,11 +9,11 @@ from celery import Celery
 from kombu import Exchange, Queue
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.client import QUEUES
 from shared.config import Settings
 from shared.db import make_engine, make_sessions
 from shared.stripe_gateway import StripeGateway
 
-QUEUES = ("webhooks", "payments", "topups", "outbox", "celery")
 
 ROUTES = {
     "payments.pay": {"queue": "payments"},

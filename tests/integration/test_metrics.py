@@ -1,0 +1,44 @@
+"""`/metrics`: the figures an operator watches, read from the database and the broker."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+import redis
+from freezegun import freeze_time
+from sqlalchemy import update
+
+from shared import inbox, outbox
+from shared.models import OutboxMessage
+from tests.conftest import REDIS_URL
+
+
+def samples(text: str) -> dict[str, float]:
+    return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\w+(?:\{[^}]*\})?) (\S+)$", text, re.M)}
+
+
+def test_metrics_show_inbox_lag_outbox_dead_rows_requests_and_queue_depth(client, auth, sessions) -> None:
+    with freeze_time("2026-11-26 10:00:00"):
+        with sessions.begin() as session:
+            inbox.accept(session, {"id": "evt_1", "type": "x", "data": {"object": {}}})
+            outbox.add_notification(session, "a", {"to": "a@example.org"})
+            dead = outbox.add_notification(session, "b", {"to": "b@example.org"})
+            session.execute(update(OutboxMessage).where(OutboxMessage.id == dead).values(status="dead"))
+    client.put("/api/members/ann", headers=auth, json={"email": "a@example.org", "first_name": "A", "last_name": "L"})
+    client.post("/api/payments", headers=auth, json={"request_id": "r1", "member_id": "ann", "amount": "1.00",
+                                                      "description": "x"})
+    broker = redis.Redis.from_url(REDIS_URL)
+    depth = broker.llen("payments")
+    with freeze_time("2026-11-26 10:01:30"):
+        answer = client.get("/metrics")
+    broker.close()
+    assert answer.status_code == 200 and answer.mimetype == "text/plain"
+    values = samples(answer.get_data(as_text=True))
+    assert values['payments_inbox_events{status="received"}'] == 1
+    assert values["payments_inbox_lag_seconds"] == 90.0
+    assert values['payments_outbox_messages{status="pending"}'] == 1
+    assert values['payments_outbox_messages{status="dead"}'] == 1
+    assert values['payments_requests{kind="payment",status="queued"}'] == 1
+    assert values['payments_queue_depth{queue="payments"}'] == depth >= 1
+    assert "# TYPE payments_card_payments gauge" in answer.get_data(as_text=True)
