@@ -76,8 +76,10 @@ def charge(sessions: sessionmaker[Session], gateway: StripeGateway, settings: Se
                              payment_intent_id=exc.payment_intent_id)
         except StripeRequestFailed as exc:  # refused for good (not an outage, which retries)
             return _declined(sessions, settings, attempt_id, exc.message, effects)
-    if os.environ.get("PAYMENTS_TEST_CRASH_AFTER_CHARGE") == key:
-        os._exit(17)  # test hook: the worker dies between the charge and the booking
+        if os.environ.get("PAYMENTS_TEST_CRASH_AFTER_CHARGE") == key:
+            # Test hook: the worker dies between a new charge and its booking (not after a
+            # look-up, so the redelivered task can heal it).
+            os._exit(17)
     return settle_intent(sessions, settings, attempt_id, intent, effects)
 
 
@@ -117,8 +119,12 @@ def settle_intent(
     effects = effects or Effects()
     with sessions.begin() as session:
         attempt = topups.lock_attempt(session, attempt_id)
-        if attempt.status in (CardPaymentStatus.SUCCEEDED.value, CardPaymentStatus.FAILED.value):
+        if attempt.status == CardPaymentStatus.SUCCEEDED.value or (
+            attempt.status == CardPaymentStatus.FAILED.value and intent.status != SUCCEEDED
+        ):
             return effects  # already settled: a redelivery or a late event
+        # A failed attempt whose PaymentIntent succeeded after all (the member paid it with
+        # another card) is booked: card money taken is never left out of the ledger.
         if intent.status == SUCCEEDED:
             topups.book_card_money(session, attempt, payment_intent_id=intent.id)
             payments.card_money_arrived(session, attempt, settings)

@@ -22,9 +22,13 @@ from shared.models import EventStatus, StripeEvent, utcnow
 
 _TABLE = StripeEvent.__table__
 _NEW = {name: bindparam(name) for name in ("event_id", "type", "payload", "status", "attempts", "received_at", "updated_at")}
+# RETURNING tells a stored event from a duplicate: the driver's rowcount of an INSERT is not
+# kept by SQLAlchemy 2.1 (it reads -1), so it cannot.
 _ACCEPT = {
-    "postgresql": postgresql.insert(_TABLE).values(**_NEW).on_conflict_do_nothing(index_elements=["event_id"]),
-    "sqlite": sqlite.insert(_TABLE).values(**_NEW).on_conflict_do_nothing(index_elements=["event_id"]),
+    "postgresql": postgresql.insert(_TABLE).values(**_NEW).on_conflict_do_nothing(index_elements=["event_id"])
+    .returning(_TABLE.c.event_id),
+    "sqlite": sqlite.insert(_TABLE).values(**_NEW).on_conflict_do_nothing(index_elements=["event_id"])
+    .returning(_TABLE.c.event_id),
 }
 
 
@@ -59,7 +63,7 @@ def accept(session: Session, event: dict[str, Any]) -> Accepted:
         {"event_id": event["id"], "type": event["type"], "payload": event, "status": EventStatus.RECEIVED.value,
          "attempts": 0, "received_at": now, "updated_at": now},
     )
-    return Accepted(event_id=event["id"], duplicate=result.rowcount == 0)
+    return Accepted(event_id=event["id"], duplicate=result.first() is None)
 
 
 def claim(session: Session, event_id: str) -> StripeEvent | None:

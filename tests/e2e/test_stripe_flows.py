@@ -1,0 +1,612 @@
+"""Card money through the real stack (SPEC 3-5): the Flask app and the real webhook server
+(gunicorn), a real `payments worker` on Redis and PostgreSQL, and localstripe, which delivers
+its payment_intent.* events to the webhook server. Events localstripe does not send
+(setup_intent.succeeded, charge.refunded, charge.dispute.created, and replays) are signed here
+with the webhook secret and POSTed to the webhook server over HTTP. The test acts as the
+member's browser: it makes cards and confirms intents at localstripe with the stripe SDK."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import stripe
+from flask.testing import FlaskClient
+from sqlalchemy import Engine, select, text
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import client as payments_client
+from shared.config import Settings
+from shared.models import CardPayment, Member, OutboxMessage, StripeEvent
+from shared.stripe_gateway import StripeGateway, sign_webhook
+from tests.e2e.conftest import BROKER, PUBLISHABLE_KEY, REDIS_DB, WEBHOOK_SECRET, worker_env
+from tests.e2e.processes import free_port, start, stop, wait_for
+from tests.integration.helpers import add_member, add_organisation, balance_of
+from tests.stripe_fixture import ROOT, STRIPE_TEST_KEY
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+VISA = "4242424242424242"
+DECLINED_AT_CHARGE = "4000000000000341"
+NEEDS_3DS = "4000002500003155"
+
+
+@pytest.fixture
+def settings(settings: Settings, stripe_api: str) -> Settings:
+    return replace(settings, broker_url=BROKER, stripe_api_key=STRIPE_TEST_KEY, stripe_api_base=stripe_api,
+                   stripe_webhook_secret=WEBHOOK_SECRET, stripe_publishable_key=PUBLISHABLE_KEY)
+
+
+@pytest.fixture(autouse=True)
+def _clean(clean_db: None) -> None:
+    """Every test starts with empty tables (card payments and the inbox included)."""
+
+
+@pytest.fixture
+def gateway(settings: Settings) -> StripeGateway:
+    return StripeGateway(settings)
+
+
+@pytest.fixture
+def browser(stripe_api: str) -> stripe.StripeClient:
+    """What Stripe.js does in the member's browser (and what an admin reads at Stripe)."""
+    return stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": stripe_api}, max_network_retries=0)
+
+
+@pytest.fixture
+def world(sessions: sessionmaker[Session]) -> dict[str, int]:
+    with sessions.begin() as session:
+        return {"ann": add_member(session, "ann"), "club": add_organisation(session, "club")}
+
+
+# Helpers --------------------------------------------------------------------------------------
+
+
+def outcome(client: FlaskClient, auth: dict, request_id: str, *, timeout: float = 30) -> dict:
+    """Poll the request's status until it is no longer queued."""
+    def done() -> dict | None:
+        body = client.get(f"/api/payments/{request_id}", headers=auth).get_json()
+        return body if body.get("status") not in (None, "queued") else None
+    return wait_for(done, f"request {request_id} to be decided", timeout)
+
+
+def status_becomes(client: FlaskClient, auth: dict, request_id: str, wanted: str, timeout: float = 30) -> dict:
+    def reached() -> dict | None:
+        body = client.get(f"/api/payments/{request_id}", headers=auth).get_json()
+        return body if body.get("status") == wanted else None
+    return wait_for(reached, f"request {request_id} to be {wanted}", timeout)
+
+
+def payment(**overrides: object) -> dict:
+    return {"request_id": "r1", "member_id": "ann", "amount": "30.00", "description": "Congress entry",
+            "organisation_id": "club", "payment_type": "Entry to an event", **overrides}
+
+
+def adjust(client: FlaskClient, auth: dict, cents: int, key: str = "seed") -> None:
+    answer = client.post("/api/adjustments", headers=auth, json={
+        "request_id": key, "member_id": "ann", "amount": f"{cents / 100:.2f}", "description": "Opening balance",
+        "admin_id": "adm"})
+    assert answer.status_code == 201, answer.get_json()
+
+
+def new_card(browser: stripe.StripeClient, number: str = VISA) -> str:
+    params: Any = {"type": "card", "card": {"number": number, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}
+    return browser.v1.payment_methods.create(params).id
+
+
+def auto_topup_on(
+    sessions: sessionmaker[Session], gateway: StripeGateway, browser: stripe.StripeClient, *,
+    number: str = VISA, amount: int = 100_00, member_id: str = "ann",
+) -> str:
+    """A customer with a saved default card at localstripe, and the member `on` with it."""
+    customer = gateway.ensure_customer(member_id=member_id, email=f"{member_id}@example.org", name="Ann Lee",
+                                       customer_id=None)
+    gateway.card_saved(customer_id=customer, payment_method_id=new_card(browser, number))
+    with sessions.begin() as session:
+        member = session.get(Member, member_id)
+        member.stripe_customer_id, member.auto_topup_status, member.auto_topup_amount = customer, "on", amount
+    return customer
+
+
+def intents(browser: stripe.StripeClient, attempt_key: str, customer: str | None = None) -> list[Any]:
+    """Every PaymentIntent at localstripe made for one of our attempts (of `customer`, if
+    given: localstripe lives for the whole run, and attempt keys repeat from test to test)."""
+    found = browser.v1.payment_intents.list({"limit": 100}).auto_paging_iter()
+    return [pi for pi in found if pi.to_dict().get("metadata", {}).get("attempt_key") == attempt_key
+            and customer in (None, pi.customer)]
+
+
+def pay_as_browser(browser: stripe.StripeClient, payment_intent_id: str, number: str = VISA) -> Any:
+    """Stripe.js confirmCardPayment: the card goes onto the PaymentIntent, which is confirmed
+    (localstripe cannot take the card in the confirm call itself)."""
+    browser.v1.payment_intents.update(payment_intent_id, {"payment_method": new_card(browser, number)})
+    return browser.v1.payment_intents.confirm(payment_intent_id)
+
+
+def statement(client: FlaskClient, auth: dict) -> list[tuple[str, str]]:
+    rows = client.get("/api/members/ann/statement", headers=auth).get_json()["rows"]
+    return [(row["type"], row["amount"]) for row in reversed(rows)]  # oldest first
+
+
+def member_status(sessions: sessionmaker[Session]) -> str:
+    with sessions.begin() as session:
+        return session.get(Member, "ann").auto_topup_status
+
+
+def emails(sessions: sessionmaker[Session]) -> list[dict]:
+    with sessions.begin() as session:
+        return [m.payload for m in session.scalars(
+            select(OutboxMessage).where(OutboxMessage.kind == "notification").order_by(OutboxMessage.id))]
+
+
+def stripe_event(type_: str, obj: dict, event_id: str | None = None) -> dict:
+    return {"id": event_id or f"evt_test_{uuid.uuid4().hex[:16]}", "object": "event", "type": type_,
+            "api_version": "2020-08-27", "created": int(time.time()), "livemode": False,
+            "data": {"object": obj}}
+
+
+def post_webhook(url: str, body: bytes, signature: str | None) -> tuple[int, dict]:
+    """POST to the real webhook server; returns (status, JSON answer)."""
+    headers = {"Content-Type": "application/json"}
+    if signature is not None:
+        headers["Stripe-Signature"] = signature
+    request = urllib.request.Request(url, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def deliver(url: str, event: dict) -> dict:
+    body = json.dumps(event).encode()
+    status, answer = post_webhook(url, body, sign_webhook(body, WEBHOOK_SECRET))
+    assert status == 200, answer
+    return answer
+
+
+def event_done(sessions: sessionmaker[Session], event_id: str, timeout: float = 30) -> StripeEvent:
+    def done() -> StripeEvent | None:
+        with sessions.begin() as session:
+            row = session.get(StripeEvent, event_id)
+            if row is not None:
+                session.expunge(row)
+            return row if row is not None and row.status in ("processed", "ignored") else None
+    return wait_for(done, f"event {event_id} to be processed", timeout)
+
+
+def attempt(sessions: sessionmaker[Session], key: str) -> CardPayment | None:
+    with sessions.begin() as session:
+        row = session.scalar(select(CardPayment).where(CardPayment.attempt_key == key))
+        if row is not None:
+            session.expunge(row)
+        return row
+
+
+def count(sessions: sessionmaker[Session], sql: str, **params: object) -> int:
+    with sessions.begin() as session:
+        return session.scalar(text(sql), params)
+
+
+# 1. Auto top-up setup (SPEC 4.1) -------------------------------------------------------------
+
+
+def test_saving_a_card_turns_auto_top_up_on_and_tops_up_a_balance_below_the_low_limit(
+    client, auth, world, sessions, browser, webhook_url
+) -> None:
+    answer = client.post("/api/members/ann/auto-topup/setup", headers=auth)
+    assert answer.status_code == 200, answer.get_json()
+    first = answer.get_json()
+    assert set(first) == {"setup_intent_id", "client_secret", "publishable_key"}
+    assert first["setup_intent_id"].startswith("seti_")
+    assert first["client_secret"].startswith(f"{first['setup_intent_id']}_secret_")
+    assert first["publishable_key"] == PUBLISHABLE_KEY
+    assert member_status(sessions) == "pending"
+    with sessions.begin() as session:
+        customer = session.get(Member, "ann").stripe_customer_id
+    assert customer is not None and customer.startswith("cus_")
+
+    second = client.post("/api/members/ann/auto-topup/setup", headers=auth).get_json()
+    assert second["setup_intent_id"] != first["setup_intent_id"]
+    with sessions.begin() as session:
+        assert session.get(Member, "ann").stripe_customer_id == customer  # created once, reused
+    assert browser.v1.setup_intents.retrieve(second["setup_intent_id"]).customer == customer
+
+    # The browser saves a card with the SetupIntent; Stripe reports it (signed here).
+    confirmed = browser.v1.setup_intents.confirm(second["setup_intent_id"], {"payment_method": new_card(browser)})
+    assert confirmed.status == "succeeded"
+    event = stripe_event("setup_intent.succeeded", {"id": second["setup_intent_id"], "object": "setup_intent",
+                                                    "customer": customer, "status": "succeeded"})
+    assert deliver(webhook_url, event) == {"received": True, "duplicate": False}
+
+    wait_for(lambda: member_status(sessions) == "on", "auto top-up to be on")
+    wait_for(lambda: balance_of(sessions, world["ann"]) == 100_00, "the auto top-up to be booked")
+    assert statement(client, auth) == [("Auto Top Up", "100.00")]
+    charged = intents(browser, f"card-saved:{event['id']}")
+    assert [(pi.amount, pi.status, pi.customer) for pi in charged] == [(100_00, "succeeded", customer)]
+    assert browser.v1.customers.retrieve(customer).invoice_settings.default_payment_method == confirmed.payment_method
+    wait_for(lambda: any(e["subject"] == "Auto top up successful" for e in emails(sessions)), "the success e-mail")
+
+
+# 2. SPEC 4.2 worked examples -----------------------------------------------------------------
+
+EXAMPLES = [
+    # U, B, A -> T, final balance
+    (50_00, 100_00, 120_00, 120_00, 100_00),
+    (50_00, 10_00, 45_00, 100_00, 65_00),
+    (50_00, 0, 80_00, 100_00, 20_00),
+    (100_00, 0, 100_00, 200_00, 100_00),
+    (50_00, 5_00, 200_00, 250_00, 55_00),
+    (100_00, 30_00, 50_00, 100_00, 80_00),
+    (50_00, 19_99, 60_00, 100_00, 59_99),
+    (100_00, 415_55, 1000_00, 1000_00, 415_55),
+]
+
+
+@pytest.mark.parametrize(("auto", "balance", "amount", "topup", "final"), EXAMPLES,
+                         ids=[f"U{u // 100}-B{b / 100:.2f}-A{a // 100}" for u, b, a, _, _ in EXAMPLES])
+def test_a_payment_short_of_funds_is_topped_up_by_the_spec_amount_and_paid(
+    client, auth, world, sessions, gateway, browser, auto, balance, amount, topup, final
+) -> None:
+    assert balance < amount  # every example goes through the top-up branch (SPEC 3 step 2)
+    auto_topup_on(sessions, gateway, browser, amount=auto)
+    if balance:
+        adjust(client, auth, balance)
+    request_id = f"spec-{uuid.uuid4().hex[:8]}"
+    client.post("/api/payments", headers=auth, json=payment(request_id=request_id, amount=f"{amount / 100:.2f}"))
+
+    assert outcome(client, auth, request_id)["status"] == "paid"
+    assert balance_of(sessions, world["ann"]) == final
+    assert balance_of(sessions, world["club"]) == amount
+    assert [(pi.amount, pi.status) for pi in intents(browser, f"pay-topup:{request_id}")] == [(topup, "succeeded")]
+    assert ("Auto Top Up", f"{topup / 100:.2f}") in statement(client, auth)
+
+
+# 3. Card checkout (SPEC 3 step 3) --------------------------------------------------------------
+
+
+def test_a_checkout_paid_by_card_books_card_money_then_the_payment_and_calls_back(
+    client, auth, world, sessions, browser, webhook_url, received
+) -> None:
+    adjust(client, auth, 10_00)
+    client.post("/api/payments", headers=auth, json=payment(allow_checkout=True, route_code="EVT"))
+
+    waiting = outcome(client, auth, "r1")
+    assert waiting["status"] == "awaiting_card"
+    checkout = waiting["checkout"]
+    assert set(checkout) == {"payment_intent_id", "client_secret", "amount", "publishable_key"}
+    assert (checkout["amount"], checkout["publishable_key"]) == ("20.00", PUBLISHABLE_KEY)
+    assert checkout["client_secret"].startswith(f"{checkout['payment_intent_id']}_secret_")
+    assert received() == []
+
+    confirmed = pay_as_browser(browser, checkout["payment_intent_id"])
+    assert (confirmed.status, confirmed.amount) == ("succeeded", 20_00)
+
+    assert status_becomes(client, auth, "r1", "paid")["status"] == "paid"
+    assert balance_of(sessions, world["ann"]) == 0
+    assert balance_of(sessions, world["club"]) == 30_00
+    assert statement(client, auth) == [("Manual Adjustment", "10.00"), ("CC Payment", "20.00"),
+                                       ("Entry to an event", "-30.00")]
+    callbacks = wait_for(received, "the callback")
+    assert [(c["request_id"], c["status"], c["amount"]) for c in callbacks] == [("r1", "success", "30.00")]
+
+
+# 4 and 5. A saved card that fails (SPEC 4.3) ----------------------------------------------------
+
+
+def test_a_declined_auto_top_up_declines_the_payment_turns_auto_top_up_failed_and_emails(
+    client, auth, world, sessions, gateway, browser
+) -> None:
+    customer = auto_topup_on(sessions, gateway, browser, number=DECLINED_AT_CHARGE)
+    adjust(client, auth, 10_00)
+    client.post("/api/payments", headers=auth, json=payment())
+
+    result = outcome(client, auth, "r1")
+    assert result["status"] == "declined"
+    assert result["reason"].startswith("auto top-up failed")
+    assert member_status(sessions) == "failed"
+    assert [e["subject"] for e in emails(sessions)] == ["Auto Top Up Failure"]
+    assert statement(client, auth) == [("Manual Adjustment", "10.00")]
+    assert balance_of(sessions, world["club"]) == 0
+    assert [pi.status for pi in intents(browser, "pay-topup:r1", customer)] == ["requires_payment_method"]
+
+
+def test_a_card_needing_3d_secure_asks_the_member_to_authenticate_and_books_nothing(
+    client, auth, world, sessions, gateway, browser
+) -> None:
+    customer = auto_topup_on(sessions, gateway, browser, number=NEEDS_3DS)
+    adjust(client, auth, 10_00)
+    client.post("/api/payments", headers=auth, json=payment())
+
+    assert outcome(client, auth, "r1")["status"] == "declined"
+    assert member_status(sessions) == "action_required"
+    (email,) = emails(sessions)
+    assert email["kind"] == "auto_topup_action_required"
+    assert "/payments/auto-topup/pay-topup:r1" in email["body"]
+    assert statement(client, auth) == [("Manual Adjustment", "10.00")]
+    assert [pi.status for pi in intents(browser, "pay-topup:r1", customer)] == ["requires_action"]
+    assert attempt(sessions, "pay-topup:r1").status == "action_required"
+
+
+# 6 and 7. Duplicate and out-of-order events (DESIGN invariants 3 and 8) -------------------------
+
+
+def checkout_waiting(client: FlaskClient, auth: dict, request_id: str = "r1") -> str:
+    """A payment of 30.00 from 10.00 waiting for a card of 20.00; returns its PaymentIntent id."""
+    adjust(client, auth, 10_00, key=f"seed-{request_id}")
+    client.post("/api/payments", headers=auth, json=payment(request_id=request_id, allow_checkout=True))
+    waiting = outcome(client, auth, request_id)
+    assert waiting["status"] == "awaiting_card", waiting
+    return waiting["checkout"]["payment_intent_id"]
+
+
+def intent_object(browser: stripe.StripeClient, payment_intent_id: str) -> dict:
+    """The PaymentIntent as an event carries it (plain JSON)."""
+    return browser.v1.payment_intents.retrieve(payment_intent_id).to_dict()
+
+
+def test_one_event_delivered_ten_times_at_once_is_stored_once_and_books_once(
+    client, auth, world, sessions, browser, webhook_url
+) -> None:
+    intent_id = checkout_waiting(client, auth)
+    pay_as_browser(browser, intent_id)
+    event = stripe_event("payment_intent.succeeded", intent_object(browser, intent_id))
+    body = json.dumps(event).encode()
+    signature = sign_webhook(body, WEBHOOK_SECRET)
+
+    with ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda _: post_webhook(webhook_url, body, signature), range(10)))
+
+    assert [status for status, _ in answers] == [200] * 10
+    assert sorted(answer["duplicate"] for _, answer in answers) == [False] + [True] * 9
+    assert count(sessions, "SELECT count(*) FROM stripe_events WHERE event_id = :id", id=event["id"]) == 1
+    assert event_done(sessions, event["id"]).attempts == 1
+    assert status_becomes(client, auth, "r1", "paid")["status"] == "paid"
+    assert [t for t, _ in statement(client, auth)].count("CC Payment") == 1
+    assert balance_of(sessions, world["ann"]) == 0
+
+
+def test_a_failure_reported_after_the_success_changes_nothing(
+    client, auth, world, sessions, browser, webhook_url
+) -> None:
+    intent_id = checkout_waiting(client, auth)
+    pay_as_browser(browser, intent_id)
+    status_becomes(client, auth, "r1", "paid")
+
+    late = stripe_event("payment_intent.payment_failed", {**intent_object(browser, intent_id),
+                                                          "status": "requires_payment_method"})
+    deliver(webhook_url, late)
+    event_done(sessions, late["id"])
+
+    assert outcome(client, auth, "r1")["status"] == "paid"
+    assert statement(client, auth) == [("Manual Adjustment", "10.00"), ("CC Payment", "20.00"),
+                                       ("Entry to an event", "-30.00")]
+    assert attempt(sessions, "checkout:r1").status == "succeeded"
+
+
+def test_a_failure_arriving_before_the_success_is_settled_by_what_stripe_says(
+    client, auth, world, sessions, browser, webhook_url
+) -> None:
+    intent_id = checkout_waiting(client, auth)
+    pay_as_browser(browser, intent_id)
+    # Before localstripe's own payment_intent.succeeded (about 1 s later): an older failure.
+    early = stripe_event("payment_intent.payment_failed", {**intent_object(browser, intent_id),
+                                                           "status": "requires_payment_method"})
+    deliver(webhook_url, early)
+    event_done(sessions, early["id"])
+
+    assert outcome(client, auth, "r1")["status"] == "paid"  # the handler fetched the real state
+    assert statement(client, auth) == [("Manual Adjustment", "10.00"), ("CC Payment", "20.00"),
+                                       ("Entry to an event", "-30.00")]
+
+
+def test_a_checkout_failed_at_first_and_then_paid_by_the_member_keeps_the_card_money(
+    client, auth, world, sessions, browser, webhook_url
+) -> None:
+    """A declined card leaves the PaymentIntent `requires_payment_method` (payment_failed), and
+    Stripe.js lets the member pay the same PaymentIntent with another card. localstripe cannot
+    retry a declined PaymentIntent, so the decline is reported (signed here) before the card."""
+    intent_id = checkout_waiting(client, auth)
+    declined = stripe_event("payment_intent.payment_failed", intent_object(browser, intent_id))
+    deliver(webhook_url, declined)
+    event_done(sessions, declined["id"])
+    assert outcome(client, auth, "r1")["status"] == "failed"
+
+    assert pay_as_browser(browser, intent_id).status == "succeeded"
+
+    wait_for(lambda: balance_of(sessions, world["ann"]) == 30_00, "the card money to be booked")
+    assert statement(client, auth) == [("Manual Adjustment", "10.00"), ("CC Payment", "20.00")]
+    assert outcome(client, auth, "r1")["status"] == "failed"  # its failure callback has gone
+    assert attempt(sessions, "checkout:r1").status == "succeeded"
+
+
+# 8. Refused deliveries (DESIGN invariant 7) ----------------------------------------------------
+
+
+def test_bad_signatures_and_bodies_are_refused_and_nothing_is_stored(world, sessions, webhook_url) -> None:
+    event = stripe_event("payment_intent.succeeded", {"id": "pi_forged", "object": "payment_intent"})
+    body = json.dumps(event).encode()
+    garbage = b"this is not json {"
+    cases = {
+        "forged": (body, sign_webhook(body, "whsec_someone_else")),
+        "stale": (body, sign_webhook(body, WEBHOOK_SECRET, timestamp=int(time.time()) - 301)),
+        "garbage": (garbage, sign_webhook(garbage, WEBHOOK_SECRET)),
+        "no event": (b'{"hello": "world"}', sign_webhook(b'{"hello": "world"}', WEBHOOK_SECRET)),
+        "missing header": (body, None),
+    }
+    for name, (payload, signature) in cases.items():
+        status, answer = post_webhook(webhook_url, payload, signature)
+        assert status == 400, (name, answer)
+        assert set(answer) == {"error"} and {"code", "message"} <= set(answer["error"]), (name, answer)
+        assert WEBHOOK_SECRET not in json.dumps(answer)
+
+    huge = json.dumps({**event, "padding": "x" * (1024 * 1024)}).encode()
+    status, answer = post_webhook(webhook_url, huge, sign_webhook(huge, WEBHOOK_SECRET))
+    assert status == 413, answer
+    assert answer["error"]["code"] == "payload_too_large"
+    # Only localstripe's own late deliveries for earlier tests' PaymentIntents may be stored.
+    with sessions.begin() as session:
+        stored = [(e.event_id, e.type, e.payload["data"]["object"]["id"]) for e in session.scalars(select(StripeEvent))]
+    assert [e for e in stored if e[0].startswith("evt_test_") or not e[1].startswith("payment_intent.")
+            or e[2] == "pi_forged"] == []
+
+
+# 9. A worker that dies between the charge and the booking (DESIGN invariant 5) ----------------
+
+
+@pytest.fixture
+def private_stripe(tmp_path: Path) -> Iterator[str]:
+    """A localstripe of its own with no webhook registered, so only the worker can book what
+    it charges (the session's localstripe would report the charge to the webhook server,
+    which would book it before the redelivered task runs)."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    with open(tmp_path / "localstripe.log", "wb") as out:
+        process = subprocess.Popen([sys.executable, "-m", "tests.stripe_server", str(port)], cwd=ROOT,
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for(lambda: urllib.request.urlopen(f"{base}/js.stripe.com/v3/", timeout=1).status == 200,
+                 "a private localstripe", 20)
+        yield base
+    finally:
+        stop(process, timeout=10)
+
+
+def test_a_worker_dying_after_the_charge_is_redelivered_and_books_the_charge_once(
+    client, auth, world, sessions, settings, database_url, private_stripe, tmp_path: Path
+) -> None:
+    gateway = StripeGateway(replace(settings, stripe_api_base=private_stripe))
+    browser = stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": private_stripe}, max_network_retries=0)
+    customer = auto_topup_on(sessions, gateway, browser)
+    adjust(client, auth, 10_00)
+    request_id = f"crash-{uuid.uuid4().hex[:8]}"
+    key = f"pay-topup:{request_id}"
+    # A broker of its own, so the session's worker cannot take the task.
+    broker = f"redis://127.0.0.1:6379/{1 + REDIS_DB % 14}"
+    log = tmp_path / "crash-worker.log"
+    env = worker_env(database_url, PAYMENTS_BROKER_URL=broker, PAYMENTS_STRIPE_API_BASE=private_stripe,
+                     PAYMENTS_TEST_CRASH_AFTER_CHARGE=key)
+    process = start(["worker", "--concurrency", "1", "--hostname", f"crash-{REDIS_DB}-{uuid.uuid4().hex[:6]}@%h"],
+                    env, log)
+    try:
+        payments_client.pay(replace(settings, broker_url=broker), **payment(request_id=request_id))
+        result = outcome(client, auth, request_id, timeout=60)
+    finally:
+        stop(process)
+
+    assert result["status"] == "paid"
+    assert "exited with 'exitcode 17'" in log.read_text()  # the child died after the charge
+    assert [(pi.amount, pi.status) for pi in intents(browser, key, customer)] == [(100_00, "succeeded")]
+    assert statement(client, auth) == [("Manual Adjustment", "10.00"), ("Auto Top Up", "100.00"),
+                                       ("Entry to an event", "-30.00")]
+    assert balance_of(sessions, world["ann"]) == 80_00
+    row = attempt(sessions, key)
+    assert (row.status, row.tries) == ("succeeded", 2)  # charged once, then looked up
+
+
+# 10. Refunds and disputes made at Stripe (SPEC 5) ----------------------------------------------
+
+
+def test_refunds_and_disputes_reported_by_stripe_are_recorded_against_the_card_payment(
+    client, auth, world, sessions, gateway, browser, webhook_url
+) -> None:
+    auto_topup_on(sessions, gateway, browser)
+    client.post("/api/members/ann/topups", headers=auth,
+                json={"request_id": "t1", "amount": "60.00", "use_saved_card": True})
+    assert outcome(client, auth, "t1")["status"] == "paid"
+    intent_id = attempt(sessions, "topup:t1").payment_intent_id
+    charge_id = browser.v1.payment_intents.retrieve(intent_id).latest_charge
+    charge_id = charge_id if isinstance(charge_id, str) else charge_id.id
+
+    refunded = stripe_event("charge.refunded", {
+        "id": charge_id, "object": "charge", "payment_intent": intent_id, "amount": 60_00,
+        "amount_refunded": 25_00, "refunded": False, "status": "succeeded"})
+    disputed = stripe_event("charge.dispute.created", {
+        "id": "dp_test_1", "object": "dispute", "charge": charge_id, "payment_intent": intent_id,
+        "amount": 35_00, "reason": "fraudulent", "status": "needs_response"})
+    for event in (refunded, disputed):
+        deliver(webhook_url, event)
+        assert event_done(sessions, event["id"]).status == "processed"
+
+    notes = attempt(sessions, "topup:t1").stripe_notes
+    assert [(n["event_id"], n["type"]) for n in notes] == [
+        (refunded["id"], "charge.refunded"), (disputed["id"], "charge.dispute.created")]
+    assert (notes[0]["amount_refunded"], notes[1]["reason"], notes[1]["amount"]) == (25_00, "fraudulent", 35_00)
+    assert balance_of(sessions, world["ann"]) == 60_00  # recorded, not booked
+
+
+# 11. Manual top-up (SPEC 5) --------------------------------------------------------------------
+
+
+def test_a_manual_top_up_with_a_new_card_is_booked_when_stripe_reports_it(
+    client, auth, world, sessions, browser, webhook_url
+) -> None:
+    request_id = f"t-{uuid.uuid4().hex[:8]}"
+    answer = client.post("/api/members/ann/topups", headers=auth,
+                         json={"request_id": request_id, "amount": "60.00", "use_saved_card": False})
+    assert answer.status_code == 202, answer.get_json()
+    waiting = outcome(client, auth, request_id)
+    assert waiting["status"] == "awaiting_card"
+    assert (waiting["checkout"]["amount"], waiting["checkout"]["publishable_key"]) == ("60.00", PUBLISHABLE_KEY)
+
+    pay_as_browser(browser, waiting["checkout"]["payment_intent_id"])
+
+    assert status_becomes(client, auth, request_id, "paid")["status"] == "paid"
+    assert statement(client, auth) == [("Manual Top Up", "60.00")]
+    assert [pi.amount for pi in intents(browser, f"topup:{request_id}")] == [60_00]
+
+
+def test_a_manual_top_up_with_the_saved_card_is_paid_at_once(client, auth, world, sessions, gateway, browser) -> None:
+    customer = auto_topup_on(sessions, gateway, browser)
+    client.post("/api/members/ann/topups", headers=auth,
+                json={"request_id": "t1", "amount": "75.50", "use_saved_card": True})
+
+    assert outcome(client, auth, "t1")["status"] == "paid"
+    assert statement(client, auth) == [("Manual Top Up", "75.50")]
+    assert [pi.amount for pi in intents(browser, "topup:t1", customer)] == [75_50]
+
+
+def test_manual_top_up_limits(client, auth, world, sessions) -> None:
+    small = client.post("/api/members/ann/topups", headers=auth,
+                        json={"request_id": "t1", "amount": "49.99", "use_saved_card": False})
+    assert small.status_code == 400
+    assert small.get_json()["error"]["field"] == "amount"
+    assert client.get("/api/payments/t1", headers=auth).status_code == 404
+
+    adjust(client, auth, 1950_00)
+    client.post("/api/members/ann/topups", headers=auth,
+                json={"request_id": "t2", "amount": "60.00", "use_saved_card": False})
+    result = outcome(client, auth, "t2")
+    assert result["status"] == "failed"
+    assert "2000.00" in result["reason"]
+    assert balance_of(sessions, world["ann"]) == 1950_00
+    assert attempt(sessions, "topup:t2") is None
+
+
+# 12. Cancel (SPEC 4.1) -------------------------------------------------------------------------
+
+
+def test_cancelling_auto_top_up_turns_it_off_and_detaches_the_card_at_stripe(
+    client, auth, world, sessions, gateway, browser
+) -> None:
+    customer = auto_topup_on(sessions, gateway, browser)
+    assert len(browser.v1.payment_methods.list({"customer": customer, "type": "card"}).data) == 1
+
+    answer = client.delete("/api/members/ann/auto-topup", headers=auth)
+
+    assert answer.status_code == 200
+    assert answer.get_json() == {"member_id": "ann", "auto_topup": {"status": "off"}}
+    assert member_status(sessions) == "off"
+    assert browser.v1.payment_methods.list({"customer": customer, "type": "card"}).data == []
+    assert gateway.default_payment_method(customer) is None
