@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from datetime import date, timedelta
+
 
 import pytest
 from flask.testing import FlaskClient

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import stripe
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, select, text
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import client as payments_client

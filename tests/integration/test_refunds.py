@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import profiles, refunds, requests, topups
 from shared.config import Settings
-from shared.models import CardPayment, CardPaymentKind, Member, SystemAccount
+from shared.models import CardPayment, CardPaymentKind, SystemAccount
 from shared.stripe_gateway import StripeGateway
 from tests.integration.helpers import add_member, balance_of, pay, add_organisation
 from tests.integration.test_stripe_gateway import VISA, customer_with_card
