@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
+from pathlib import Path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -165,21 +171,49 @@ def _outbox_replay(outbox_id: int) -> int:
     return 1
 
 
+RUN_FILE = Path("var/run.json")
+LOCAL_STRIPE_KEY = "sk_test_localstripe"  # localstripe takes any sk_ key; not a secret
+
+
 def _run(host: str, port: int) -> int:
-    """Migrate, then run the webhook server and a worker until Ctrl-C, which stops both."""
+    """Migrate, then run the webhook server, a worker and beat (and localstripe when no Stripe
+    key is set) until Ctrl-C, which stops them all. What a local client needs (the API address,
+    localstripe's, the API token and webhook secret made up for this run) goes to var/run.json,
+    readable by its owner only; secrets are never printed."""
     from shared.config import Settings
 
     settings = Settings.from_env()
     _db_upgrade()
-    me = [sys.executable, "-m", "payments_cli"]
-    children = [
-        subprocess.Popen([*me, "webhook", "--host", host, "--port", str(port), "--workers", "1"]),
-        subprocess.Popen([*me, "worker", "--concurrency", "1"]),
-        subprocess.Popen([*me, "beat", "--schedule", "var/celerybeat-schedule"]),
-    ]
-    print(f"payments is running: API on http://{host}:{port}, worker and beat on {_safe(settings.broker_url)}")
+    env = dict(os.environ)
+    api = f"http://{host}:{port}"
+    run_info: dict[str, str] = {"api": api}
+    children: list[subprocess.Popen[bytes]] = []
     if not settings.api_token:
-        print("note: PAYMENTS_API_TOKEN is not set, so /api/* answers 503", flush=True)
+        env["PAYMENTS_API_TOKEN"] = run_info["api_token"] = secrets.token_urlsafe(24)
+    if not settings.stripe_api_key:
+        stripe_url, process = _start_localstripe()
+        children.append(process)
+        secret = settings.stripe_webhook_secret or f"whsec_{secrets.token_urlsafe(24)}"
+        env.update(PAYMENTS_STRIPE_API_KEY=LOCAL_STRIPE_KEY, PAYMENTS_STRIPE_API_BASE=stripe_url,
+                   PAYMENTS_STRIPE_WEBHOOK_SECRET=secret, PAYMENTS_STRIPE_PUBLISHABLE_KEY="pk_test_localstripe")
+        _register_webhook(stripe_url, f"{api}/stripe/webhook", secret)
+        run_info.update(stripe=stripe_url, stripe_webhook_secret=secret)
+    RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
+    RUN_FILE.touch(mode=0o600)
+    RUN_FILE.write_text(json.dumps(run_info, indent=2))
+
+    me = [sys.executable, "-m", "payments_cli"]
+    children += [
+        subprocess.Popen([*me, "webhook", "--host", host, "--port", str(port), "--workers", "1"], env=env),
+        subprocess.Popen([*me, "worker", "--concurrency", "1"], env=env),
+        subprocess.Popen([*me, "beat", "--schedule", "var/celerybeat-schedule"], env=env),
+    ]
+    print(f"payments is running: API on {api}, worker and beat on {_safe(settings.broker_url)}")
+    if "stripe" in run_info:
+        print(f"no PAYMENTS_STRIPE_API_KEY: localstripe on {run_info['stripe']}, sending webhooks to {api}/stripe/webhook")
+    if "api_token" in run_info:
+        print(f"no PAYMENTS_API_TOKEN: a token for this run is in {RUN_FILE}")
+    print("Ctrl-C stops everything", flush=True)
     stopping = False
 
     def stop(*_: object) -> None:
@@ -190,7 +224,7 @@ def _run(host: str, port: int) -> int:
     signal.signal(signal.SIGTERM, stop)
     while not stopping and all(child.poll() is None for child in children):
         time.sleep(0.2)
-    for child in children:
+    for child in reversed(children):
         if child.poll() is None:
             child.send_signal(signal.SIGTERM)
     for child in children:
@@ -200,6 +234,31 @@ def _run(host: str, port: int) -> int:
             child.kill()
     print("payments stopped", flush=True)
     return 0 if stopping else 1
+
+
+def _start_localstripe() -> tuple[str, subprocess.Popen[bytes]]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "localstripe_server", str(port)])
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/js.stripe.com/v3/", timeout=1):
+                return url, process
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise SystemExit("localstripe did not start") from None
+            time.sleep(0.1)
+
+
+def _register_webhook(stripe_url: str, url: str, secret: str) -> None:
+    form = urllib.parse.urlencode({"url": url, "secret": secret}).encode()
+    request = urllib.request.Request(f"{stripe_url}/_config/webhooks/payments", data=form, method="POST")
+    with urllib.request.urlopen(request, timeout=5):
+        pass
 
 
 def _safe(url: str) -> str:

@@ -1,5 +1,5 @@
 """The `stripe_api` fixture: localstripe in a child process on a free loopback port, for the
-whole test run (tests/stripe_server.py keeps its state in memory, so runs do not share it).
+whole test run (localstripe_server.py keeps its state in memory, so runs do not share it).
 
 Enable it for every test with `pytest_plugins = ["tests.stripe_fixture"]` in tests/conftest.py.
 Tests make their own customers, so they need no reset; `reset_stripe` empties the store.
@@ -61,7 +61,7 @@ def stripe_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("localstripe") / "localstripe.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "tests.stripe_server", str(port)],
+            [sys.executable, "-m", "localstripe_server", str(port)],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,

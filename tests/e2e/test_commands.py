@@ -84,5 +84,9 @@ def test_run_serves_the_api_on_sqlite_and_ctrl_c_stops_everything(tmp_path: Path
         stop(stack)
     output = log.read_text()
     assert f"API on http://127.0.0.1:{port}" in output
+    assert "no PAYMENTS_STRIPE_API_KEY: localstripe on http://127.0.0.1:" in output
     assert "payments stopped" in output
-    assert "t0ken" not in output
+    run_info = json.loads((tmp_path / "var" / "run.json").read_text())
+    assert (tmp_path / "var" / "run.json").stat().st_mode & 0o077 == 0
+    for secret in ("t0ken", run_info["stripe_webhook_secret"]):
+        assert secret not in output

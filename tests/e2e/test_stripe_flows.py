@@ -473,7 +473,7 @@ def private_stripe(tmp_path: Path) -> Iterator[str]:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     with open(tmp_path / "localstripe.log", "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "tests.stripe_server", str(port)], cwd=ROOT,
+        process = subprocess.Popen([sys.executable, "-m", "localstripe_server", str(port)], cwd=ROOT,
                                    stdout=out, stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: urllib.request.urlopen(f"{base}/js.stripe.com/v3/", timeout=1).status == 200,

@@ -1,5 +1,5 @@
 """localstripe (the Stripe stand-in, DESIGN "Stripe stand-in") on loopback only, with its state in
-memory: `python -m tests.stripe_server PORT`.
+memory: `python -m localstripe_server PORT`.
 
 Its own CLI binds every interface and keeps its state in /tmp/localstripe.pickle, shared by
 every run on the machine and reloaded at start. Here the store's disk methods are replaced by
@@ -22,7 +22,7 @@ def _no_disk(self: resources.Store) -> None:
 
 def main(argv: list[str]) -> None:
     if len(argv) != 1 or not argv[0].isdigit():
-        sys.exit("usage: python -m tests.stripe_server PORT")
+        sys.exit("usage: python -m localstripe_server PORT")
     resources.Store.try_load_from_disk = _no_disk
     resources.Store.dump_to_disk = _no_disk
     resources.store.clear()
