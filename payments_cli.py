@@ -27,7 +27,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     web = verbs.add_parser("webhook", help="serve the HTTP API and the Stripe webhook")
     web.add_argument("--host", default="127.0.0.1")
     web.add_argument("--port", type=int, default=8000)
-    web.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    web.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
 
     verbs.add_parser("worker", help="a Celery worker on every queue", add_help=False)
     verbs.add_parser("beat", help="the scheduler", add_help=False)

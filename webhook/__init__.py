@@ -20,7 +20,9 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings.from_env()
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
-    engine = make_engine(settings.database_url)
+    # No pre-ping (a round trip per request): a connection lost with the database fails one
+    # request with 503 (Stripe retries it) and the pool replaces it.
+    engine = make_engine(settings.database_url, pool_pre_ping=False)
     app.extensions["payments"] = {
         "settings": settings,
         "engine": engine,
