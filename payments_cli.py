@@ -48,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
 
+    demo = verbs.add_parser("demo", help="a scripted end-to-end story against `payments run`")
+    demo.add_argument("--url", help="the API address (default: var/run.json's)")
+
     args, rest = parser.parse_known_args(argv)
     if args.verb == "db":
         return _db_upgrade()
@@ -65,6 +68,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _outbox_replay(args.id)
     if args.verb == "run":
         return _run(args.host, args.port)
+    if args.verb == "demo":
+        from payments_demo import main as demo_main
+
+        return demo_main(["--url", args.url] if args.url else [])
     parser.error(f"unknown verb {args.verb}")
     return 2
 
@@ -89,8 +96,12 @@ def _webhook(host: str, port: int, workers: int) -> int:
             self.cfg.set("bind", f"{host}:{port}")
             self.cfg.set("workers", workers)
             self.cfg.set("accesslog", "-")
+            self.cfg.set("logconfig_dict", {"version": 1, "disable_existing_loggers": False, "root": {"level": "INFO"}})
 
         def load(self) -> object:
+            from shared import logs
+
+            logs.configure()
             return create_app()
 
     print(f"webhook and API listening on http://{host}:{port}", flush=True)

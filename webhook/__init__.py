@@ -5,7 +5,12 @@ Views are thin: they check fields, open one transaction, call `shared`, and shap
 
 from __future__ import annotations
 
-from flask import Flask
+import uuid
+from urllib.parse import urlsplit
+
+from flask import Flask, request
+
+from shared import logs
 
 from shared.config import Settings
 from shared.db import make_engine, make_sessions
@@ -18,7 +23,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     from webhook import api, errors, health, stripe
 
     settings = settings or Settings.from_env()
+    logs.add_secrets(settings.api_token, settings.stripe_api_key, settings.stripe_webhook_secret,
+                     *_smtp_password(settings.smtp_url))
     app = Flask(__name__)
+
+    @app.before_request
+    def _log_context() -> None:
+        request_id = request.headers.get("X-Request-Id", "")[:64] or uuid.uuid4().hex
+        logs.context.set({"request_id": request_id, "path": request.path})
+
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
     # No pre-ping (a round trip per request): a connection lost with the database fails one
     # request with 503 (Stripe retries it) and the pool replaces it.
@@ -34,3 +47,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(stripe.blueprint)
     app.register_blueprint(api.blueprint)
     return app
+
+
+def _smtp_password(url: str | None) -> list[str]:
+    return [urlsplit(url).password or ""] if url else []

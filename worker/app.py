@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from functools import cache
 
-from celery import Celery
+from celery import Celery, signals
 from kombu import Exchange, Queue
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import logs
 from shared.client import QUEUES
 from shared.config import Settings
 from shared.db import make_engine, make_sessions
@@ -59,7 +60,22 @@ def create_celery(config: Settings | None = None) -> Celery:
         # Longer than any retry countdown, so Redis never redelivers a task still waiting.
         app.conf.broker_transport_options = {"visibility_timeout": 3600}
     app.conf.payments_settings = config
+    logs.add_secrets(config.api_token, config.stripe_api_key, config.stripe_webhook_secret)
     return app
+
+
+@signals.setup_logging.connect
+def _json_logs(**_: object) -> None:
+    logs.configure()
+
+
+@signals.task_prerun.connect
+def _log_task(task_id: str | None = None, task: object = None, kwargs: dict | None = None, **_: object) -> None:
+    fields = {"task_id": task_id or "", "task": getattr(task, "name", "")}
+    for key in ("request_id", "event_id", "member_id"):
+        if kwargs and isinstance(kwargs.get(key), str):
+            fields[key] = kwargs[key]
+    logs.context.set(fields)
 
 
 app = create_celery()

@@ -3,6 +3,7 @@ a real `payments worker` on PostgreSQL, and a second Celery app consuming callba
 
 from __future__ import annotations
 
+import json
 import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -221,3 +222,17 @@ def test_a_callback_whose_dispatch_was_lost_is_sent_by_the_relay(sessions, setti
                             "route_payload": None, "status": "success", "amount": "1.00", "reason": None})
     payments_client.send("payments.relay_outbox", {}, queue="outbox", settings=settings)
     assert [c["request_id"] for c in wait_for(received, "the relayed callback")] == ["lost"]
+
+
+def test_the_workers_log_is_json_and_holds_no_configured_secret(client, auth, world, worker, received) -> None:
+    from tests.e2e.conftest import WEBHOOK_SECRET
+    from tests.stripe_fixture import STRIPE_TEST_KEY
+
+    client.post("/api/payments", json=payment(route_code="EVT"), headers=auth)
+    assert outcome(client, auth, "r1")["status"] == "paid"
+    wait_for(received, "the callback")
+    lines = [line for line in worker.read_text().splitlines() if line.startswith("{")]
+    task_lines = [json.loads(line) for line in lines if '"task": "payments.pay"' in line]
+    assert any(entry.get("request_id") == "r1" for entry in task_lines)
+    for secret in (STRIPE_TEST_KEY, WEBHOOK_SECRET):
+        assert secret not in worker.read_text()
