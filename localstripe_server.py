@@ -21,12 +21,13 @@ def _no_disk(self: resources.Store) -> None:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) != 1 or not argv[0].isdigit():
-        sys.exit("usage: python -m localstripe_server PORT")
+    if len(argv) not in (1, 2) or not argv[0].isdigit():
+        sys.exit("usage: python -m localstripe_server PORT [HOST]  (HOST defaults to 127.0.0.1)")
     resources.Store.try_load_from_disk = _no_disk
     resources.Store.dump_to_disk = _no_disk
     resources.store.clear()
-    web.run_app(app, host="127.0.0.1", port=int(argv[0]), print=None)
+    host = argv[1] if len(argv) == 2 else "127.0.0.1"  # a container publishes it on loopback
+    web.run_app(app, host=host, port=int(argv[0]), print=None)
 
 
 if __name__ == "__main__":
