@@ -90,3 +90,33 @@ def test_run_serves_the_api_on_sqlite_and_ctrl_c_stops_everything(tmp_path: Path
     assert (tmp_path / "var" / "run.json").stat().st_mode & 0o077 == 0
     for secret in ("t0ken", run_info["stripe_webhook_secret"]):
         assert secret not in output
+
+
+def test_events_replay_processes_a_stored_event_again_and_names_an_unknown_one(
+    sessions, database_url, stripe_api
+) -> None:
+    from shared import inbox
+    from tests.e2e.conftest import worker_env
+
+    with sessions.begin() as session:
+        inbox.accept(session, {"id": "evt_again", "object": "event", "type": "customer.created",
+                               "data": {"object": {"id": "cus_1"}}})
+        inbox.finish(session, "evt_again", inbox.EventStatus.PROCESSED)
+    env = {**worker_env(database_url, PAYMENTS_STRIPE_API_BASE=stripe_api), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([PAYMENTS, "events", "replay", "evt_again"], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "event evt_again: ignored"), done.stderr
+    with sessions.begin() as session:
+        event = session.get(inbox.StripeEvent, "evt_again")
+        assert (event.status, event.attempts) == ("ignored", 1)
+    missing = subprocess.run([PAYMENTS, "events", "replay", "evt_nope"], env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert (missing.returncode, missing.stderr.strip()) == (1, "event evt_nope: not in the inbox")
+
+
+def test_reconcile_runs_the_reconciler_now(sessions, database_url, stripe_api) -> None:
+    from tests.e2e.conftest import worker_env
+
+    env = {**worker_env(database_url, PAYMENTS_STRIPE_API_BASE=stripe_api), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([PAYMENTS, "reconcile"], env=env, capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "reconcile: 0 top-ups retried"), done.stderr
