@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from kombu.exceptions import BatchPublishError
+from kombu.exceptions import OperationalError as BrokerError
+
 from shared import charges, inbox, outbox, requests, topups
 from shared.models import utcnow
 from worker.app import app, gateway, sessions, settings
@@ -20,10 +23,21 @@ def sweep_auto_topups() -> int:
     window = int(utcnow().timestamp() // config.sweep_window_seconds)
     with sessions().begin() as session:
         due = topups.members_due_for_topup(session, config)
-    with app.producer_or_acquire() as producer:  # one broker connection for the whole sweep
-        for member_id in due:
-            app.send_task("payments.auto_topup", kwargs={"member_id": member_id, "key": f"sweep:{member_id}:{window}"},
-                          producer=producer)
+    # One broker connection for the whole sweep, its messages pipelined (Redis: one round trip per
+    # 1,000 messages instead of one per message; other brokers publish one by one), and the
+    # queue declared once rather than checked again for each message (Celery's default). Over
+    # 5,000 members: 2.3 s to 0.9 s of enqueueing (bench/sweep.py). A failed flush leaves unknown
+    # which messages went: the sweep is retried, and the keys make sending them again safe.
+    queue = app.amqp.queues[app.conf.task_routes["payments.auto_topup"]["queue"]]
+    try:
+        with app.producer_or_acquire() as producer, producer.batch():
+            producer.maybe_declare(queue)
+            for member_id in due:
+                key = f"sweep:{member_id}:{window}"
+                app.send_task("payments.auto_topup", kwargs={"member_id": member_id, "key": key},
+                              producer=producer, declare=[])
+    except BatchPublishError as exc:
+        raise BrokerError(str(exc)) from exc
     return len(due)
 
 
