@@ -49,7 +49,6 @@ from multiprocessing.synchronize import Barrier
 
 import psycopg
 from sqlalchemy import text
-from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import ledger, profiles, schema
@@ -57,8 +56,8 @@ from shared.db import make_engine, make_sessions
 from shared.ledger import Entry, Line
 from shared.models import EntryType, SystemAccount
 from shared.profiles import MemberDetails, OrganisationDetails
+from common import recreate_database, url_for  # bench/common.py, beside this script
 
-ADMIN_URL = os.environ.get("PAYMENTS_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BENCH_DB = "payments_bench"
 PGBENCH_DB = "payments_pgbench"
 MEMBERS = 200
@@ -87,18 +86,6 @@ class Result:
 
 
 # --- databases -------------------------------------------------------------------------
-
-
-def url_for(database: str) -> str:
-    """ADMIN_URL pointed at another database, as a plain libpq URI."""
-    url = make_url(ADMIN_URL).set(drivername="postgresql", database=database)
-    return url.render_as_string(hide_password=False)
-
-
-def recreate_database(name: str) -> None:
-    with psycopg.connect(url_for(make_url(ADMIN_URL).database or "postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def set_up_ledger(url: str) -> Accounts:

@@ -57,7 +57,6 @@ from pathlib import Path
 import psycopg
 import redis
 from celery import Celery
-from sqlalchemy.engine import make_url
 
 from shared import client, ledger, profiles, schema
 from shared.config import Settings
@@ -65,9 +64,9 @@ from shared.db import make_engine, make_sessions
 from shared.ledger import Entry, Line
 from shared.models import EntryType, SystemAccount
 from shared.profiles import MemberDetails, OrganisationDetails
+from common import cpu_seconds, recreate_database, url_for  # bench/common.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN_URL = os.environ.get("PAYMENTS_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BROKER_URL = os.environ.get("PAYMENTS_BENCH_REDIS", "redis://127.0.0.1:6379/9")
 BENCH_DB = "payments_bench_pay"
 MEMBERS = 200
@@ -101,17 +100,6 @@ class Row:
 
 
 # --- setup ------------------------------------------------------------------------------
-
-
-def url_for(database: str) -> str:
-    url = make_url(ADMIN_URL).set(drivername="postgresql", database=database)
-    return url.render_as_string(hide_password=False)
-
-
-def recreate_database(name: str) -> None:
-    with psycopg.connect(url_for(make_url(ADMIN_URL).database or "postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def set_up(url: str) -> tuple[dict[str, int], dict[str, int]]:
@@ -189,20 +177,6 @@ def stop_worker(process: subprocess.Popen, timeout: float = 30.0) -> int:
 
 # --- CPU accounting (Linux /proc) -------------------------------------------------------
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of the given processes, in seconds (a process gone since counts 0)."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICK
 
 
 def worker_pids(main_pid: int) -> list[int]:

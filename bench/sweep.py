@@ -46,13 +46,12 @@ from pathlib import Path
 
 import psycopg
 import redis
-from sqlalchemy.engine import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from shared import schema  # noqa: E402
+from common import recreate_database, url_for  # bench/common.py, beside this script
 
-ADMIN_URL = os.environ.get("PAYMENTS_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BROKER_URL = os.environ.get("PAYMENTS_BENCH_SWEEP_REDIS", "redis://127.0.0.1:6379/7")
 BENCH_DB = "payments_bench_sweep"
 MEMBERS = 100_000
@@ -70,17 +69,6 @@ NOT_DUE = (
     (20, "on", True, True),
 )
 PENDING_ABOVE = 100  # members above the limit with an auto top-up in flight
-
-
-def url_for(database: str) -> str:
-    url = make_url(ADMIN_URL).set(drivername="postgresql", database=database)
-    return url.render_as_string(hide_password=False)
-
-
-def recreate_database(name: str) -> None:
-    with psycopg.connect(url_for(make_url(ADMIN_URL).database or "postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 # Member i (0-based) is "m000123". Due: i % 20 == 0 (5,000). Not due though below the limit: the

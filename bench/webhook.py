@@ -68,13 +68,12 @@ from typing import Any
 
 import psycopg
 import redis
-from sqlalchemy.engine import make_url
 
 from shared import schema
 from shared.stripe_gateway import sign_webhook
+from common import cpu_seconds, recreate_database, url_for  # bench/common.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN_URL = os.environ.get("PAYMENTS_BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 BROKER_URL = os.environ.get("PAYMENTS_BENCH_REDIS", "redis://127.0.0.1:6379/8")
 BENCH_DB = "payments_bench_webhook"
 SECRET = "whsec_bench_0123456789abcdef"
@@ -88,17 +87,6 @@ EXPECTED = {"duplicate": False, "received": True}
 
 
 # --- setup ------------------------------------------------------------------------------
-
-
-def url_for(database: str) -> str:
-    url = make_url(ADMIN_URL).set(drivername="postgresql", database=database)
-    return url.render_as_string(hide_password=False)
-
-
-def recreate_database(name: str) -> None:
-    with psycopg.connect(url_for(make_url(ADMIN_URL).database or "postgres"), autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
 
 
 def other_clients(broker: redis.Redis, db: int) -> list[dict[str, Any]]:
@@ -329,19 +317,6 @@ def sender_process(
 # --- CPU accounting (Linux /proc) -------------------------------------------------------
 
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pids: list[int]) -> float:
-    """utime + stime of the given processes, in seconds (a process gone since counts 0)."""
-    total = 0
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / TICK
 
 
 def server_pids(master: int) -> list[int]:
