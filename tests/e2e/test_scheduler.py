@@ -137,6 +137,8 @@ def test_a_charge_whose_booking_never_happened_is_booked_by_the_reconciler(
     payments_client.send("payments.reconcile", {}, queue="topups", settings=settings)
     wait_for(lambda: auto_top_ups(sessions) == 1, "the reconciler to book the charge")
     assert charges_at_stripe(browser, customer) == [100_00]  # found, not charged again
+    with sessions.begin() as session:  # booked by the reconciler, not by a webhook delivery
+        assert session.scalar(select(func.count()).select_from(StripeEvent)) == 0
 
 
 def test_an_unpaid_checkout_expires_after_a_day_with_its_failure_callback(
