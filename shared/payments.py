@@ -5,10 +5,16 @@ form. `pay` decides it atomically, under the request's row lock and the member's
 (taken by `ledger.post`, whose funds check is the decision):
 
 1. balance >= amount: book member -amount, counterparty +amount (nothing when
-   `book_internals` is false); `paid`; then the after-payment check;
-2. balance < amount and auto top-up `on`, or `allow_checkout`: the card branches, which go
-   through `card_fallback`; until Stripe is wired in it offers nothing, so
-3. otherwise: `declined`, nothing booked.
+   `book_internals` is false); `paid`; then the after-payment check (a top-up for an `on`
+   member below the low limit, else a low-balance warning);
+2. balance < amount and auto top-up `on`: an attempt to charge the saved card for the SPEC 4.2
+   amount is committed with the request still `queued`; once the card money is booked the
+   payment is decided again (`card_money_arrived`); if the card fails, step 3;
+3. `allow_checkout`: an attempt for (amount - balance) becomes a card checkout, the request
+   `awaiting_card`; the card money, when Stripe reports it, pays the request;
+4. otherwise: `declined`, nothing booked.
+
+Stripe is never called here: `shared.charges` makes the calls after commit.
 
 A request with a route code gets exactly one callback, written with its terminal status.
 """

@@ -1,8 +1,9 @@
 """Celery tasks: thin, named `payments.*`, each one step in one transaction calling `shared`.
 
-Tasks take ids or plain JSON fields, never ORM objects. Transient database or broker errors
-retry with exponential backoff and jitter; bad input is recorded as a failed request and never
-retried. Outbox rows a step wrote are handed to `payments.dispatch_outbox` after commit.
+Tasks take ids or plain JSON fields, never ORM objects. Transient database, broker or Stripe
+errors retry with exponential backoff and jitter; bad input is recorded as a failed request and
+never retried. After commit, `carry_out` makes the card calls a step scheduled and hands the
+outbox rows it wrote to `payments.dispatch_outbox`. The periodic jobs are in scheduler/jobs.py.
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ def dispatch_outbox(self: Task, outbox_id: int) -> str:
 
 @app.task(name="payments.ping", soft_time_limit=5, time_limit=10)
 def ping() -> str:
+    """Does nothing: for checking a worker end to end, and the queue's own ceiling (bench/)."""
     return "pong"
 
 
