@@ -64,7 +64,7 @@ from shared.db import make_engine, make_sessions
 from shared.ledger import Entry, Line
 from shared.models import EntryType, SystemAccount
 from shared.profiles import MemberDetails, OrganisationDetails
-from common import cpu_seconds, recreate_database, url_for  # bench/common.py, beside this script
+from common import backend_pids, cpu_seconds, recreate_database, url_for  # bench/common.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_URL = os.environ.get("PAYMENTS_BENCH_REDIS", "redis://127.0.0.1:6379/9")
@@ -184,14 +184,6 @@ def worker_pids(main_pid: int) -> list[int]:
     for task in Path(f"/proc/{main_pid}/task").iterdir():
         children += [int(p) for p in (task / "children").read_text().split()]
     return [main_pid, *children]
-
-
-def backend_pids(database_url: str) -> list[int]:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        ).fetchall()
-    return [pid for (pid,) in rows]
 
 
 class CpuMeter:

@@ -71,7 +71,7 @@ import redis
 
 from shared import schema
 from shared.stripe_gateway import sign_webhook
-from common import cpu_seconds, recreate_database, url_for  # bench/common.py, beside this script
+from common import backend_pids, cpu_seconds, recreate_database, url_for  # bench/common.py, beside this script
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKER_URL = os.environ.get("PAYMENTS_BENCH_REDIS", "redis://127.0.0.1:6379/8")
@@ -327,14 +327,6 @@ def server_pids(master: int) -> list[int]:
     except OSError:
         pass
     return [master, *children]
-
-
-def backend_pids(database_url: str) -> list[int]:
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        ).fetchall()
-    return [pid for (pid,) in rows]
 
 
 def all_cpu_seconds() -> float:
