@@ -16,6 +16,7 @@ run: $(STAMP)
 	$(BIN)/payments run
 
 test: $(STAMP) services
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 bench: $(STAMP) services

@@ -171,12 +171,13 @@ def setup_auto_topup(
         known, email, name = member.stripe_customer_id, member.email, f"{member.first_name} {member.last_name}"
     customer = gateway.ensure_customer(member_id=member_id, email=email, name=name, customer_id=known)
     with sessions.begin() as session:
-        member = session.get(Member, member_id, with_for_update=True, populate_existing=True)
+        locked = session.get(Member, member_id, with_for_update=True, populate_existing=True)
+        if locked is None:
+            raise NotFound(f"member {member_id}: not known to payments", field="member_id")
         # A concurrent setup may have stored its customer first: keep that one.
-        member.stripe_customer_id = member.stripe_customer_id or customer
-        customer = member.stripe_customer_id
-        if member.auto_topup_status != AutoTopUpStatus.ON.value:
-            member.auto_topup_status = AutoTopUpStatus.PENDING.value
+        customer = locked.stripe_customer_id = locked.stripe_customer_id or customer
+        if locked.auto_topup_status != AutoTopUpStatus.ON.value:
+            locked.auto_topup_status = AutoTopUpStatus.PENDING.value
     intent = gateway.create_setup_intent(customer_id=customer, member_id=member_id)
     return SetupInfo(intent.id, intent.client_secret, settings.stripe_publishable_key)
 

@@ -11,17 +11,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared.errors import InvalidInput, NotFound
 from shared.models import EventStatus, StripeEvent, utcnow
 
-_TABLE = StripeEvent.__table__
-_NEW = {name: bindparam(name) for name in ("event_id", "type", "payload", "status", "attempts", "received_at", "updated_at")}
+_TABLE = cast(Table, StripeEvent.__table__)
+_NEW: dict[str, Any] = {name: bindparam(name) for name in ("event_id", "type", "payload", "status", "attempts", "received_at", "updated_at")}
 # RETURNING tells a stored event from a duplicate: the driver's rowcount of an INSERT is not
 # kept by SQLAlchemy 2.1 (it reads -1), so it cannot.
 _ACCEPT = {
@@ -46,9 +46,16 @@ def parse_event(body: bytes) -> dict[str, Any]:
         raise InvalidInput("body: not JSON", field="body") from None
     if not isinstance(event, dict) or event.get("object") not in (None, "event"):
         raise InvalidInput("body: not a Stripe event object", field="body")
+    try:  # NaN, Infinity and 1e400 parse, but the JSON column refuses them (a 503)
+        json.dumps(event, allow_nan=False)
+    except (ValueError, RecursionError):
+        raise InvalidInput("body: NaN or Infinity is not JSON", field="body") from None
     for key in ("id", "type"):
         if not isinstance(event.get(key), str) or not event[key] or len(event[key]) > 255:
             raise InvalidInput(f"{key}: missing or not a string", field=key)
+        if any(c == "\x00" or "\ud800" <= c <= "\udfff" for c in event[key]):
+            # NUL and lone surrogates cannot be stored in a text column (a 503 or a 500).
+            raise InvalidInput(f"{key}: contains NUL or an unpaired surrogate", field=key)
     if not isinstance(event.get("data"), dict) or not isinstance(event["data"].get("object"), dict):
         raise InvalidInput("data.object: missing", field="data")
     return event

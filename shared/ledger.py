@@ -210,11 +210,10 @@ def lock_accounts(session: Session, account_ids: Iterable[int]) -> list[int]:
 def balance(session: Session, account_id: int) -> int:
     """The account's balance in cents: the sum of its committed (or own) postings."""
     # PostgreSQL's sum(bigint) is numeric (a Decimal in Python): return int cents.
-    return int(
-        session.scalar(
-            select(func.coalesce(func.sum(Posting.amount), 0)).where(Posting.account_id == account_id)
-        )
+    total = session.scalar(
+        select(func.coalesce(func.sum(Posting.amount), 0)).where(Posting.account_id == account_id)
     )
+    return int(total or 0)
 
 
 def balances(session: Session, account_ids: Iterable[int]) -> dict[int, int]:
@@ -233,13 +232,12 @@ def balances(session: Session, account_ids: Iterable[int]) -> dict[int, int]:
 
 def balance_at(session: Session, account_id: int, until: datetime) -> int:
     """The account's balance counting only entries booked before `until` (exclusive)."""
-    return int(
-        session.scalar(
-            select(func.coalesce(func.sum(Posting.amount), 0))
-            .join(JournalEntry, JournalEntry.id == Posting.entry_id)
-            .where(Posting.account_id == account_id, JournalEntry.created_at < until)
-        )
+    total = session.scalar(
+        select(func.coalesce(func.sum(Posting.amount), 0))
+        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+        .where(Posting.account_id == account_id, JournalEntry.created_at < until)
     )
+    return int(total or 0)
 
 
 def _validate(entry: Entry) -> None:

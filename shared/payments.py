@@ -84,7 +84,7 @@ def parse(body: Mapping[str, Any], settings: Settings) -> PaymentOrder:
     if body.get("organisation_id") is not None and body.get("other_member_id") is not None:
         raise InvalidInput("organisation_id or other_member_id: at most one counterparty", field="organisation_id")
     payment_type = body.get("payment_type", EntryType.MISCELLANEOUS.value)
-    if payment_type not in PAYMENT_TYPES:
+    if not isinstance(payment_type, str) or payment_type not in PAYMENT_TYPES:  # a list is unhashable
         raise InvalidInput(
             f"payment_type: {payment_type!r} is not one of {', '.join(sorted(PAYMENT_TYPES))}",
             field="payment_type",
@@ -164,9 +164,9 @@ def _decide(
         except InsufficientFunds as exc:  # nothing written; the member's lock is held
             _short_of_funds(session, row, order, exc.balance, settings, cards=cards)
             return
-        balance = booking.balances.get(payer)
-        if balance is None:  # booked before under this key: read the balance afresh
-            balance = ledger.balance(session, payer)
+        # Booked before under this key (no balance came back): read it afresh.
+        after = booking.balances.get(payer)
+        balance = ledger.balance(session, payer) if after is None else after
     requests.finish(session, row, RequestStatus.PAID)
     if balance < settings.auto_topup_low_limit:
         after_payment_check(session, order.member_id, balance, settings)

@@ -115,7 +115,7 @@ def send_to_card(sessions: sessionmaker[Session], gateway: StripeGateway, settin
         if not row.queued or not (row.result or {}).get("booked"):
             return
         order = parse(row.payload, settings)
-        to_card = parse_cents(row.result["to_card"])
+        to_card = parse_cents((row.result or {})["to_card"])
     try:
         refund = gateway.refund(payment_intent_id=order.payment_intent_id, amount_cents=to_card,
                                 idempotency_key=f"refund:{request_id}", metadata={"request_id": request_id})

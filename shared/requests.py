@@ -18,9 +18,9 @@ import hashlib
 import json
 from dataclasses import dataclass, fields as dataclass_fields
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -65,9 +65,9 @@ class Request:
         return self.status == RequestStatus.QUEUED.value
 
 
-_TABLE = PaymentRequest.__table__
+_TABLE = cast(Table, PaymentRequest.__table__)
 _COLUMNS = [_TABLE.c[f.name] for f in dataclass_fields(Request)]
-_NEW_ROW = {
+_NEW_ROW: dict[str, Any] = {
     name: bindparam(name)
     for name in ("request_id", "kind", "payload_hash", "payload", "status", "member_id", "amount",
                  "route_code", "attempts", "created_at", "updated_at")

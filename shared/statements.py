@@ -217,7 +217,7 @@ def admin_summary(session: Session, *, now: datetime | None = None) -> dict[str,
         "members_with_balance": {"count": member_count, "sum": format_cents(int(member_sum))},
         "organisations_with_balance": {"count": org_count, "sum": format_cents(int(org_sum))},
         "net_liability": format_cents(int(member_sum) + int(org_sum)),
-        "card_money_last_30_days": format_cents(int(card_in)),
+        "card_money_last_30_days": format_cents(int(card_in or 0)),
     }
 
 

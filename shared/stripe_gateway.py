@@ -19,6 +19,7 @@ customer (it ignores `Idempotency-Key` too, which only our attempt rows can make
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -316,12 +317,24 @@ def verify_webhook(
         raise ServiceUnavailable("Stripe webhooks are not configured: PAYMENTS_STRIPE_WEBHOOK_SECRET is not set")
     if not signature_header:
         raise BadSignature("Stripe-Signature header is missing")
+    if not signature_header.isascii():
+        # hmac.compare_digest raises TypeError on non-ASCII text: a 500, not a bad signature.
+        raise BadSignature("Stripe-Signature header is not ASCII")
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise BadSignature("webhook body is not UTF-8") from None
     with _stripe_errors("webhook signature", secrets=(secret,)):
         stripe.WebhookSignature.verify_header(text, signature_header, secret, tolerance)
+    # The SDK refuses only old timestamps; one beyond the clock skew ahead is refused too.
+    if _signed_at(signature_header) > time.time() + tolerance:
+        raise BadSignature("webhook signature: timestamp is in the future")
+
+
+def _signed_at(signature_header: str) -> int:
+    """The `t=` of a header the SDK has verified, read as the SDK reads it (the first `t`)."""
+    stamps = [item.split("=", 2)[1] for item in signature_header.split(",") if item.split("=", 1)[0] == "t"]
+    return int(stamps[0])
 
 
 def sign_webhook(payload: bytes, secret: str, *, timestamp: int | None = None) -> str:

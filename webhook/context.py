@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -38,6 +39,10 @@ def json_body() -> dict[str, Any]:
         raise InvalidInput("body: JSON nested too deeply", field="body") from None
     if not isinstance(body, dict):
         raise InvalidInput("body: expected a JSON object", field="body")
+    try:  # NaN, Infinity and 1e400 parse, but the JSON columns refuse them (a 503)
+        json.dumps(body, allow_nan=False)
+    except (ValueError, RecursionError):
+        raise InvalidInput("body: NaN or Infinity is not JSON", field="body") from None
     return body
 
 
