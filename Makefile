@@ -19,6 +19,9 @@ test: $(STAMP) services
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+test-faults: $(STAMP) services
+	$(BIN)/pytest tests/faults
+
 bench: $(STAMP) services
 	$(BIN)/python bench/ledger.py
 	$(BIN)/python bench/payments.py

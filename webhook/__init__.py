@@ -33,6 +33,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         logs.context.set({"request_id": request_id, "path": request.path})
 
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # An id of "%2F" makes "//" in the path; merging it answered a 308 to another resource (an
+    # HTML redirect, e.g. PUT /api/members/%2F/auto-topup to PUT /api/members/auto-topup).
+    app.url_map.merge_slashes = False
     # No pre-ping (a round trip per request): a connection lost with the database fails one
     # request with 503 (Stripe retries it) and the pool replaces it.
     engine = make_engine(settings.database_url, pool_pre_ping=False)
