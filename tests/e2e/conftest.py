@@ -102,7 +102,9 @@ def received(broker: redis.Redis, callback_consumer: None):
     return lambda: [json.loads(item) for item in broker.lrange(CALLBACK_LIST, 0, -1)]
 
 
-@pytest.fixture(scope="session")
+# Per module: once its tests are done the server stops, so a late localstripe delivery cannot
+# write into the shared database while later tests count its rows.
+@pytest.fixture(scope="module")
 def webhook_url(database_url: str, worker: Path, stripe_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The real webhook server (`payments webhook`, gunicorn), registered with localstripe, which
     delivers its payment_intent.* events to it about a second after each API call."""
