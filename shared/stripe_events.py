@@ -22,7 +22,9 @@ from shared.stripe_gateway import StripeGateway
 Handler = Callable[[sessionmaker[Session], StripeGateway, Settings, dict[str, Any]], "charges.Effects | None"]
 
 
-def on_payment_intent(sessions, gateway, settings, event) -> charges.Effects | None:  # type: ignore[no-untyped-def]
+def on_payment_intent(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, event: dict[str, Any]
+) -> charges.Effects | None:
     intent = event["data"]["object"]
     key = (intent.get("metadata") or {}).get("attempt_key")
     with sessions.begin() as session:
@@ -33,7 +35,9 @@ def on_payment_intent(sessions, gateway, settings, event) -> charges.Effects | N
     return charges.settle_intent(sessions, settings, attempt_id, gateway.retrieve_payment_intent(intent["id"]))
 
 
-def on_card_saved(sessions, gateway, settings, event) -> charges.Effects | None:  # type: ignore[no-untyped-def]
+def on_card_saved(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, event: dict[str, Any]
+) -> charges.Effects | None:
     obj = event["data"]["object"]
     customer = obj.get("customer")
     if not isinstance(customer, str):
@@ -45,7 +49,9 @@ def on_card_saved(sessions, gateway, settings, event) -> charges.Effects | None:
                               event_id=event["id"])
 
 
-def on_charge_report(sessions, gateway, settings, event) -> charges.Effects | None:  # type: ignore[no-untyped-def]
+def on_charge_report(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, event: dict[str, Any]
+) -> charges.Effects | None:
     """Refunds and disputes made outside the service are recorded against the card payment."""
     charge = event["data"]["object"]
     intent_id = charge.get("payment_intent")
