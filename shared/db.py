@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -56,3 +57,13 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def dialect_name(session: Session) -> str:
+    """"postgresql", or "sqlite" for the embedded default (the only two this service runs on)."""
+    return "postgresql" if session.get_bind().dialect.name == "postgresql" else "sqlite"
+
+
+def dialect_insert(session: Session) -> Any:
+    """The INSERT construct of the session's database, which has ON CONFLICT on both."""
+    return (postgresql if dialect_name(session) == "postgresql" else sqlite).insert

@@ -17,6 +17,7 @@ from sqlalchemy import Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from shared.db import dialect_name
 from shared.errors import InvalidInput, NotFound
 from shared.models import EventStatus, StripeEvent, utcnow
 
@@ -64,7 +65,7 @@ def parse_event(body: bytes) -> dict[str, Any]:
 def accept(session: Session, event: dict[str, Any]) -> Accepted:
     """Store the event unless it is already stored; one statement, no lock held afterwards."""
     now = utcnow()
-    dialect = "postgresql" if session.get_bind().dialect.name == "postgresql" else "sqlite"
+    dialect = dialect_name(session)
     result = session.connection().execute(
         _ACCEPT[dialect],
         {"event_id": event["id"], "type": event["type"], "payload": event, "status": EventStatus.RECEIVED.value,

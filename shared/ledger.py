@@ -34,6 +34,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from shared.db import dialect_insert, dialect_name
 from shared.errors import Conflict, InsufficientFunds, InvalidInput, UnbalancedEntry
 from shared.models import Account, AccountKind, EntryType, JournalEntry, Posting, utcnow
 from shared.money import format_cents
@@ -95,7 +96,7 @@ def post(session: Session, entry: Entry, *, now: datetime | None = None) -> Book
     """
     _validate(entry)
     created_at = now or utcnow()
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect_name(session) == "postgresql":
         return _post_postgresql(session, entry, created_at)
     return _post_portable(session, entry, created_at)
 
@@ -308,8 +309,7 @@ def _insert_new_key(session: Session) -> postgresql.Insert | sqlite.Insert:
     On PostgreSQL it waits for a concurrent transaction holding the same key to finish, so
     two concurrent bookings under one key can never both go ahead.
     """
-    module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    return module.insert(JournalEntry).on_conflict_do_nothing(index_elements=["idempotency_key"])
+    return dialect_insert(session)(JournalEntry).on_conflict_do_nothing(index_elements=["idempotency_key"])
 
 
 def entry_lines(session: Session, key: str) -> list[tuple[int, int]]:

@@ -22,10 +22,10 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from sqlalchemy import select, update
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
+from shared.db import dialect_insert
 from shared.errors import NotFound, PaymentsError
 from shared.models import OutboxKind, OutboxMessage, OutboxStatus, utcnow
 
@@ -210,9 +210,8 @@ def _add(
     session: Session, kind: OutboxKind, dedup_key: str, payload: dict[str, Any], request_id: str | None
 ) -> int | None:
     now = utcnow()
-    module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     outbox_id = session.execute(
-        module.insert(OutboxMessage)
+        dialect_insert(session)(OutboxMessage)
         .values(
             dedup_key=dedup_key,
             kind=kind.value,

@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared import fields, outbox
+from shared.db import dialect_name
 from shared.errors import Conflict, NotFound
 from shared.models import PaymentRequest, RequestKind, RequestStatus, utcnow
 from shared.money import format_cents
@@ -110,7 +111,7 @@ def record(
 ) -> tuple[Request, bool]:
     """Store the request as `queued` unless its id is known; returns it and whether it is new."""
     params = _new_row(kind, request_id, payload, amount, member_id, route_code, attempts=0)
-    statement = _STATEMENTS[_dialect(session)][0]
+    statement = _STATEMENTS[dialect_name(session)][0]
     found = session.connection().execute(statement, params).one_or_none()
     created = found is not None
     row = Request(**found._mapping) if found else get(session, request_id)
@@ -133,7 +134,7 @@ def claim(
     Concurrent duplicates wait on the row lock; each then finds the outcome of the first.
     """
     params = _new_row(kind, request_id, payload, amount, member_id, route_code, attempts=1)
-    statement = _STATEMENTS[_dialect(session)][1]
+    statement = _STATEMENTS[dialect_name(session)][1]
     row = Request(**session.connection().execute(statement, params).one()._mapping)
     _same_payload(row, params["payload_hash"])
     return row
@@ -254,7 +255,3 @@ def _same_payload(row: Request, digest: str) -> None:
         raise Conflict(
             f"request {row.request_id}: already used for a different {row.kind} request", field="request_id"
         )
-
-
-def _dialect(session: Session) -> str:
-    return "postgresql" if session.get_bind().dialect.name == "postgresql" else "sqlite"

@@ -16,11 +16,11 @@ from typing import Any
 from datetime import timedelta
 
 from sqlalchemy import func, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from shared import fields, ledger, notifications, profiles, requests
 from shared.config import Settings
+from shared.db import dialect_insert, dialect_name
 from shared.errors import InvalidInput, NotFound
 from shared.ledger import Booking, Entry, Line
 from shared.models import (
@@ -64,6 +64,15 @@ def check_auto_amount(value: object, settings: Settings) -> int:
     )
 
 
+def set_auto_amount(session: Session, member_id: str, value: object, settings: Settings) -> Member:
+    """SPEC 4.1: the member's auto top-up amount, only within the allowed range."""
+    amount = check_auto_amount(value, settings)
+    member = profiles.get_member(session, member_id)
+    member.auto_topup_amount = amount
+    member.updated_at = utcnow()
+    return member
+
+
 def check_manual_amount(amount: int, balance: int, settings: Settings) -> None:
     """SPEC 5: at least the minimum, and the balance after it at most the maximum."""
     if amount < settings.manual_topup_min:
@@ -91,9 +100,8 @@ def open_attempt(
     """Commit-ready attempt row; the existing one if the key was used; None if another auto
     top-up of the member is in flight."""
     now = utcnow()
-    module = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     session.execute(
-        module.insert(CardPayment)
+        dialect_insert(session)(CardPayment)
         .values(
             attempt_key=key, kind=kind.value, status=CardPaymentStatus.PENDING.value, member_id=member_id,
             amount=amount, request_id=request_id, tries=0, refunded=0, created_at=now, updated_at=now,
@@ -253,7 +261,7 @@ def members_due_for_topup(session: Session, settings: Settings) -> list[str]:
     It sums the postings of every `on` member (an index-only scan per member); PostgreSQL's JIT
     would take longer to compile it than it takes to run (0.1 s of 0.3 s over 100,000 members,
     bench/sweep.py), so it is turned off for this transaction."""
-    if session.get_bind().dialect.name == "postgresql":
+    if dialect_name(session) == "postgresql":
         session.execute(select(func.set_config("jit", "off", True)))
     balance = (
         select(func.coalesce(func.sum(Posting.amount), 0))

@@ -3,9 +3,11 @@ side by side), emptied before each test that uses it, and the Flask app on top o
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -89,6 +91,23 @@ def app(settings: Settings, clean_db: None) -> Iterator[Flask]:
     app = create_app(settings)
     yield app
     app.extensions["payments"]["engine"].dispose()
+
+
+@pytest.fixture
+def app_with(settings: Settings, clean_db: None) -> Iterator[Callable[..., Flask]]:
+    """Build apps from changed settings (`app_with(api_token=None)`); engines disposed after."""
+    from webhook import create_app
+
+    apps: list[Flask] = []
+
+    def build(**changes: Any) -> Flask:
+        app = create_app(dataclasses.replace(settings, **changes))
+        apps.append(app)
+        return app
+
+    yield build
+    for app in apps:
+        app.extensions["payments"]["engine"].dispose()
 
 
 @pytest.fixture

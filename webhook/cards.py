@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from shared import charges, fields, profiles, topups
+from shared import charges, fields, topups
 from shared.money import format_cents
 from webhook import context
 
@@ -24,12 +24,11 @@ def setup(member_id: str) -> ResponseReturnValue:
 @blueprint.put("/members/<member_id>/auto-topup")
 def change_amount(member_id: str) -> ResponseReturnValue:
     member_id = fields.identifier(member_id, "member_id")
-    amount = topups.check_auto_amount(context.json_body().get("amount"), context.settings())
+    amount = context.json_body().get("amount")
     with context.transaction() as session:
-        member = profiles.get_member(session, member_id)
-        member.auto_topup_amount = amount
-        status = member.auto_topup_status
-    return jsonify({"member_id": member_id, "auto_topup": {"status": status, "amount": format_cents(amount)}})
+        member = topups.set_auto_amount(session, member_id, amount, context.settings())
+        auto_topup = {"status": member.auto_topup_status, "amount": format_cents(member.auto_topup_amount)}
+    return jsonify({"member_id": member_id, "auto_topup": auto_topup})
 
 
 @blueprint.delete("/members/<member_id>/auto-topup")

@@ -22,18 +22,16 @@ import json
 import random
 import string
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings as hypothesis_settings, strategies as st
 from sqlalchemy import Engine, text
 from werkzeug.test import TestResponse
 
-from shared.config import Settings
 from shared.stripe_gateway import sign_webhook
 from tests.conftest import API_TOKEN
 
@@ -78,22 +76,6 @@ def assert_error_shape(response: TestResponse) -> dict[str, Any]:
 def row_counts(engine: Engine) -> dict[str, int]:
     with engine.connect() as conn:
         return dict(conn.execute(COUNT_ROWS).one()._mapping)
-
-
-@pytest.fixture
-def make_app(settings: Settings, clean_db: None) -> Iterator[Callable[..., Flask]]:
-    from webhook import create_app
-
-    apps: list[Flask] = []
-
-    def build(**changes: Any) -> Flask:
-        app = create_app(dataclasses.replace(settings, **changes))
-        apps.append(app)
-        return app
-
-    yield build
-    for app in apps:
-        app.extensions["payments"]["engine"].dispose()
 
 
 # 1. Bad webhooks ---------------------------------------------------------------------------
@@ -241,9 +223,9 @@ def _event_id(body: bytes) -> set[str]:
     return {event_id} if isinstance(event_id, str) else set()
 
 
-def test_ten_thousand_bad_webhooks_are_refused_with_nothing_stored(make_app, engine, capsys) -> None:
+def test_ten_thousand_bad_webhooks_are_refused_with_nothing_stored(app_with, engine, capsys) -> None:
     rng = random.Random(SEED)
-    client = make_app(stripe_webhook_secret=SECRET).test_client()
+    client = app_with(stripe_webhook_secret=SECRET).test_client()
     plan = [rng.choice(BAD_CATEGORIES) for _ in range(BAD_DELIVERIES - HUGE_DELIVERIES)]
     plan += ["body over 1 MiB"] * HUGE_DELIVERIES + ["good"] * GOOD_DELIVERIES
     rng.shuffle(plan)
@@ -467,8 +449,8 @@ def requests_for(draw: st.DrawFn, endpoint: Endpoint) -> dict[str, Any]:
 
 
 @pytest.fixture
-def api(make_app, engine) -> Iterator[FlaskClient]:
-    client = make_app().test_client()
+def api(app_with, engine) -> Iterator[FlaskClient]:
+    client = app_with().test_client()
     for member in MEMBERS:
         body = {"email": f"{member}@example.org", "first_name": member.title(), "last_name": "Lee"}
         assert client.put(f"/api/members/{member}", json=body, headers=AUTH).status_code == 201

@@ -3,20 +3,16 @@ CONTRACT's error shape naming the field, idempotent adjustments, and never a 500
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from flask import Flask
 from flask.testing import FlaskClient
 from freezegun import freeze_time
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.test import TestResponse
 
-from shared.config import Settings
 from shared.models import AutoTopUpStatus, JournalEntry, Member
 from tests.integration.helpers import top_up
 
@@ -95,23 +91,6 @@ def existing(client: FlaskClient, auth: dict[str, str]) -> None:
     """Member `ann` and organisation `club`, both with a zero balance."""
     assert put_member(client, auth, "ann").status_code == 201
     assert put_organisation(client, auth, "club").status_code == 201
-
-
-@pytest.fixture
-def app_with(settings: Settings, clean_db: None) -> Iterator[Any]:
-    """Build apps from changed settings; their engines are disposed afterwards."""
-    from webhook import create_app
-
-    apps: list[Flask] = []
-
-    def build(**changes: Any) -> Flask:
-        app = create_app(dataclasses.replace(settings, **changes))
-        apps.append(app)
-        return app
-
-    yield build
-    for app in apps:
-        app.extensions["payments"]["engine"].dispose()
 
 
 # Health -----------------------------------------------------------------------------------

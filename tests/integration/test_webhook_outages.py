@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 
 from sqlalchemy import select
 
 from shared.models import StripeEvent
 from shared.stripe_gateway import sign_webhook
-from webhook import create_app
 
 SECRET = "whsec_outage_test"
 
@@ -22,33 +20,30 @@ def signed(event_id: str) -> tuple[bytes, dict[str, str]]:
     return body, {"Stripe-Signature": sign_webhook(body, SECRET), "Content-Type": "application/json"}
 
 
-def test_with_the_broker_down_the_event_is_stored_and_stripe_gets_200(settings, sessions) -> None:
-    app = create_app(replace(settings, stripe_webhook_secret=SECRET, broker_url="redis://127.0.0.1:1/0"))
+def test_with_the_broker_down_the_event_is_stored_and_stripe_gets_200(app_with, sessions) -> None:
+    app = app_with(stripe_webhook_secret=SECRET, broker_url="redis://127.0.0.1:1/0")
     body, headers = signed("evt_broker_down")
     started = time.monotonic()
     answer = app.test_client().post("/stripe/webhook", data=body, headers=headers)
     elapsed = time.monotonic() - started
-    app.extensions["payments"]["engine"].dispose()
     assert (answer.status_code, answer.get_json()) == (200, {"received": True, "duplicate": False})
     with sessions.begin() as session:
         assert session.scalar(select(StripeEvent.status).where(StripeEvent.event_id == "evt_broker_down")) == "received"
     assert elapsed < 10, f"the webhook waited {elapsed:.1f} s for the broker"
 
 
-def test_with_the_database_down_stripe_gets_503_and_is_told_to_retry(settings) -> None:
-    app = create_app(replace(settings, stripe_webhook_secret=SECRET,
-                             database_url="postgresql://postgres@127.0.0.1:1/payments"))
+def test_with_the_database_down_stripe_gets_503_and_is_told_to_retry(app_with) -> None:
+    app = app_with(stripe_webhook_secret=SECRET, database_url="postgresql://postgres@127.0.0.1:1/payments")
     body, headers = signed("evt_db_down")
     answer = app.test_client().post("/stripe/webhook", data=body, headers=headers)
     assert answer.status_code == 503
     assert answer.get_json()["error"]["code"] == "database_unavailable"
 
 
-def test_without_a_webhook_secret_nothing_is_accepted(settings, sessions) -> None:
-    app = create_app(replace(settings, stripe_webhook_secret=None))
+def test_without_a_webhook_secret_nothing_is_accepted(app_with, sessions) -> None:
+    app = app_with(stripe_webhook_secret=None)
     body, headers = signed("evt_no_secret")
     answer = app.test_client().post("/stripe/webhook", data=body, headers=headers)
-    app.extensions["payments"]["engine"].dispose()
     assert answer.status_code == 503
     with sessions.begin() as session:
         assert session.scalar(select(StripeEvent.event_id)) is None
