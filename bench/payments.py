@@ -71,6 +71,7 @@ BROKER_URL = os.environ.get("PAYMENTS_BENCH_REDIS", "redis://127.0.0.1:6379/9")
 BENCH_DB = "payments_bench_pay"
 MEMBERS = 200
 ORGANISATIONS = 50
+HISTORY = 20_000  # payments already booked before the run: see `seed_history`
 STARTING_BALANCE = 10**12  # cents: no member ever runs low, so nothing declines or warns
 AMOUNT = 100  # cents: every payment is 1.00
 QUEUE = "payments"
@@ -120,9 +121,49 @@ def set_up(url: str) -> tuple[dict[str, int], dict[str, int]]:
             org, _ = profiles.put_organisation(session, f"o{i}", OrganisationDetails(name=f"Club {i}"))
             orgs[org.org_id] = org.account_id
     engine.dispose()
+    return members, orgs
+
+
+def seed_history(url: str, sent: Counter) -> int:
+    """Book HISTORY earlier payments (member m(i % 200) pays o(i % 50) 1.00, with its paid
+    request row), then VACUUM ANALYZE, so the run starts on a database with a history, as the
+    federation's has.
+
+    Without it the tables start almost empty and the planner's statistics say so: the plans
+    PostgreSQL caches in each connection (psycopg prepares a statement on its fifth run, and
+    PL/pgSQL caches its own) use sequential scans of `journal_entries` and `payment_requests`,
+    and every payment then costs more than the one before (backend CPU per payment went
+    1.0 -> 1.5 -> 2.1 ms over three rows of 2,000 in one process) until autovacuum's next
+    ANALYZE replans them. In service that lasts a minute after a fresh install; in a 30-second
+    benchmark it is the whole run, and it was why the `hot` row, run after `spread`, cost the
+    database twice as much."""
+    with psycopg.connect(url) as conn:
+        conn.execute(
+            """INSERT INTO payment_requests (request_id, kind, payload_hash, payload, status, member_id,
+                                             amount, attempts, created_at, updated_at)
+               SELECT 'history-' || i, 'payment', md5(i::text), '{}', 'paid', 'm' || (i %% %(m)s), %(amount)s, 1,
+                      now(), now()
+               FROM generate_series(1, %(n)s) AS i""",
+            {"n": HISTORY, "m": MEMBERS, "amount": AMOUNT},
+        )
+        booked = conn.execute(
+            """SELECT count(*) FILTER (WHERE (r.p).outcome = 'booked') FROM (
+                 SELECT ledger_post('payment:history-' || i, md5(i::text), 'Club Payment', 'Table money',
+                                    'history-' || i, now(), NULL, NULL, NULL, false,
+                                    ARRAY[m.account_id, o.account_id], ARRAY[-%(amount)s, %(amount)s]::bigint[]) AS p
+                 FROM generate_series(1, %(n)s) AS i
+                 JOIN members m ON m.member_id = 'm' || (i %% %(m)s)
+                 JOIN organisations o ON o.org_id = 'o' || (i %% %(o)s)) AS r""",
+            {"n": HISTORY, "m": MEMBERS, "o": ORGANISATIONS, "amount": AMOUNT},
+        ).fetchone()[0]
+    if booked != HISTORY:
+        raise RuntimeError(f"seeding booked {booked} of {HISTORY} history payments")
+    for i in range(1, HISTORY + 1):
+        sent[("member", f"m{i % MEMBERS}")] += 1
+        sent[("org", f"o{i % ORGANISATIONS}")] += 1
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("VACUUM ANALYZE")
-    return members, orgs
+    return HISTORY
 
 
 def check_broker(broker: redis.Redis, db: int) -> None:
@@ -332,12 +373,14 @@ def main() -> int:
     print(f"setting up {BENCH_DB} ({MEMBERS} members, {ORGANISATIONS} organisations) ...", flush=True)
     recreate_database(BENCH_DB)
     members, orgs = set_up(database_url)
+    sent: Counter = Counter()
+    print(f"booking {HISTORY} earlier payments as history ...", flush=True)
+    history = seed_history(database_url, sent)
     settings = Settings(database_url=database_url, broker_url=BROKER_URL)
 
     print(f"starting the worker (log: {WORKER_LOG}) ...", flush=True)
     process = start_worker(database_url)
     results: list[Row] = []
-    sent: Counter = Counter()
     try:
         wait_for_worker(process)
         # Warm up: fork children, open their database connections, prime SQLAlchemy's caches.
@@ -359,7 +402,7 @@ def main() -> int:
 
     print(f"\nload average at end: {os.getloadavg()[0]:.2f} (other work on the machine skews results)\n")
     print_table(results)
-    problems = check(database_url, {"warmup": warm.n, "spread": args.n, "hot": args.n}, members, orgs, sent)
+    problems = check(database_url, {"history": history, "warmup": warm.n, "spread": args.n, "hot": args.n}, members, orgs, sent)
     broker.close()
     if problems:
         print("\nChecks FAILED: " + "; ".join(problems))

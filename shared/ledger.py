@@ -25,7 +25,6 @@ steps from Python.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -64,18 +63,24 @@ class Entry:
     allow_negative: bool = False
 
     def payload_hash(self) -> str:
-        payload = {
-            "type": self.type.value,
-            "description": self.description,
-            "reference": self.reference,
-            "lines": sorted([line.account_id, line.amount] for line in self.lines),
-            "event_id": self.event_id,
-            "session_id": self.session_id,
-            "admin_id": self.admin_id,
-            "allow_negative": self.allow_negative,
-        }
-        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        """SHA-256 of the entry's content (not its key): a key booked again with other content
+        is a conflict. Each text field is length-prefixed, so the form is unambiguous and the
+        database computes the same hash (`ledger_entry_hash`, migration 0006)."""
+        ordered = sorted((line.account_id, line.amount) for line in self.lines)
+        lines = ",".join(f"{account}:{amount}" for account, amount in ordered)
+        canonical = "\n".join(
+            [
+                *(_hash_field(value) for value in (self.type.value, self.description, self.reference,
+                                                   self.event_id, self.session_id, self.admin_id)),
+                "t" if self.allow_negative else "f",
+                lines,
+            ]
+        )
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _hash_field(value: str | None) -> str:
+    return "null" if value is None else f"{len(value)}:{value}"
 
 
 @dataclass(frozen=True)

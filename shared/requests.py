@@ -176,18 +176,23 @@ def finish(
          "amount": row.amount, "updated_at": row.updated_at},
     )
     if row.route_code and row.status in TERMINAL:
-        outbox.add_callback(
-            session,
-            request_id=row.request_id,
-            kwargs={
-                "request_id": row.request_id,
-                "route_code": row.route_code,
-                "route_payload": row.payload.get("route_payload"),
-                "status": "success" if status in SUCCESS_STATUSES else "failure",
-                "amount": format_cents(row.amount),
-                "reason": reason,
-            },
-        )
+        route_payload = row.payload.get("route_payload")
+        kwargs = callback_kwargs(row.request_id, row.route_code, route_payload, status, row.amount, reason)
+        outbox.add_callback(session, request_id=row.request_id, kwargs=kwargs)
+
+
+def callback_kwargs(
+    request_id: str, route_code: str, route_payload: Any, status: RequestStatus, amount: int, reason: str | None
+) -> dict[str, Any]:
+    """The CONTRACT kwargs of a request's callback task."""
+    return {
+        "request_id": request_id,
+        "route_code": route_code,
+        "route_payload": route_payload,
+        "status": "success" if status in SUCCESS_STATUSES else "failure",
+        "amount": format_cents(amount),
+        "reason": reason,
+    }
 
 
 def reject(session: Session, kind: RequestKind, raw: dict[str, Any], reason: str) -> Request:

@@ -7,6 +7,7 @@ from functools import cache
 
 from celery import Celery, signals
 from kombu import Exchange, Queue
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import logs
@@ -86,13 +87,18 @@ def settings() -> Settings:
 
 
 @cache
-def sessions() -> sessionmaker[Session]:
+def engine() -> Engine:
     """One engine per worker process, made on first use (after the prefork).
 
     No pre-ping (a round trip per task): a connection lost with the database fails the task
     with OperationalError, which retries with backoff on a fresh connection.
     """
-    return make_sessions(make_engine(settings().database_url, pool_size=2, pool_pre_ping=False))
+    return make_engine(settings().database_url, pool_size=2, pool_pre_ping=False)
+
+
+@cache
+def sessions() -> sessionmaker[Session]:
+    return make_sessions(engine())
 
 
 @cache

@@ -10,10 +10,10 @@ from freezegun import freeze_time
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import payments, profiles
+from shared import payments, profiles, requests
 from shared.config import Settings
 from shared.errors import Conflict, InvalidInput
-from shared.models import CardPayment, Member, OutboxMessage, PaymentRequest, SystemAccount
+from shared.models import CardPayment, Member, OutboxMessage, SystemAccount
 from tests.integration.helpers import add_member, add_organisation, balance_of, top_up
 
 
@@ -36,7 +36,21 @@ def order(**overrides: object) -> payments.PaymentOrder:
     return payments.parse({k: v for k, v in body.items() if v is not None}, Settings())
 
 
-def pay(sessions: sessionmaker[Session], o: payments.PaymentOrder) -> PaymentRequest:
+# Every test here runs twice: deciding with `payments.pay` alone, and as the worker does, trying
+# `pay_at_once` (one statement, the plain case) first. The rules must not tell the two apart.
+AT_ONCE: dict = {"try": False, "paid": []}
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["general", "at-once-first"])
+def at_once(request: pytest.FixtureRequest) -> None:
+    AT_ONCE.update({"try": request.param, "paid": []})
+
+
+def pay(sessions: sessionmaker[Session], o: payments.PaymentOrder) -> requests.Request:
+    if AT_ONCE["try"] and payments.pay_at_once(sessions.kw["bind"], o, Settings()) is not None:
+        AT_ONCE["paid"].append(o.request_id)
+        with sessions.begin() as session:
+            return requests.get(session, o.request_id)
     with sessions.begin() as session:
         return payments.pay(session, o, Settings())
 
@@ -55,6 +69,7 @@ def test_enough_money_books_the_payment_and_calls_back_success(sessions, world) 
         {"request_id": "r1", "route_code": "EVT", "route_payload": {"entry": 7},
          "status": "success", "amount": "30.00", "reason": None}
     ]
+    assert AT_ONCE["paid"] == (["r1"] if AT_ONCE["try"] else [])
 
 
 def test_too_little_money_declines_books_nothing_and_calls_back_failure(sessions, world) -> None:
@@ -117,6 +132,9 @@ def test_twenty_concurrent_payments_of_ten_from_a_hundred_give_ten_paid_and_ten_
     with ThreadPoolExecutor(20) as pool:
         statuses = list(pool.map(lambda o: pay(sessions, o).status, orders))
     assert sorted(statuses) == ["declined"] * 10 + ["paid"] * 10
+    # In one statement: the payments leaving at least the low limit; the rest fell back to `pay`.
+    plain = sum(1 for k in range(1, 11) if 100_00 - k * 10_00 >= Settings().auto_topup_low_limit)
+    assert len(AT_ONCE["paid"]) == (plain if AT_ONCE["try"] else 0)
     assert balance_of(sessions, world["ann"]) == 0
     assert balance_of(sessions, world["club"]) == 100_00
 
