@@ -8,10 +8,12 @@ made before a write can never be stale.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -35,6 +37,19 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 def make_sessions(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextmanager
+def one_statement(engine: Engine) -> Iterator[Connection]:
+    """A connection for one statement that is its own transaction. On PostgreSQL it runs in
+    autocommit: one round trip, where BEGIN, the statement and COMMIT take three. SQLite
+    connections begin their own transactions (BEGIN IMMEDIATE), so there it is a plain one."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            yield connection
+    else:
+        with engine.begin() as connection:
+            yield connection
 
 
 def _sqlite_engine(url: str, **kwargs: Any) -> Engine:

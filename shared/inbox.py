@@ -13,11 +13,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import Connection, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from shared.db import dialect_name
 from shared.errors import InvalidInput, NotFound
 from shared.models import EventStatus, StripeEvent, utcnow
 
@@ -62,11 +61,13 @@ def parse_event(body: bytes) -> dict[str, Any]:
     return event
 
 
-def accept(session: Session, event: dict[str, Any]) -> Accepted:
-    """Store the event unless it is already stored; one statement, no lock held afterwards."""
+def accept(db: Session | Connection, event: dict[str, Any]) -> Accepted:
+    """Store the event unless it is already stored; one statement, no lock held afterwards (the
+    webhook runs it alone, in `db.one_statement`)."""
     now = utcnow()
-    dialect = dialect_name(session)
-    result = session.connection().execute(
+    connection = db.connection() if isinstance(db, Session) else db
+    dialect = "postgresql" if connection.dialect.name == "postgresql" else "sqlite"
+    result = connection.execute(
         _ACCEPT[dialect],
         {"event_id": event["id"], "type": event["type"], "payload": event, "status": EventStatus.RECEIVED.value,
          "attempts": 0, "received_at": now, "updated_at": now},

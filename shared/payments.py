@@ -35,7 +35,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from shared import fields, ledger, notifications, profiles, requests, topups
+from shared import db, fields, ledger, notifications, profiles, requests, topups
 from shared.config import Settings
 from shared.errors import InsufficientFunds, InvalidInput, NotFound
 from shared.ledger import Entry, Line
@@ -162,7 +162,7 @@ def pay_at_once(engine: Engine, order: PaymentOrder, settings: Settings) -> list
         "low_limit": settings.auto_topup_low_limit,
         "callback": None if callback is None else json.dumps(callback),
     }
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+    with db.one_statement(engine) as connection:
         try:
             row = connection.execute(_PAY_REQUEST, params).one()
         except DBAPIError as exc:

@@ -17,6 +17,7 @@ from flask.typing import ResponseReturnValue
 from kombu.exceptions import OperationalError as BrokerError
 
 from shared import client, inbox
+from shared.db import one_statement
 from shared.errors import ServiceUnavailable
 from shared.stripe_gateway import verify_webhook
 from webhook import context
@@ -34,8 +35,8 @@ def receive() -> ResponseReturnValue:
     body = request.get_data(cache=False)
     verify_webhook(body, request.headers.get("Stripe-Signature", ""), secret=settings.stripe_webhook_secret)
     event = inbox.parse_event(body)
-    with context.transaction() as session:
-        accepted = inbox.accept(session, event)
+    with one_statement(context.engine()) as connection:  # committed before the answer
+        accepted = inbox.accept(connection, event)
     if not accepted.duplicate:
         try:
             client.send("payments.process_stripe_event", {"event_id": accepted.event_id}, queue="webhooks",
