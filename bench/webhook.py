@@ -27,12 +27,14 @@ new but opens each worker's database and broker connections and fills SQLAlchemy
 Besides the rate it reports CPU per request (utime + stime from /proc) of the gunicorn master
 and workers, of their PostgreSQL backends, of redis-server and of the senders, and how busy the
 two cores were: on a 2-core machine the senders compete with the server, and this shows by how
-much. If `wrk` is on PATH it also runs `wrk -t2 -c32 --latency` against /healthz as a check that
-the Python senders are not what limits the bare row.
+much. If `wrk` is on PATH (Debian package `wrk`) it runs both rows again with `wrk -t2 -c32
+--latency` as the sender (the webhook row through bench/webhook_wrk.lua, with its own pre-signed
+events), to show what a sender written in C measures against what the Python senders measure.
 
-At the end it checks that `stripe_events` holds exactly one row per webhook answered (warm-up
-included) and that the Redis list `webhooks` holds as many messages (one task per new event);
-exit status 1 if not, or if any answer was not the expected 200.
+At the end it checks that `stripe_events` holds one row per webhook answered (warm-up included;
+wrk stops with up to one uncounted request per connection in flight) and that the Redis list
+`webhooks` holds one message per row (one task per new event); exit status 1 if not, or if any
+answer was not the expected 200.
 
 Run it from the project root (PostgreSQL and Redis must be up, e.g. `make services`):
 
@@ -55,7 +57,9 @@ import math
 import multiprocessing
 import os
 import re
+import resource
 import shutil
+import tempfile
 import signal
 import socket
 import subprocess
@@ -412,13 +416,36 @@ def run_row(name: str, route: str, phase: str, args: argparse.Namespace, port: i
     )
 
 
-def run_wrk(port: int, seconds: float, connections: int) -> Row | None:
-    """`wrk` against /healthz, if installed: the bare row with a sender written in C."""
+def write_wrk_requests(directory: Path, port: int, per_thread: int) -> None:
+    """Signed deliveries for the two wrk threads, one file each (see bench/webhook_wrk.lua)."""
+    for thread in range(2):
+        lines = []
+        for data in webhook_requests(port, f"wrk_{thread}", per_thread):
+            head, _, body = data.partition(b"\r\n\r\n")
+            signature = re.search(rb"Stripe-Signature: (\S+)", head).group(1)  # type: ignore[union-attr]
+            lines.append(signature + b"\t" + body)
+        (directory / f"{thread}.tsv").write_bytes(b"\n".join(lines) + b"\n")
+
+
+def run_wrk(name: str, port: int, seconds: float, connections: int, *, webhooks: Path | None = None,
+            server: subprocess.Popen | None = None, database_url: str = "", redis_pid: int = 0) -> Row | None:
+    """`wrk -t2` with `connections` connections, if installed: /healthz, or with `webhooks` (a
+    directory from `write_wrk_requests`) the webhook route through bench/webhook_wrk.lua. A
+    sender written in C, to show what the Python senders' own latency adds."""
     if shutil.which("wrk") is None:
         return None
-    command = ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
-               f"http://{HOST}:{port}/healthz"]
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency"]
+    if webhooks is None:
+        command.append(f"http://{HOST}:{port}/healthz")
+    else:
+        command += ["-s", str(ROOT / "bench" / "webhook_wrk.lua"), f"http://{HOST}:{port}/stripe/webhook",
+                    "--", str(webhooks)]
+    servers = server_pids(server.pid) if server else []
+    backends = backend_pids(database_url) if database_url else []
+    pids = [servers, backends, [redis_pid] if redis_pid else []]
+    before = [cpu_seconds(p) for p in pids] + [all_cpu_seconds(), _children_cpu()]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    after = [cpu_seconds(p) for p in pids] + [all_cpu_seconds(), _children_cpu()]
 
     def ms(label: str) -> float:
         found = re.search(rf"^\s*{label}%\s+([\d.]+)(us|ms|s)\s*$", out, re.MULTILINE)
@@ -427,12 +454,23 @@ def run_wrk(port: int, seconds: float, connections: int) -> Row | None:
         return float(found.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[found.group(2)]
 
     total = re.search(r"(\d+) requests in ([\d.]+)(ms|s)", out)
-    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if not total:
         raise RuntimeError(f"could not parse wrk output:\n{out}")
+    errors = [f"{found.group(0)}" for found in re.finditer(r"(Non-2xx or 3xx responses|Socket errors): .*", out)]
+    bad = re.search(r"bad answers: (\d+)", out)
+    if bad and int(bad.group(1)):
+        errors.append(f"{bad.group(1)} answers not 200 with duplicate false")
+    ran_out = re.search(r"ran out: (\d+)", out)
     elapsed = float(total.group(2)) / (1000 if total.group(3) == "ms" else 1)
-    return Row("bare (wrk)", int(total.group(1)), elapsed, [], [f"{bad.group(1)} non-2xx"] if bad else [],
-               reported_ms={0.5: ms("50"), 0.99: ms("99")})
+    delta = [a - b for a, b in zip(after, before)]
+    return Row(name, int(total.group(1)), elapsed, [], errors, exhausted=int(ran_out.group(1)) if ran_out else 0,
+               server_cpu=delta[0], postgres_cpu=delta[1], redis_cpu=delta[2], machine_cpu=delta[3],
+               sender_cpu=delta[4], reported_ms={0.5: ms("50"), 0.99: ms("99")})
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # --- checks and report ------------------------------------------------------------------
@@ -442,7 +480,9 @@ def flush_count(broker: redis.Redis) -> int:
     return int(broker.info("commandstats").get("cmdstat_flushdb", {}).get("calls", 0))
 
 
-def check(database_url: str, broker: redis.Redis, accepted: int, intruders: list[str]) -> list[str]:
+def check(database_url: str, broker: redis.Redis, accepted: int, intruders: list[str], slack: int = 0) -> list[str]:
+    """`slack`: wrk stops with up to one request per connection in flight, which the server
+    stores and enqueues but wrk does not count, so up to that many more rows are expected."""
     problems = []
     queued = broker.llen(QUEUE)
     if queued != accepted and intruders:
@@ -453,25 +493,27 @@ def check(database_url: str, broker: redis.Redis, accepted: int, intruders: list
     with psycopg.connect(database_url) as conn:
         stored = conn.execute("SELECT count(*) FROM stripe_events").fetchone()[0]
         received = conn.execute("SELECT count(*) FROM stripe_events WHERE status = 'received'").fetchone()[0]
-    if stored != accepted:
-        problems.append(f"{stored} rows in stripe_events, expected {accepted} (webhook answers)")
+    if not accepted <= stored <= accepted + slack:
+        problems.append(f"{stored} rows in stripe_events, expected {accepted} (webhook answers)"
+                        + (f" to {accepted + slack}" if slack else ""))
     if received != stored:
         problems.append(f"{stored - received} stored events are not 'received'")
-    if queued != accepted:
-        problems.append(f"{queued} messages in the Redis list {QUEUE!r}, expected {accepted}")
+    if queued != stored:
+        problems.append(f"{queued} messages in the Redis list {QUEUE!r}, expected {stored} (one per stored event)")
     return problems
 
 
 def print_table(rows: list[Row]) -> None:
-    bare = rows[0].rate
+    # "x bare": against the bare row of the same senders (Python, or wrk).
+    bare = {r.name.endswith("(wrk)"): r.rate for r in rows if r.name.startswith("bare")}
     headers = ["row", "requests", "seconds", "rate/s", "p50 ms", "p99 ms", "x bare",
                "server CPU ms/req", "postgres ms/req", "redis ms/req", "sender ms/req", "cores busy", "other cores"]
     cells = []
     for r in rows:
-        own = r.name != "bare (wrk)"
+        own = r.name != "bare (wrk)"  # the wrk webhook row has its CPU figures; wrk is the sender
         cells.append([
             r.name, str(r.requests), f"{r.seconds:.2f}", f"{r.rate:.0f}", f"{r.percentile(0.5):.1f}",
-            f"{r.percentile(0.99):.1f}", f"{r.rate / bare:.2f}",
+            f"{r.percentile(0.99):.1f}", f"{r.rate / bare[r.name.endswith('(wrk)')]:.2f}",
             *([f"{r.cpu_ms(r.server_cpu):.2f}", f"{r.cpu_ms(r.postgres_cpu):.2f}", f"{r.cpu_ms(r.redis_cpu):.2f}",
                f"{r.cpu_ms(r.sender_cpu):.2f}", f"{r.machine_cpu / r.seconds:.2f}", f"{r.other_cores:.2f}"]
               if own else ["-"] * 6),
@@ -531,7 +573,7 @@ def main() -> int:
     server = start_server(command, database_url)
     rows: list[Row] = []
     accepted = 0
-    wrk_row = None
+    wrk_rows: list[Row] = []
     try:
         wait_for_server(server, port, args.workers)
         # Warm-up: each worker opens its database and broker connections, SQLAlchemy compiles.
@@ -549,7 +591,17 @@ def main() -> int:
                 accepted += row.requests
             print(f"  {name:7}: {row.requests} in {row.seconds:5.2f} s = {row.rate:6.0f}/s,"
                   f" p99 {row.percentile(0.99):5.1f} ms (load average {os.getloadavg()[0]:.2f})", flush=True)
-        wrk_row = run_wrk(port, args.seconds, args.senders)
+        bare_wrk = run_wrk("bare (wrk)", port, args.seconds, args.senders)
+        if bare_wrk is not None:
+            with tempfile.TemporaryDirectory() as files:
+                write_wrk_requests(Path(files), port, per_thread * args.senders // 2)
+                webhook_wrk = run_wrk("webhook (wrk)", port, args.seconds, args.senders, webhooks=Path(files),
+                                      server=server, database_url=database_url, redis_pid=redis_pid)
+            assert webhook_wrk is not None
+            wrk_rows = [bare_wrk, webhook_wrk]
+            accepted += webhook_wrk.requests
+            print(f"  webhook (wrk): {webhook_wrk.requests} in {webhook_wrk.seconds:5.2f} s ="
+                  f" {webhook_wrk.rate:6.0f}/s, p99 {webhook_wrk.percentile(0.99):5.1f} ms", flush=True)
     finally:
         code = stop_server(server)
         print(f"server stopped (exit status {code})", flush=True)
@@ -557,22 +609,26 @@ def main() -> int:
     print(f"\nload average at end: {os.getloadavg()[0]:.2f} (other work on the machine skews results)")
     print(f"server: {config} ({' '.join(command[1:] if args.threads <= 1 else command)});"
           f" senders: {args.senders} connections in {args.sender_procs} processes\n")
-    print_table([*rows, *([wrk_row] if wrk_row else [])])
+    print_table([*rows, *wrk_rows])
 
     bare, webhook = rows
     ratio, p99 = webhook.rate / bare.rate, webhook.percentile(0.99)
     verdict = "ok" if ratio >= TARGET_RATIO and p99 < TARGET_P99_MS else "BELOW TARGET"
     print(f"\n  webhook / bare {ratio:.2f}x, webhook p99 {p99:.1f} ms"
           f"  (target >= {TARGET_RATIO}x with p99 < {TARGET_P99_MS:.0f} ms: {verdict})")
-    if wrk_row:
-        print(f"  bare with wrk: {wrk_row.rate:.0f}/s = {wrk_row.rate / bare.rate:.2f}x the Python senders' bare rate")
+    if wrk_rows:
+        bare_wrk, webhook_wrk = wrk_rows
+        ratio_wrk, p99_wrk = webhook_wrk.rate / bare_wrk.rate, webhook_wrk.percentile(0.99)
+        verdict_wrk = "ok" if ratio_wrk >= TARGET_RATIO and p99_wrk < TARGET_P99_MS else "BELOW TARGET"
+        print(f"  with wrk as the sender: webhook / bare {ratio_wrk:.2f}x, webhook p99 {p99_wrk:.1f} ms"
+              f"  ({verdict_wrk})")
 
     # The server has stopped, so any other client of the database is someone else's; so is a FLUSHDB.
     intruders = [f"client {c.get('addr')} last ran {c.get('cmd')}" for c in other_clients(broker, db)]
     if flush_count(broker) > flushes:
         intruders.append(f"{flush_count(broker) - flushes} FLUSHDB on some database")
-    problems = check(database_url, broker, accepted, intruders)
-    for row in rows:
+    problems = check(database_url, broker, accepted, intruders, slack=args.senders if wrk_rows else 0)
+    for row in [*rows, *wrk_rows]:
         if row.errors:
             problems.append(f"{row.name}: {len(row.errors)} bad answers, e.g. {row.errors[0]}")
         if row.exhausted:
@@ -582,8 +638,8 @@ def main() -> int:
         print("\nChecks FAILED: " + "; ".join(problems))
         return 1
     print(f"\nChecks hold: every answer was 200 (webhook: duplicate false); {accepted} webhooks answered"
-          f" (with {warm.requests} warm-up) = {accepted} rows in stripe_events = {accepted} messages"
-          f" in the Redis list {QUEUE!r}.")
+          f" (with {warm.requests} warm-up; wrk may leave up to {args.senders} more in flight, uncounted),"
+          f" as many rows in stripe_events, and one message in the Redis list {QUEUE!r} per row.")
     return 0
 
 
