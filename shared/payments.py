@@ -26,8 +26,8 @@ A request with a route code gets exactly one callback, written with its terminal
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
