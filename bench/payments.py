@@ -17,6 +17,10 @@ production Celery settings of worker/app.py: late acks, prefetch 1, JSON, explic
   (`shared.client.pay(settings, request_id=..., member_id=..., amount="1.00", ...)`).
 * **hot**: the same, every payment to one organisation.
 
+Before the rows, 20,000 earlier payments are booked straight into the database (with their paid
+request rows) and the tables are analysed, so the run starts on a database with a history, as
+the federation's has (see `seed_history` for why that matters).
+
 Each row enqueues its N tasks as fast as one process can (no pacing) and then waits: for
 payments it polls `SELECT count(*) FROM payment_requests WHERE status = 'paid' AND request_id
 LIKE '<row>-%'` every 50 ms (deadline 300 s) until all N are paid. The rate is N divided by the

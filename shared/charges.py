@@ -14,13 +14,13 @@ it wrote, for the caller to dispatch after commit, and follow-up card work it sc
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import ledger, payments, profiles, topups
+from shared import db, ledger, payments, profiles, topups
 from shared.config import Settings
 from shared.errors import AuthenticationRequired, CardDeclined, NotFound, StripeRequestFailed
 from shared.models import AutoTopUpStatus, CardPaymentKind, CardPaymentStatus, Member
@@ -49,7 +49,16 @@ class Effects:
 
 
 def charge(sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, attempt_id: int) -> Effects:
-    """Charge a pending top-up attempt to the member's saved card, off-session."""
+    """Charge a pending top-up attempt to the member's saved card, off-session.
+
+    One process at a time per attempt: two (a redelivered task and the reconciler, say) could
+    both find no charge at Stripe and both charge. The other returns; whoever holds the attempt
+    settles it, or, if it dies, the next try or the reconciler looks it up."""
+    with db.exclusive(sessions, f"card-attempt:{attempt_id}") as ours:
+        return _charge(sessions, gateway, settings, attempt_id) if ours else Effects()
+
+
+def _charge(sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, attempt_id: int) -> Effects:
     effects = Effects()
     with sessions.begin() as session:
         attempt = topups.lock_attempt(session, attempt_id)
@@ -87,6 +96,13 @@ def start_checkout(
     sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, attempt_id: int
 ) -> Effects:
     """Create the PaymentIntent a browser pays with; the request waits for the card."""
+    with db.exclusive(sessions, f"card-attempt:{attempt_id}") as ours:
+        return _start_checkout(sessions, gateway, settings, attempt_id) if ours else Effects()
+
+
+def _start_checkout(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, attempt_id: int
+) -> Effects:
     effects = Effects()
     with sessions.begin() as session:
         attempt = topups.lock_attempt(session, attempt_id)

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -50,6 +50,26 @@ def one_statement(engine: Engine) -> Iterator[Connection]:
     else:
         with engine.begin() as connection:
             yield connection
+
+
+@contextmanager
+def exclusive(sessions: sessionmaker[Session], name: str) -> Iterator[bool]:
+    """Whether this process holds `name` for the block, without a transaction open (for work
+    around a Stripe call). On PostgreSQL: a session-level advisory lock on a connection of its
+    own, tried once, so a second process gets False at once; it dies with its holder's
+    connection, so a crashed worker never leaves it held. SQLite runs one process: True."""
+    engine = sessions.kw["bind"]
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    key = {"name": name}
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+        held = bool(connection.execute(text("SELECT pg_try_advisory_lock(hashtextextended(:name, 0))"), key).scalar())
+        try:
+            yield held
+        finally:
+            if held:
+                connection.execute(text("SELECT pg_advisory_unlock(hashtextextended(:name, 0))"), key)
 
 
 def _sqlite_engine(url: str, **kwargs: Any) -> Engine:

@@ -290,7 +290,7 @@ class OutboxMessage(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[Timestamp]
-    # Not before this time: a failed send backs off; a claimed row is leased until then.
+    # Not before this time: a failed send backs off until then.
     next_attempt_at: Mapped[Timestamp]
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 

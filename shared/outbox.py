@@ -1,8 +1,9 @@
 """The outbox (DESIGN invariant 6): callbacks and notifications are rows written in the same
 transaction as the booking that causes them, and sent only after it commits.
 
-Sending is at least once: a row is claimed (a short lease, so the relay leaves it alone while
-it is in flight), sent with no transaction open, then marked sent. A failed send backs off
+Sending is at least once: one process at a time claims a row (`db.exclusive`, which a crashed
+sender does not keep, so the relay sends its row again at once), sends it with no transaction
+open, then marks it sent. A failed send backs off
 exponentially with jitter and keeps the last error; after `max_attempts` the row is `dead`
 until an operator replays it. Consumers dedupe by `request_id`.
 
@@ -25,13 +26,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import Settings
-from shared.db import dialect_insert
+from shared.db import dialect_insert, exclusive
 from shared.errors import NotFound, PaymentsError
 from shared.models import OutboxKind, OutboxMessage, OutboxStatus, utcnow
 
 log = logging.getLogger(__name__)
-
-LEASE = timedelta(seconds=120)
 
 # (task name, kwargs, queue): how a message leaves; the worker passes Celery's send_task.
 SendTask = Callable[[str, dict[str, Any], str], None]
@@ -50,6 +49,15 @@ def deliver(
     """Claim, send and record one message: three steps, each its own transaction, so that no
     transaction is open while the network is used. Returns ("sent" | "dead" | "skipped", None)
     or ("retry", seconds to wait)."""
+    with exclusive(sessions, f"outbox:{outbox_id}") as ours:
+        if not ours:
+            return "skipped", None  # another process is sending it now
+        return _deliver(sessions, outbox_id, settings, send_task)
+
+
+def _deliver(
+    sessions: sessionmaker[Session], outbox_id: int, settings: Settings, send_task: SendTask
+) -> tuple[str, float | None]:
     with sessions.begin() as session:
         message = claim(session, outbox_id)
     if message is None:
@@ -94,7 +102,7 @@ def claim(session: Session, outbox_id: int, *, now: datetime | None = None) -> O
             OutboxMessage.status == OutboxStatus.PENDING.value,
             OutboxMessage.next_attempt_at <= now,
         )
-        .values(attempts=OutboxMessage.attempts + 1, next_attempt_at=now + LEASE)
+        .values(attempts=OutboxMessage.attempts + 1)
         .returning(OutboxMessage.id)
     ).scalar_one_or_none()
     if claimed is None:

@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import fields, ledger, profiles, requests
+from shared import db, fields, ledger, profiles, requests
 from shared.config import Settings
 from shared.errors import InsufficientFunds, InvalidInput, StripeRequestFailed
 from shared.ledger import Entry, Line
@@ -109,7 +109,14 @@ def book(session: Session, order: RefundOrder, settings: Settings) -> requests.R
 
 
 def send_to_card(sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, request_id: str) -> None:
-    """Ask Stripe to refund what was booked; reverse the booking if Stripe refuses for good."""
+    """Ask Stripe to refund what was booked; reverse the booking if Stripe refuses for good.
+    One process at a time per refund (see `charges.charge`)."""
+    with db.exclusive(sessions, f"card-refund:{request_id}") as ours:
+        if ours:
+            _send_to_card(sessions, gateway, settings, request_id)
+
+
+def _send_to_card(sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, request_id: str) -> None:
     with sessions.begin() as session:
         row = requests.get(session, request_id)
         if not row.queued or not (row.result or {}).get("booked"):

@@ -356,11 +356,17 @@ def _stripe_errors(action: str = "Stripe request", *, secrets: Iterable[str] = (
         raise CardDeclined(message, payment_intent_id=payment_intent_id) from exc
     except (stripe.APIConnectionError, stripe.RateLimitError, stripe.APIError) as exc:
         raise StripeUnavailable(_describe(action, exc, secrets)) from exc
+    except stripe.IdempotencyError as exc:
+        if exc.http_status == 409:
+            # The same key while Stripe still runs the first request with it (one sent by a
+            # worker that died): it will answer, so try again later; never a decline.
+            raise StripeUnavailable(_describe(action, exc, secrets)) from exc
+        raise StripeRequestFailed(_describe(action, exc, secrets)) from exc
     except stripe.SignatureVerificationError as exc:
         raise BadSignature(_describe(action, exc, secrets)) from exc
     except stripe.StripeError as exc:
-        # AuthenticationError, PermissionError, InvalidRequestError, IdempotencyError and the
-        # v2 API errors: retrying the same request will not help.
+        # AuthenticationError, PermissionError, InvalidRequestError and the v2 API errors:
+        # retrying the same request will not help.
         raise StripeRequestFailed(_describe(action, exc, secrets)) from exc
 
 

@@ -494,3 +494,16 @@ def test_every_stripe_error_is_mapped_to_ours_without_secrets(cls: type[stripe.S
     assert type(raised.value) is expected and raised.value.__cause__ is error
     for secret in (STRIPE_TEST_KEY, "sk_live_abc123", "9876", "whsec_xyz", "pi_1_secret_abc"):
         assert secret not in raised.value.message
+
+
+def test_a_key_still_in_use_at_stripe_is_tried_again_later_not_refused() -> None:
+    """409: Stripe still runs a request sent with this key (by a worker that died); a retry gets
+    its answer. Any other idempotency error (the key reused for other parameters) is final."""
+    in_use = stripe.IdempotencyError("There is currently another in-progress request using this key",
+                                     http_status=409, code="idempotency_key_in_use")
+    with pytest.raises(StripeUnavailable), _stripe_errors("charge"):
+        raise in_use
+    reused = stripe.IdempotencyError("Keys for idempotent requests can only be used with the same parameters",
+                                     http_status=400, code="idempotency_error")
+    with pytest.raises(StripeRequestFailed), _stripe_errors("charge"):
+        raise reused

@@ -1,0 +1,143 @@
+"""Work that two processes could start at once on the same thing, found by the fault suite:
+settlements naming several organisations in different orders (a lock-order deadlock), and an
+open card attempt healed by two callers at once (a double charge)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import psycopg
+import stripe
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import charges, db, ledger, outbox, profiles, settlements, topups
+from shared.config import Settings, parse_routes
+from shared.ledger import Entry, Line
+from shared.models import CardPaymentKind, EntryType, Member, SystemAccount, utcnow
+from shared.profiles import OrganisationDetails
+from shared.stripe_gateway import StripeGateway
+from tests.integration.helpers import add_member
+from tests.stripe_fixture import STRIPE_TEST_KEY
+
+
+def at_once(*calls) -> list[BaseException]:
+    """Run the calls in threads released together; the exceptions they raised."""
+    gate, errors = threading.Barrier(len(calls)), []
+
+    def run(call) -> None:
+        gate.wait()
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def deadlocks(database_url: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
+
+
+def test_settlements_of_the_same_organisations_in_opposite_orders_never_deadlock(
+    sessions: sessionmaker[Session], database_url: str
+) -> None:
+    config = Settings(database_url=database_url)
+    with sessions.begin() as session:
+        adjustments = profiles.system_account(session, SystemAccount.ADJUSTMENTS)
+        for org_id in ("a", "b"):
+            org, _ = profiles.put_organisation(session, org_id, OrganisationDetails(name=org_id))
+            lines = (Line(org.account_id, 1000_00), Line(adjustments, -1000_00))
+            ledger.post(session, Entry(f"seed:{org_id}", EntryType.MANUAL_ADJUSTMENT, "Seed", lines, admin_id="admin"),
+                        now=utcnow() - timedelta(days=40))
+    today = utcnow().astimezone(config.time_zone).date()
+    before = deadlocks(database_url)
+
+    def settle(request_id: str, org_ids: list[str], day: str):
+        order = settlements.parse({"request_id": request_id, "reference_date": day, "organisations": [
+            {"organisation_id": org_id, "override_amount": "1.00"} for org_id in org_ids]}, config)
+
+        def run() -> None:
+            with sessions.begin() as session:
+                settlements.settle(session, order, config)
+        return run
+
+    errors = []
+    for n in range(5, 25):
+        day = (today - timedelta(days=n)).isoformat()
+        errors += at_once(settle(f"s{n}-ab", ["a", "b"], day), settle(f"s{n}-ba", ["b", "a"], day))
+    assert errors == [] and deadlocks(database_url) == before
+
+
+def test_an_open_card_attempt_healed_by_two_callers_at_once_is_charged_once(
+    sessions: sessionmaker[Session], database_url: str, stripe_api: str
+) -> None:
+    config = Settings(database_url=database_url, stripe_api_key=STRIPE_TEST_KEY, stripe_api_base=stripe_api)
+    gateway = StripeGateway(config)
+    browser = stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": stripe_api}, max_network_retries=0)
+    keys = []
+    for n in range(8):
+        member_id, key = f"heal-{n}", f"heal-attempt-{n}-{utcnow():%H%M%S%f}"
+        customer = gateway.ensure_customer(member_id=member_id, email="x@example.org", name="X", customer_id=None)
+        card = browser.v1.payment_methods.create(
+            {"type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2034, "cvc": "123"}})
+        gateway.card_saved(customer_id=customer, payment_method_id=card.id)
+        with sessions.begin() as session:
+            add_member(session, member_id)
+            session.get(Member, member_id).stripe_customer_id = customer
+            # What a worker killed after committing the attempt, before Stripe answered, leaves.
+            attempt = topups.open_attempt(session, key=key, kind=CardPaymentKind.MANUAL_TOP_UP,
+                                          member_id=member_id, amount=60_00)
+            attempt.tries = 1
+            attempt_id = attempt.id
+        heal = lambda attempt_id=attempt_id: charges.charge(sessions, gateway, config, attempt_id)  # noqa: E731
+        assert at_once(heal, heal) == []
+        keys.append(key)
+
+    charged = [intent.metadata.to_dict().get("attempt_key")
+               for intent in browser.v1.payment_intents.list({"limit": 100}).auto_paging_iter()
+               if intent.status == "succeeded"]
+    assert {key: charged.count(key) for key in keys} == {key: 1 for key in keys}
+
+
+def test_exclusive_is_held_by_one_process_at_a_time_and_released_after(sessions: sessionmaker[Session]) -> None:
+    with db.exclusive(sessions, "thing-1") as first:
+        with db.exclusive(sessions, "thing-1") as second, db.exclusive(sessions, "thing-2") as other:
+            assert (first, second, other) == (True, False, True)
+    with db.exclusive(sessions, "thing-1") as again:
+        assert again
+
+
+def test_one_outbox_row_delivered_by_two_processes_at_once_is_sent_once(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        outbox_id = outbox.add_callback(session, request_id="r1", kwargs={"request_id": "r1", "route_code": "EVT"})
+    sent: list[str] = []
+    outcomes: list[str] = []
+
+    def slow_send(name: str, kwargs: dict, queue: str) -> None:
+        """The broker, answering only once the other process has given up (or after 10 s)."""
+        sent.append(kwargs["request_id"])
+        deadline = time.monotonic() + 10
+        while not outcomes and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    config = Settings(callback_routes=parse_routes("EVT=events.done@events"))
+    deliver = lambda: outcomes.append(outbox.deliver(sessions, outbox_id, config, slow_send)[0])  # noqa: E731
+    assert at_once(deliver, deliver) == []
+    assert sorted(outcomes) == ["sent", "skipped"] and sent == ["r1"]
+
+
+def test_a_row_whose_sender_died_after_claiming_it_is_due_again_at_once(sessions: sessionmaker[Session]) -> None:
+    with sessions.begin() as session:
+        outbox_id = outbox.add_callback(session, request_id="r1", kwargs={"request_id": "r1"})
+    with sessions.begin() as session:
+        assert outbox.claim(session, outbox_id) is not None  # ... and the sender dies here
+    with sessions.begin() as session:
+        assert outbox.due(session) == [outbox_id]
