@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, select, update
+from sqlalchemy import Connection, Table, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -30,6 +30,10 @@ _ACCEPT = {
     "sqlite": sqlite.insert(_TABLE).values(**_NEW).on_conflict_do_nothing(index_elements=["event_id"])
     .returning(_TABLE.c.event_id),
 }
+
+
+# A failed event is redriven until it has been tried this often (each task run is one attempt).
+REDRIVE_FAILED_BELOW = 50
 
 
 @dataclass(frozen=True)
@@ -109,14 +113,19 @@ def replay(session: Session, event_id: str) -> None:
 
 
 def stale(session: Session, older_than: timedelta) -> list[str]:
-    """Events stuck `received` (their enqueue was lost) or `processing` (their worker died)
-    for longer than `older_than`; the processing ones are made `received` again."""
+    """Events stuck `received` (their enqueue was lost), `processing` (their worker died) or
+    `failed` (their task ran out of retries, say through a long Stripe outage) for longer than
+    `older_than`; they are made `received` again. An event failed `REDRIVE_FAILED_BELOW` times
+    is left to an operator (`payments events replay`)."""
     cutoff = utcnow() - older_than
     ids = list(
         session.scalars(
             select(StripeEvent.event_id)
             .where(
-                StripeEvent.status.in_([EventStatus.RECEIVED.value, EventStatus.PROCESSING.value]),
+                or_(
+                    StripeEvent.status.in_([EventStatus.RECEIVED.value, EventStatus.PROCESSING.value]),
+                    (StripeEvent.status == EventStatus.FAILED.value) & (StripeEvent.attempts < REDRIVE_FAILED_BELOW),
+                ),
                 StripeEvent.updated_at < cutoff,
             )
             .order_by(StripeEvent.received_at)
@@ -127,7 +136,7 @@ def stale(session: Session, older_than: timedelta) -> list[str]:
     if ids:
         session.execute(
             update(StripeEvent)
-            .where(StripeEvent.event_id.in_(ids), StripeEvent.status == EventStatus.PROCESSING.value)
+            .where(StripeEvent.event_id.in_(ids), StripeEvent.status != EventStatus.RECEIVED.value)
             .values(status=EventStatus.RECEIVED.value, updated_at=utcnow())
         )
     return ids
