@@ -45,7 +45,7 @@ BROKEN_RULES = {
         SELECT id, kind, request_id, status, last_error FROM outbox WHERE status <> 'sent'""",
     "a succeeded card attempt is not booked exactly once": """
         SELECT c.attempt_key, count(e.id) AS entries FROM card_payments c
-        LEFT JOIN journal_entries e ON e.idempotency_key = c.attempt_key
+        LEFT JOIN journal_entries e ON e.idempotency_key = 'card:' || c.attempt_key
         WHERE c.status = 'succeeded' GROUP BY c.attempt_key HAVING count(e.id) <> 1""",
 }
 
@@ -95,14 +95,20 @@ def succeeded_intents(stripe_base: str) -> list[Any]:
     return [intent for intent in page.auto_paging_iter() if intent.status == "succeeded"]
 
 
+def attempt_key_of(intent: Any) -> str | None:
+    """The attempt key in a PaymentIntent's metadata (SDK 16 objects are not dicts: no `.get`)."""
+    metadata = intent.metadata.to_dict() if intent.metadata is not None else {}
+    return metadata.get("attempt_key")
+
+
 def _compare_with_stripe(stripe_base: str, ours: dict[str | None, tuple[str, int]]) -> list[str]:
     broken = []
     intents = succeeded_intents(stripe_base)
-    per_attempt = collections.Counter(intent.metadata.get("attempt_key") for intent in intents)
+    per_attempt = collections.Counter(attempt_key_of(intent) for intent in intents)
     doubles = {key: n for key, n in per_attempt.items() if n > 1}
     if doubles:
         broken.append(f"a card attempt was charged more than once at Stripe: {list(doubles.items())[:5]}")
-    theirs = {intent.id: (intent.metadata.get("attempt_key"), intent.amount) for intent in intents}
+    theirs = {intent.id: (attempt_key_of(intent), intent.amount) for intent in intents}
     unbooked = {pi: v for pi, v in theirs.items() if pi not in ours}
     if unbooked:
         broken.append(f"Stripe charged with no succeeded attempt here: {list(unbooked.items())[:5]}")
