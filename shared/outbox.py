@@ -3,9 +3,9 @@ transaction as the booking that causes them, and sent only after it commits.
 
 Sending is at least once: one process at a time claims a row (`db.exclusive`, which a crashed
 sender does not keep, so the relay sends its row again at once), sends it with no transaction
-open, then marks it sent. A failed send backs off
-exponentially with jitter and keeps the last error; after `max_attempts` the row is `dead`
-until an operator replays it. Consumers dedupe by `request_id`.
+open, then marks it sent. A failed send backs off exponentially with jitter and keeps the last
+error; after `max_attempts` the row is `dead` until an operator replays it. Consumers dedupe by
+`request_id`.
 
 The ids of rows added in a session are kept in `session.info["outbox"]`, so the edge that
 commits can hand them to the dispatcher at once.
