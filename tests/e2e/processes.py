@@ -21,10 +21,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(args: list[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> subprocess.Popen:
-    """Start `payments ARGS` with `env` added, its output going to `log`."""
+def start(args: list[str], env: dict[str, str], log: Path, cwd: Path | None = None, *, append: bool = False
+          ) -> subprocess.Popen:
+    """Start `payments ARGS` with `env` added, its output going to `log` (after what it holds,
+    with `append`)."""
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
-    with open(log, "wb") as out:
+    with open(log, "ab" if append else "wb") as out:
         return subprocess.Popen([PAYMENTS, *args], env=full_env, stdout=out, stderr=subprocess.STDOUT, cwd=cwd)
 
 

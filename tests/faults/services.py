@@ -255,29 +255,51 @@ HEALING = {
 }
 
 
+@dataclass
+class Stack:
+    """The running service: the webhook's URL, and how often a process had to be restarted."""
+
+    url: str
+    restarts: collections.Counter[str] = field(default_factory=collections.Counter)
+
+
 @contextmanager
 def stack(
     directory: Path, *, database_url: str, broker_url: str, stripe_api: str, beat: bool,
     webhook_workers: int = 4, concurrency: int = 2,
-) -> Iterator[str]:
+) -> Iterator[Stack]:
     """The webhook server (gunicorn), a worker and, with `beat`, the scheduler, on the given
-    database and broker; yields the webhook's URL. Every process is stopped on the way out;
-    their logs stay in `directory`."""
+    database and broker. A process that exits is started again at once, as the compose file's
+    `restart: unless-stopped` does in service (a Celery worker can exit when its broker goes
+    away: see README, "Operating it"); the restarts are counted. Every process is stopped on
+    the way out; their logs stay in `directory`."""
     env = worker_env(database_url, PAYMENTS_BROKER_URL=broker_url, PAYMENTS_STRIPE_API_BASE=stripe_api, **HEALING)
     port = free_port()
-    processes = []
+    commands = {
+        "webhook": (["webhook", "--port", str(port), "--workers", str(webhook_workers)], None),
+        "worker": (["worker", "--concurrency", str(concurrency), "--hostname", f"faults-{port}@%h"], None),
+    }
+    if beat:
+        commands["beat"] = (["beat", "--schedule", str(directory / "beat-schedule")], directory)
+    running = Stack(f"http://127.0.0.1:{port}/stripe/webhook")
+    processes: dict[str, subprocess.Popen] = {}
+    stopping = threading.Event()
+
+    def supervise() -> None:
+        while not stopping.wait(0.2):
+            for name, (args, cwd) in commands.items():
+                if processes[name].poll() is not None and not stopping.is_set():
+                    running.restarts[name] += 1
+                    processes[name] = start(args, env, directory / f"{name}.log", cwd, append=True)
+
+    supervisor = threading.Thread(target=supervise, daemon=True)
     try:
-        processes.append(start(["webhook", "--port", str(port), "--workers", str(webhook_workers)], env,
-                               directory / "webhook.log"))
-        processes.append(start(["worker", "--concurrency", str(concurrency), "--hostname", f"faults-{port}@%h"], env,
-                               directory / "worker.log"))
-        if beat:
-            processes.append(start(["beat", "--schedule", str(directory / "beat-schedule")], env,
-                                   directory / "beat.log", cwd=directory))
+        for name, (args, cwd) in commands.items():
+            processes[name] = start(args, env, directory / f"{name}.log", cwd)
         base = f"http://127.0.0.1:{port}"
 
         def up() -> bool:
-            for process in processes:
+            for process in processes.values():
                 assert process.poll() is None, f"{process.args!r} exited; logs in {directory}"
             with urllib.request.urlopen(f"{base}/healthz", timeout=1) as response:
                 return response.status == 200
@@ -288,7 +310,11 @@ def stack(
             wait_for(lambda: sender.control.ping(timeout=0.5), "the worker to answer a ping", 60)
         finally:
             sender.close()
-        yield f"{base}/stripe/webhook"
+        supervisor.start()
+        yield running
     finally:
-        for process in reversed(processes):
+        stopping.set()
+        if supervisor.is_alive():
+            supervisor.join()
+        for process in reversed(list(processes.values())):
             stop(process)

@@ -87,7 +87,8 @@ def test_with_redis_down_for_10_s_the_webhook_answers_200_and_every_event_is_pro
     reset_stripe(stripe_api)
     workload = Workload.plan(events=EVENTS, members=MEMBERS, seed=SEED, prefix="broker", route_code=ROUTE_CODE)
     with private_redis() as broker, stack(tmp_path, database_url=database_url, broker_url=broker.url,
-                                          stripe_api=stripe_api, beat=True) as url:
+                                          stripe_api=stripe_api, beat=True) as running:
+        url = running.url
         mute_localstripe(stripe_api, url)
         events = prepare(workload, sessions, engine, broker.url, stripe_api)
         stripe_sender = Stripe(url, WEBHOOK_SECRET, senders=SENDERS)
@@ -104,7 +105,7 @@ def test_with_redis_down_for_10_s_the_webhook_answers_200_and_every_event_is_pro
     print("\n" + summary("broker outage", workload, deliveries, lost, double, done - began,
                          f"; Redis down {up - down:.1f} s: {len(during)} deliveries answered 200 meanwhile, "
                          f"{not_enqueued} events stored but not enqueued, {reclaimed(engine)} re-claimed, "
-                         f"settled {done - up:.1f} s after Redis returned"))
+                         f"settled {done - up:.1f} s after Redis returned; restarted {dict(running.restarts)}"))
     tally = check_invariants(engine, stripe_base=stripe_api)
 
     assert collections.Counter(d.status for d in deliveries) == {200: EVENTS * COPIES}
@@ -128,7 +129,8 @@ def test_with_postgres_down_for_10_s_the_webhook_answers_503_and_every_event_is_
         engine = make_engine(database.url)
         try:
             with stack(tmp_path, database_url=database.url, broker_url=broker.url, stripe_api=stripe_api,
-                       beat=True) as url:
+                       beat=True) as running:
+                url = running.url
                 mute_localstripe(stripe_api, url)
                 events = prepare(workload, make_sessions(engine), engine, broker.url, stripe_api)
                 stripe_sender = Stripe(url, WEBHOOK_SECRET, senders=SENDERS)
@@ -148,7 +150,7 @@ def test_with_postgres_down_for_10_s_the_webhook_answers_503_and_every_event_is_
                 f"; PostgreSQL down {up - down:.1f} s: {stripe_sender.statuses[503]} tries answered 503, "
                 f"{stripe_sender.statuses[0]} unanswered, {sum(d.refused > 0 for d in deliveries)} deliveries "
                 f"retried; {retries} task retries, {reclaimed(engine)} events re-claimed, settled "
-                f"{done - up:.1f} s after PostgreSQL returned"))
+                f"{done - up:.1f} s after PostgreSQL returned; restarted {dict(running.restarts)}"))
             tally = check_invariants(engine, stripe_base=stripe_api)
         finally:
             engine.dispose()
