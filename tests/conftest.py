@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, text
@@ -47,6 +48,20 @@ def database_url() -> Iterator[str]:
     yield url
     with _admin() as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _empty_broker_database() -> Iterator[None]:
+    """The apps of the integration tests enqueue tasks on REDIS_URL that no worker takes: empty
+    it after the run, so they do not pile up from run to run."""
+    yield
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.flushdb()
+    except redis.RedisError:
+        pass  # Redis is down: nothing to empty
+    finally:
+        client.close()
 
 
 @pytest.fixture(scope="session")

@@ -1,18 +1,25 @@
-"""Starting the real `payments` command in a child process, and polling with a deadline."""
+"""Starting the real `payments` command in a child process, a `redis-server` of a test's own,
+and polling with a deadline."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
+import redis
+
 T = TypeVar("T")
 PAYMENTS = str(Path(sys.executable).with_name("payments"))
+REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 
 def free_port() -> int:
@@ -53,3 +60,52 @@ def stop(process: subprocess.Popen, timeout: float = 20.0) -> int:
     except subprocess.TimeoutExpired:
         process.kill()
         return process.wait()
+
+
+class PrivateRedis:
+    """A redis-server of the test's own. No persistence: stopping it loses every queued task,
+    the harshest broker outage (only the inbox and the scheduler can bring the work back)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = open(self.directory / "redis.log", "ab")
+        with log:
+            self._process = subprocess.Popen(
+                [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory),
+                 "--save", "", "--appendonly", "no"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )
+        client = redis.Redis(port=self.port, socket_connect_timeout=1)
+        try:
+            wait_for(lambda: self._process is not None and self._process.poll() is None and client.ping(),
+                     f"redis-server on port {self.port}", 20)
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._process = None
+
+
+@contextmanager
+def private_redis() -> Iterator[PrivateRedis]:
+    """A started redis-server of the caller's own, removed afterwards."""
+    directory = Path(tempfile.mkdtemp(prefix="payments-redis-"))
+    server = PrivateRedis(directory)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(directory, ignore_errors=True)

@@ -14,8 +14,7 @@ from celery import Celery
 from sqlalchemy import inspect, text
 
 from shared.db import make_engine
-from tests.conftest import REDIS_URL
-from tests.e2e.processes import PAYMENTS, free_port, start, stop, wait_for
+from tests.e2e.processes import PAYMENTS, free_port, private_redis, start, stop, wait_for
 
 
 def test_db_upgrade_creates_the_schema_and_running_it_again_changes_nothing(tmp_path: Path) -> None:
@@ -36,14 +35,18 @@ def test_db_upgrade_creates_the_schema_and_running_it_again_changes_nothing(tmp_
 
 
 def test_worker_consumes_its_named_queues_and_celerys_default_queue(tmp_path: Path) -> None:
-    queue_suffix = uuid.uuid4().hex[:6]
-    log = tmp_path / "worker.log"
+    # A broker of its own: a shared Redis database may hold other runs' tasks for this worker.
+    with private_redis() as broker:
+        _worker_consumes(broker.url, tmp_path / "worker.log")
+
+
+def _worker_consumes(broker_url: str, log: Path) -> None:
     worker = start(
-        ["worker", "--concurrency", "1", "--hostname", f"test-{queue_suffix}@%h"],
-        {"PAYMENTS_BROKER_URL": REDIS_URL},
+        ["worker", "--concurrency", "1", "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h"],
+        {"PAYMENTS_BROKER_URL": broker_url},
         log,
     )
-    sender = Celery(broker=REDIS_URL)
+    sender = Celery(broker=broker_url)
     try:
         wait_for(lambda: sender.control.ping(timeout=0.5), "the worker to answer a ping")
         sent = [

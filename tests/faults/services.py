@@ -29,67 +29,12 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import redis
 from celery import Celery
 
 from shared.schema import upgrade
 from shared.stripe_gateway import sign_webhook
 from tests.e2e.conftest import worker_env
 from tests.e2e.processes import free_port, start, stop, wait_for
-
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-
-
-# Redis -------------------------------------------------------------------------------------
-
-
-class PrivateRedis:
-    """A redis-server of the test's own. No persistence: stopping it loses every queued task,
-    the harshest broker outage (only the inbox and the scheduler can bring the work back)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = open(self.directory / "redis.log", "ab")
-        with log:
-            self._process = subprocess.Popen(
-                [REDIS_SERVER, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", str(self.directory),
-                 "--save", "", "--appendonly", "no"],
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-        client = redis.Redis(port=self.port, socket_connect_timeout=1)
-        try:
-            wait_for(lambda: self._process is not None and self._process.poll() is None and client.ping(),
-                     f"redis-server on port {self.port}", 20)
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        self._process = None
-
-
-@contextmanager
-def private_redis() -> Iterator[PrivateRedis]:
-    directory = Path(tempfile.mkdtemp(prefix="faults-redis-"))
-    server = PrivateRedis(directory)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
-        shutil.rmtree(directory, ignore_errors=True)
-
 
 # PostgreSQL --------------------------------------------------------------------------------
 

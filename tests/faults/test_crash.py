@@ -54,7 +54,7 @@ from shared.models import EntryType, Member, SystemAccount
 from shared.stripe_gateway import StripeGateway
 from tests.e2e.conftest import worker_env
 from tests.e2e.processes import PAYMENTS, start, stop, wait_for
-from tests.faults import services
+from tests.e2e.processes import private_redis as private_redis_server  # the fixture below is `private_redis`
 from tests.faults.invariants import attempt_key_of, check_invariants, succeeded_intents
 from tests.integration.helpers import add_member, add_organisation
 from tests.stripe_fixture import STRIPE_TEST_KEY, reset_stripe
@@ -87,7 +87,7 @@ class Request:
 @pytest.fixture
 def private_redis() -> Iterator[str]:
     """A `redis-server` of this test's own: its broker URL."""
-    with services.private_redis() as broker:
+    with private_redis_server() as broker:
         yield broker.url
 
 
