@@ -285,10 +285,20 @@ def _open_checkout(session: Session, order: PaymentOrder, amount: int) -> bool:
     return attempt.status in (CardPaymentStatus.PENDING.value, CardPaymentStatus.AWAITING_CARD.value)
 
 
+def _waiting_for_card(session: Session, attempt: CardPayment) -> requests.Request | None:
+    """The request the attempt's card money is for, locked, if it still waits for it."""
+    if attempt.request_id is None:
+        return None
+    row = requests.lock_existing(session, attempt.request_id)
+    if row.status not in (RequestStatus.QUEUED.value, RequestStatus.AWAITING_CARD.value):
+        return None
+    return row
+
+
 def await_card(session: Session, attempt: CardPayment, settings: Settings) -> None:
     """The checkout exists: the request is `awaiting_card` with what a browser needs."""
-    row = requests.lock_existing(session, attempt.request_id or "")
-    if row.status not in (RequestStatus.QUEUED.value, RequestStatus.AWAITING_CARD.value):
+    row = _waiting_for_card(session, attempt)
+    if row is None:
         return
     checkout = {
         "payment_intent_id": attempt.payment_intent_id,
@@ -301,10 +311,8 @@ def await_card(session: Session, attempt: CardPayment, settings: Settings) -> No
 
 def card_money_arrived(session: Session, attempt: CardPayment, settings: Settings) -> None:
     """Card money for a request is booked: decide the request again (it can now be paid)."""
-    if attempt.request_id is None:
-        return
-    row = requests.lock_existing(session, attempt.request_id)
-    if row.status not in (RequestStatus.QUEUED.value, RequestStatus.AWAITING_CARD.value):
+    row = _waiting_for_card(session, attempt)
+    if row is None:
         return
     if row.kind == RequestKind.TOPUP.value:
         requests.finish(session, row, RequestStatus.PAID, result={})
@@ -314,10 +322,8 @@ def card_money_arrived(session: Session, attempt: CardPayment, settings: Setting
 
 def card_failed(session: Session, attempt: CardPayment, reason: str, settings: Settings) -> None:
     """The card did not pay: a payment goes on to a checkout if allowed (SPEC 3 step 3), else fails."""
-    if attempt.request_id is None:
-        return
-    row = requests.lock_existing(session, attempt.request_id)
-    if row.status not in (RequestStatus.QUEUED.value, RequestStatus.AWAITING_CARD.value):
+    row = _waiting_for_card(session, attempt)
+    if row is None:
         return
     if row.kind == RequestKind.PAYMENT.value and attempt.kind == CardPaymentKind.AUTO_TOP_UP.value:
         order = parse(row.payload, settings)

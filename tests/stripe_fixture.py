@@ -14,14 +14,39 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import stripe
+
+from shared.stripe_gateway import StripeGateway
 
 from tests.e2e.processes import free_port, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 # localstripe accepts any key of the form sk_...; this one is not a secret.
 STRIPE_TEST_KEY = "sk_test_localstripe_not_a_secret"
+VISA = "4242424242424242"
+
+
+def browser_for(base_url: str) -> stripe.StripeClient:
+    """The member's browser (Stripe.js) talking to localstripe."""
+    return stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": base_url}, max_network_retries=0)
+
+
+def new_card(browser: stripe.StripeClient, number: str = VISA) -> str:
+    """A card PaymentMethod; raw numbers are localstripe's way (the SDK's types know only tokens)."""
+    params: Any = {"type": "card", "card": {"number": number, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}
+    return browser.v1.payment_methods.create(params).id
+
+
+def customer_with_card(gateway: StripeGateway, browser: stripe.StripeClient, member_id: str, *,
+                       number: str = VISA, name: str = "Ann Lee") -> str:
+    """The member's Stripe customer, with `number` saved as its default card; its id."""
+    customer = gateway.ensure_customer(member_id=member_id, email=f"{member_id}@example.org", name=name,
+                                       customer_id=None)
+    gateway.card_saved(customer_id=customer, payment_method_id=new_card(browser, number))
+    return customer
 
 
 def _answers(base_url: str) -> bool:

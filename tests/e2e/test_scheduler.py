@@ -20,10 +20,9 @@ from shared.stripe_gateway import StripeGateway
 from tests.e2e.conftest import BROKER, PUBLISHABLE_KEY, WEBHOOK_SECRET
 from tests.e2e.processes import wait_for
 from tests.integration.helpers import add_member, balance_of
-from tests.stripe_fixture import STRIPE_TEST_KEY
+from tests.stripe_fixture import STRIPE_TEST_KEY, browser_for, customer_with_card
 
 pytestmark = pytest.mark.usefixtures("worker")
-VISA = "4242424242424242"
 
 
 @pytest.fixture
@@ -39,17 +38,12 @@ def gateway(settings: Settings) -> StripeGateway:
 
 @pytest.fixture
 def browser(stripe_api: str) -> stripe.StripeClient:
-    return stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": stripe_api}, max_network_retries=0)
+    return browser_for(stripe_api)
 
 
 def member_on_auto_topup(sessions, gateway, browser, member_id: str = "ann") -> str:
     """A member with a saved card and auto top-up `on` (100.00); returns the Stripe customer."""
-    customer = gateway.ensure_customer(member_id=member_id, email=f"{member_id}@example.org", name="Ann Lee",
-                                       customer_id=None)
-    card = browser.v1.payment_methods.create(
-        {"type": "card", "card": {"number": VISA, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}  # type: ignore[typeddict-item]
-    )
-    gateway.card_saved(customer_id=customer, payment_method_id=card.id)
+    customer = customer_with_card(gateway, browser, member_id)
     with sessions.begin() as session:
         add_member(session, member_id)
         member = session.get(Member, member_id)

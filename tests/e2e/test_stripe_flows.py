@@ -33,11 +33,10 @@ from shared.stripe_gateway import StripeGateway, sign_webhook
 from tests.e2e.conftest import BROKER, PUBLISHABLE_KEY, REDIS_DB, WEBHOOK_SECRET, worker_env
 from tests.e2e.processes import free_port, start, stop, wait_for
 from tests.integration.helpers import add_member, add_organisation, balance_of
-from tests.stripe_fixture import ROOT, STRIPE_TEST_KEY
+from tests.stripe_fixture import ROOT, STRIPE_TEST_KEY, VISA, browser_for, customer_with_card, new_card
 
 pytestmark = pytest.mark.usefixtures("worker")
 
-VISA = "4242424242424242"
 DECLINED_AT_CHARGE = "4000000000000341"
 NEEDS_3DS = "4000002500003155"
 
@@ -61,7 +60,7 @@ def gateway(settings: Settings) -> StripeGateway:
 @pytest.fixture
 def browser(stripe_api: str) -> stripe.StripeClient:
     """What Stripe.js does in the member's browser (and what an admin reads at Stripe)."""
-    return stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": stripe_api}, max_network_retries=0)
+    return browser_for(stripe_api)
 
 
 @pytest.fixture
@@ -100,19 +99,12 @@ def adjust(client: FlaskClient, auth: dict, cents: int, key: str = "seed") -> No
     assert answer.status_code == 201, answer.get_json()
 
 
-def new_card(browser: stripe.StripeClient, number: str = VISA) -> str:
-    params: Any = {"type": "card", "card": {"number": number, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}
-    return browser.v1.payment_methods.create(params).id
-
-
 def auto_topup_on(
     sessions: sessionmaker[Session], gateway: StripeGateway, browser: stripe.StripeClient, *,
     number: str = VISA, amount: int = 100_00, member_id: str = "ann",
 ) -> str:
     """A customer with a saved default card at localstripe, and the member `on` with it."""
-    customer = gateway.ensure_customer(member_id=member_id, email=f"{member_id}@example.org", name="Ann Lee",
-                                       customer_id=None)
-    gateway.card_saved(customer_id=customer, payment_method_id=new_card(browser, number))
+    customer = customer_with_card(gateway, browser, member_id, number=number)
     with sessions.begin() as session:
         member = session.get(Member, member_id)
         member.stripe_customer_id, member.auto_topup_status, member.auto_topup_amount = customer, "on", amount
@@ -487,7 +479,7 @@ def test_a_worker_dying_after_the_charge_is_redelivered_and_books_the_charge_onc
     client, auth, world, sessions, settings, database_url, private_stripe, tmp_path: Path
 ) -> None:
     gateway = StripeGateway(replace(settings, stripe_api_base=private_stripe))
-    browser = stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": private_stripe}, max_network_retries=0)
+    browser = browser_for(private_stripe)
     customer = auto_topup_on(sessions, gateway, browser)
     adjust(client, auth, 10_00)
     request_id = f"crash-{uuid.uuid4().hex[:8]}"

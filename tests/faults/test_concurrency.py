@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import stripe
 from celery import Celery
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, text
@@ -49,7 +48,7 @@ from tests.e2e.conftest import BROKER, REDIS_DB, worker_env
 from tests.e2e.processes import start, stop, wait_for
 from tests.faults.invariants import check_invariants, succeeded_intents
 from tests.integration.helpers import add_member, add_organisation
-from tests.stripe_fixture import STRIPE_TEST_KEY, reset_stripe
+from tests.stripe_fixture import STRIPE_TEST_KEY, browser_for, customer_with_card, reset_stripe
 
 SEED = 20260606
 PAYERS = 50
@@ -59,7 +58,6 @@ TWICE_REFUNDED = 10  # of those, asked for twice (a member's double click, or tw
 CLUB_SEED = 2000_00  # takings booked before the reference dates, so settlements have a gross
 DUPLICATE_SETTLEMENTS = 6
 OVERRIDE_SETTLEMENTS = 6
-VISA = "4242424242424242"
 TERMINAL = ("paid", "completed", "declined", "failed")
 DEADLINE = 90
 
@@ -103,16 +101,11 @@ def build_world(sessions: sessionmaker[Session], gateway: StripeGateway, stripe_
     """The club with takings from three days ago, and 50 payers with an opening balance; the
     first 20 get a saved card (auto top-up off: a payment short of funds is declined).
     Returns the opening balances."""
-    browser = stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": stripe_base}, max_network_retries=0)
+    browser = browser_for(stripe_base)
     opening = {f"payer{n:02d}": rng.randrange(30_00, 150_00, 5) for n in range(PAYERS)}
     customers = {}
     for member_id in sorted(opening)[:CARD_PAYERS]:
-        customers[member_id] = gateway.ensure_customer(member_id=member_id, email=f"{member_id}@example.org",
-                                                       name="Card Holder", customer_id=None)
-        card = browser.v1.payment_methods.create(
-            {"type": "card", "card": {"number": VISA, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}  # type: ignore[typeddict-item]
-        )
-        gateway.card_saved(customer_id=customers[member_id], payment_method_id=card.id)
+        customers[member_id] = customer_with_card(gateway, browser, member_id, name="Card Holder")
     with sessions.begin() as session:
         club = add_organisation(session, "club")
         adjustments = profiles.system_account(session, SystemAccount.ADJUSTMENTS)

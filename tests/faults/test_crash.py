@@ -41,7 +41,6 @@ from typing import Any
 
 import pytest
 import redis
-import stripe
 from celery import Celery
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, text
@@ -57,14 +56,13 @@ from tests.e2e.processes import PAYMENTS, start, stop, wait_for
 from tests.e2e.processes import private_redis as private_redis_server  # the fixture below is `private_redis`
 from tests.faults.invariants import attempt_key_of, check_invariants, succeeded_intents
 from tests.integration.helpers import add_member, add_organisation
-from tests.stripe_fixture import STRIPE_TEST_KEY, reset_stripe
+from tests.stripe_fixture import STRIPE_TEST_KEY, browser_for, customer_with_card, reset_stripe
 
 SEED = 20260602
 CARD_MEMBERS = 40
 PLAIN_MEMBERS = 60
 PAYMENT_COUNT = 900
 TOPUP_COUNT = 100
-VISA = "4242424242424242"
 # Kill once this many requests are decided (and a card attempt is open), so most are in flight.
 KILL_AFTER_DECIDED = 250
 TERMINAL = ("paid", "completed", "declined", "failed")
@@ -161,18 +159,12 @@ def build_world(sessions: sessionmaker[Session], gateway: StripeGateway, stripe_
                 rng: random.Random) -> dict[str, int]:
     """The club and 100 members; card members get a saved card at localstripe and auto
     top-up `on` (50.00) below the low limit. Returns each member's opening balance."""
-    browser = stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": stripe_base}, max_network_retries=0)
+    browser = browser_for(stripe_base)
     opening: dict[str, int] = {}
     customers: dict[str, str] = {}
     for n in range(CARD_MEMBERS):
         member_id = f"card{n:03d}"
-        customer = gateway.ensure_customer(member_id=member_id, email=f"{member_id}@example.org", name="Card Holder",
-                                           customer_id=None)
-        card = browser.v1.payment_methods.create(
-            {"type": "card", "card": {"number": VISA, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}  # type: ignore[typeddict-item]
-        )
-        gateway.card_saved(customer_id=customer, payment_method_id=card.id)
-        customers[member_id] = customer
+        customers[member_id] = customer_with_card(gateway, browser, member_id, name="Card Holder")
         opening[member_id] = rng.randrange(0, 15_00, 5)
     for n in range(PLAIN_MEMBERS):
         opening[f"plain{n:03d}"] = rng.randrange(20_00, 200_00, 5)

@@ -9,7 +9,6 @@ import time
 from datetime import timedelta
 
 import psycopg
-import stripe
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import charges, db, ledger, outbox, profiles, settlements, topups
@@ -19,7 +18,7 @@ from shared.models import CardPaymentKind, EntryType, Member, SystemAccount, utc
 from shared.profiles import OrganisationDetails
 from shared.stripe_gateway import StripeGateway
 from tests.integration.helpers import add_member
-from tests.stripe_fixture import STRIPE_TEST_KEY
+from tests.stripe_fixture import STRIPE_TEST_KEY, browser_for, customer_with_card
 
 
 def at_once(*calls) -> list[BaseException]:
@@ -81,14 +80,11 @@ def test_an_open_card_attempt_healed_by_two_callers_at_once_is_charged_once(
 ) -> None:
     config = Settings(database_url=database_url, stripe_api_key=STRIPE_TEST_KEY, stripe_api_base=stripe_api)
     gateway = StripeGateway(config)
-    browser = stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": stripe_api}, max_network_retries=0)
+    browser = browser_for(stripe_api)
     keys = []
     for n in range(8):
         member_id, key = f"heal-{n}", f"heal-attempt-{n}-{utcnow():%H%M%S%f}"
-        customer = gateway.ensure_customer(member_id=member_id, email="x@example.org", name="X", customer_id=None)
-        card = browser.v1.payment_methods.create(
-            {"type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2034, "cvc": "123"}})
-        gateway.card_saved(customer_id=customer, payment_method_id=card.id)
+        customer = customer_with_card(gateway, browser, member_id)
         with sessions.begin() as session:
             add_member(session, member_id)
             session.get(Member, member_id).stripe_customer_id = customer

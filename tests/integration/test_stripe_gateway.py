@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 import stripe
@@ -29,10 +28,10 @@ from shared.errors import (
 )
 from shared.stripe_gateway import PaymentIntentInfo, StripeGateway, _stripe_errors, sign_webhook, verify_webhook
 from tests.e2e.processes import free_port
-from tests.stripe_fixture import STRIPE_TEST_KEY, register_webhook
+from tests.stripe_fixture import STRIPE_TEST_KEY, VISA, new_card, register_webhook
 
 WEBHOOK_SECRET = "whsec_test_not_a_secret"
-VISA = "4242424242424242"
+
 DECLINED_AT_CHARGE = "4000000000000341"
 DECLINED_AT_ATTACH = "4000000000000002"
 NEEDS_3DS = "4000002760003184"
@@ -56,12 +55,6 @@ def new_customer(gateway: StripeGateway) -> str:
     member_id = f"m{next(_members)}"
     email = f"{member_id}@example.org"
     return gateway.ensure_customer(member_id=member_id, email=email, name="Ann Lee", customer_id=None)
-
-
-def new_card(browser: stripe.StripeClient, number: str) -> str:
-    # Raw card numbers: localstripe's way (the SDK's types only know Stripe.js tokens).
-    params: Any = {"type": "card", "card": {"number": number, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}
-    return browser.v1.payment_methods.create(params).id
 
 
 def customer_with_card(gateway: StripeGateway, browser: stripe.StripeClient, number: str = VISA) -> tuple[str, str]:
