@@ -10,7 +10,7 @@ their key; that key is looked up first, so replaying one still returns the first
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -70,7 +70,8 @@ def _legacy_booking(session: Session, request_id: str, entry: Entry) -> Booking 
     ).one_or_none()
     if first is None:
         return None
-    if first.payload_hash != entry.payload_hash():
+    # Such an entry had no reference of its own (it showed its key), and its hash says so.
+    if first.payload_hash != replace(entry, reference=None).payload_hash():
         raise Conflict(
             f"request {request_id}: already used for a different booking (entry {first.id})", field="request_id"
         )
