@@ -921,10 +921,12 @@ def test_an_organisation_name_or_description_with_a_control_or_formatting_charac
 
 @pytest.mark.parametrize(
     "address",
-    ["x@evil.io,victim@example.org", "x@evil.io;victim@example.org", "x@evil.io victim@example.org",
-     "Ann <ann@example.org>", '"ann"@example.org', "ann@example.org\u2028"
+    ["x@evil.io,victim@example.org", "evil,victim@example.org", "victim@example.org,evil.io",
+     "x@evil.io;victim@example.org", "victim;x@example.org", "x@evil.io victim@example.org",
+     "Ann <ann@example.org>", "<ann@example.org>", '"ann"@example.org', "ann@example.org\u2028"
      "Bcc: victim@example.org"],
-    ids=["comma", "semicolon", "space", "display-name", "quoted", "line-separator"],
+    ids=["two-addresses-comma", "comma-local", "comma-domain", "two-addresses-semicolon", "semicolon-local",
+         "space", "display-name", "angle-brackets", "quoted", "line-separator"],
 )
 def test_a_member_email_that_is_not_exactly_one_address_is_a_400_naming_email(client, auth, address) -> None:
     assert_error(put_member(client, auth, "ann", email=address), 400, "invalid_input", "email")
