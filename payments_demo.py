@@ -190,7 +190,7 @@ class Story:
         self.do("bob saves a card for auto top-up (and is topped up 100.00)", self.bob_auto_topup)
         self.do("bob pays the club 150.00 (auto top-up covers it)", self.bob_pays_club)
         self.do("ann transfers 25.00 to bob", self.ann_transfers)
-        self.do("the club is settled (override 100.00, reference date yesterday)", self.settle_club)
+        self.do("the club is settled to yesterday (its money came today: nothing to settle)", self.settle_club)
         self.do("statements", self.statements, tables=True)
         return self.check_balances()
 
@@ -268,13 +268,14 @@ class Story:
 
     # (6)
     def settle_club(self) -> str:
-        """Settlements settle the balance at the end of a past date; the club's money arrived
-        today, so the demo settles an override amount for yesterday (local time)."""
+        """Settlements settle the balance at the end of a past date (SPEC 5): the club's money
+        arrived today, so settling to yesterday (local time) finds nothing to settle, and an
+        override amount, which may not exceed the net, cannot take today's money either."""
         zone = ZoneInfo(os.environ.get("PAYMENTS_TIME_ZONE", "Australia/Sydney"))
         reference = datetime.now(zone).date() - timedelta(days=1)
         request_id = self.rid("settle")
         body = {"request_id": request_id, "reference_date": reference.isoformat(),
-                "organisations": [{"organisation_id": self.club, "override_amount": "100.00"}]}
+                "organisations": [{"organisation_id": self.club}]}
         try:
             self.api.post("/api/settlements", body)
         except DemoFailed as exc:
@@ -286,10 +287,9 @@ class Story:
             self.api.post("/api/settlements", body)
         done = self.api.outcome(request_id, "completed")
         result = (done.get("organisations") or [{}])[0]
-        if result.get("status") != "settled":
-            raise DemoFailed(f"the club was not settled: {result}")
-        return (f"{result['status']} for {done.get('reference_date')}: net {result['net']}, "
-                f"bank {result['bank_amount']}, fee {result['fee']}")
+        if result.get("status") != "nothing_to_settle":
+            raise DemoFailed(f"the club's money of today was settled to yesterday: {result}")
+        return f"{result['status']} for {done.get('reference_date')}: gross {result['gross']}, net {result['net']}"
 
     # (7)
     def statements(self) -> str:
@@ -308,8 +308,8 @@ class Story:
             # bob: 100.00 auto top-up on saving the card; paying 150.00 with 100.00 and U = 100:
             # SPEC 4.2, B >= L, T = max(U, A) = 150.00, so 100 + 150 - 150; then + 25.00 from ann.
             f"/api/members/{self.bob}": ("bob", "125.00"),
-            # club: 150.00 from bob, 100.00 settled out.
-            f"/api/organisations/{self.club}": ("club", "50.00"),
+            # club: 150.00 from bob, kept until a settlement to a date after today.
+            f"/api/organisations/{self.club}": ("club", "150.00"),
         }
         self.step += 1
         print(f"[{self.step}/{STEPS}] final balances ...", end="", flush=True)

@@ -1,11 +1,15 @@
 """Checking the fields of a request before any rule runs: each failure names its field.
 
 The edges hand decoded JSON to these; they return clean Python values or raise `InvalidInput`.
+Text that ends up in e-mail headers, statements and CSV files carries no control or format
+characters (line and paragraph separators, bidi overrides, zero-width characters), and an
+e-mail address is exactly one plain address. `fit` shortens text for a bounded column.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -14,7 +18,15 @@ from shared.errors import InvalidInput
 
 _IDENTIFIER = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+# RFC 5322 dot-atom local part (no quoted strings, no comments, no display names), ASCII.
+_LOCAL_PART = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
+_DOMAIN_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+# Joiners spell words in Persian, Indic scripts and emoji; they reorder and hide nothing.
+_ALLOWED_FORMAT = {"\u200c", "\u200d"}
+# Cc: C0/C1 controls (NEL U+0085 included); Cf: format (bidi overrides and isolates, zero-width
+# space, BOM, soft hyphen, ...); Zl/Zp: U+2028/U+2029, which mail and JavaScript take as line
+# breaks; Cs: lone surrogates, which cannot be stored as UTF-8.
+_REFUSED_CATEGORIES = {"Cc", "Cf", "Zl", "Zp", "Cs"}
 
 
 def identifier(value: object, field: str) -> str:
@@ -39,18 +51,34 @@ def text(value: object, field: str, *, max_length: int, required: bool = True) -
         raise InvalidInput(f"{field}: must not be empty", field=field)
     if len(cleaned) > max_length:
         raise InvalidInput(f"{field}: longer than {max_length} characters", field=field)
-    if any(ord(c) < 32 and c not in "\t" for c in cleaned):
-        raise InvalidInput(f"{field}: contains control characters", field=field)
-    if any("\ud800" <= c <= "\udfff" for c in cleaned):
-        # A lone surrogate (JSON "\ud800") cannot be stored as UTF-8.
-        raise InvalidInput(f"{field}: contains an unpaired surrogate", field=field)
+    for c in cleaned:
+        if unicodedata.category(c) in _REFUSED_CATEGORIES and c not in _ALLOWED_FORMAT:
+            raise InvalidInput(
+                f"{field}: contains U+{ord(c):04X}, a control or invisible formatting character", field=field
+            )
     return cleaned
 
 
+def fit(value: str, max_length: int) -> str:
+    """`value` shortened to a column of `max_length` characters, ending in an ellipsis if cut."""
+    return value if len(value) <= max_length else value[: max_length - 1] + "\u2026"
+
+
 def email(value: object, field: str = "email") -> str:
+    """Exactly one address `local@domain.tld`: no display name, list, comment, quoted string or
+    space; the domain has at least two labels (an internationalised one is checked in IDNA form)."""
     address = text(value, field, max_length=254)
-    if not _EMAIL.fullmatch(address):
-        raise InvalidInput(f"{field}: {_show(address)} is not an e-mail address", field=field)
+    local, at, domain = address.rpartition("@")
+    refused = InvalidInput(f"{field}: {_show(address)} is not one e-mail address", field=field)
+    if not at or len(local) > 64 or not _LOCAL_PART.fullmatch(local):
+        raise refused
+    try:
+        ascii_domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise refused from None
+    labels = ascii_domain.split(".")
+    if len(labels) < 2 or not all(_DOMAIN_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
+        raise refused
     return address
 
 

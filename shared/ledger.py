@@ -17,6 +17,10 @@
    of the same key) and inserts the postings. On PostgreSQL a deferred trigger checks again
    at commit that the entry sums to zero.
 
+Keys are namespaced by the kind of booking (`payment:`, `transfer:`, `adjustment:`,
+`settlement:`, `card:`, `refund:`, `refund-reversal:`; SPEC 5), each flow prefixing the id it
+books under, so no caller-chosen id can take the key another booking needs.
+
 On PostgreSQL these steps run inside the `ledger_post` function (migration 0003): one round
 trip per booking. Elsewhere (SQLite, the embedded default) `_post_portable` runs the same
 steps from Python.

@@ -1,7 +1,8 @@
 """The payment request (SPEC 3): what other modules call to take money from a member.
 
 `parse` checks a request body (HTTP or Celery kwargs, the same fields) and returns its normal
-form. `pay` decides it atomically, under the request's row lock and the member's account lock
+form; `PaymentOrder.from_payload` rebuilds a stored one without checking today's limits again.
+A payment debits the member, so only types in that direction are accepted. `pay` decides it atomically, under the request's row lock and the member's account lock
 (taken by `ledger.post`, whose funds check is the decision):
 
 1. balance >= amount: book member -amount, counterparty +amount (nothing when
@@ -51,16 +52,18 @@ from shared.models import (
 )
 from shared.money import format_cents, parse_cents
 
-# Types a module may ask for; top-ups, settlements and corrections are booked by this service.
+# Types a module may ask for. A payment moves money from the member (to an organisation or
+# another member), so only the types in that direction (CONTRACT): Club Top Up and Refund go
+# from an organisation to a member, and top-ups, settlements and corrections are booked by
+# this service.
 PAYMENT_TYPES = {
     t.value: t
     for t in (
         EntryType.CLUB_PAYMENT,
         EntryType.CLUB_MEMBERSHIP,
-        EntryType.CLUB_TOP_UP,
         EntryType.EVENT_ENTRY,
         EntryType.MISCELLANEOUS,
-        EntryType.REFUND,
+        EntryType.CLUB_TOP_UP_REV,
     )
 }
 
@@ -84,6 +87,12 @@ class PaymentOrder:
     def payload(self) -> dict[str, Any]:
         """The JSON normal form: what is stored, hashed for idempotency and sent to the task."""
         return {**asdict(self), "amount": format_cents(self.amount)}
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> PaymentOrder:
+        """The order again from its stored normal form: it was checked when it was accepted, so
+        today's limits (a lowered maximum, a shorter description) are not applied again."""
+        return cls(**{**payload, "amount": parse_cents(payload["amount"], "amount")})
 
 
 def parse(body: Mapping[str, Any], settings: Settings) -> PaymentOrder:
@@ -154,7 +163,7 @@ def pay_at_once(engine: Engine, order: PaymentOrder, settings: Settings) -> list
         "route_code": order.route_code,
         "organisation_id": order.organisation_id,
         "other_member_id": order.other_member_id,
-        "type": PAYMENT_TYPES[order.payment_type].value,
+        "type": EntryType(order.payment_type).value,
         "description": order.description,
         "event_id": order.event_id,
         "session_id": order.session_id,
@@ -210,7 +219,7 @@ def _decide(
                 session,
                 Entry(
                     key=f"payment:{order.request_id}",
-                    type=PAYMENT_TYPES[order.payment_type],
+                    type=EntryType(order.payment_type),
                     description=order.description,
                     reference=order.request_id,
                     lines=(Line(payer, -order.amount), Line(parties.payee_account, order.amount)),
@@ -317,7 +326,7 @@ def card_money_arrived(session: Session, attempt: CardPayment, settings: Setting
     if row.kind == RequestKind.TOPUP.value:
         requests.finish(session, row, RequestStatus.PAID, result={})
         return
-    _decide(session, row, parse(row.payload, settings), settings, cards=False)
+    _decide(session, row, PaymentOrder.from_payload(row.payload), settings, cards=False)
 
 
 def card_failed(session: Session, attempt: CardPayment, reason: str, settings: Settings) -> None:
@@ -326,7 +335,7 @@ def card_failed(session: Session, attempt: CardPayment, reason: str, settings: S
     if row is None:
         return
     if row.kind == RequestKind.PAYMENT.value and attempt.kind == CardPaymentKind.AUTO_TOP_UP.value:
-        order = parse(row.payload, settings)
+        order = PaymentOrder.from_payload(row.payload)
         balance = ledger.balance(session, profiles.get_member(session, order.member_id).account_id)
         if _open_checkout(session, order, order.amount - balance):
             return

@@ -1,9 +1,14 @@
 """What payments keeps of members and organisations, and their accounts (CONTRACT: members and
 organisations). The other modules own people and clubs; they tell us names and e-mails with
-PUT, which creates the profile and its ledger account on first use and updates it after."""
+PUT, which creates the profile and its ledger account on first use and updates it after.
+
+An optional field left out of a PUT keeps its stored value (`KEEP`); an explicit null puts
+back the default (the settlement fee: SPEC 2's default; the minimum balance: 0.00; low-balance
+e-mails: off). So an update that does not mention a negotiated fee never resets it."""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -14,19 +19,28 @@ from shared.errors import NotFound
 from shared.models import Account, AccountKind, Member, Organisation, SystemAccount, utcnow
 
 
+class Keep(enum.Enum):
+    """An optional field that was left out: the stored value stays (a new profile: the default)."""
+
+    KEEP = "keep"
+
+
+KEEP = Keep.KEEP
+
+
 @dataclass(frozen=True)
 class MemberDetails:
     email: str
     first_name: str
     last_name: str
-    low_balance_emails: bool | None = None  # None: keep (new profiles: off)
+    low_balance_emails: bool | None | Keep = KEEP  # None: the default, off
 
 
 @dataclass(frozen=True)
 class OrganisationDetails:
     name: str
-    settlement_fee_percent: Decimal | None = None  # None: the default of SPEC 2
-    minimum_balance_after_settlement: int | None = None  # None: keep (new: 0)
+    settlement_fee_percent: Decimal | None | Keep = KEEP  # None: the default of SPEC 2 (stored NULL)
+    minimum_balance_after_settlement: int | None | Keep = KEEP  # None: the default, 0
 
 
 def put_member(
@@ -49,8 +63,8 @@ def put_member(
     member.email = details.email
     member.first_name = details.first_name
     member.last_name = details.last_name
-    if details.low_balance_emails is not None:
-        member.low_balance_emails = details.low_balance_emails
+    if details.low_balance_emails is not KEEP:
+        member.low_balance_emails = bool(details.low_balance_emails)
     member.updated_at = now
     session.flush()
     return member, created
@@ -70,9 +84,10 @@ def put_organisation(
         )
         session.add(org)
     org.name = details.name
-    org.settlement_fee_percent = details.settlement_fee_percent
-    if details.minimum_balance_after_settlement is not None:
-        org.minimum_balance_after_settlement = details.minimum_balance_after_settlement
+    if not isinstance(details.settlement_fee_percent, Keep):
+        org.settlement_fee_percent = details.settlement_fee_percent
+    if not isinstance(details.minimum_balance_after_settlement, Keep):
+        org.minimum_balance_after_settlement = details.minimum_balance_after_settlement or 0
     org.updated_at = now
     session.flush()
     return org, created

@@ -42,6 +42,12 @@ class RefundOrder:
     def payload(self) -> dict[str, Any]:
         return {**asdict(self), "amount": None if self.amount is None else format_cents(self.amount)}
 
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> RefundOrder:
+        """The order again from its stored normal form, without today's limits."""
+        amount = payload["amount"]
+        return cls(**{**payload, "amount": None if amount is None else parse_cents(amount, "amount")})
+
 
 def parse(body: Mapping[str, Any], settings: Settings) -> RefundOrder:
     by = body.get("by")
@@ -121,7 +127,7 @@ def _send_to_card(sessions: sessionmaker[Session], gateway: StripeGateway, setti
         row = requests.get(session, request_id)
         if not row.queued or not (row.result or {}).get("booked"):
             return
-        order = parse(row.payload, settings)
+        order = RefundOrder.from_payload(row.payload)
         to_card = parse_cents((row.result or {})["to_card"])
     try:
         refund = gateway.refund(payment_intent_id=order.payment_intent_id, amount_cents=to_card,
@@ -153,7 +159,7 @@ def _reverse(session: Session, request_id: str, reason: str, settings: Settings)
     row = requests.lock_existing(session, request_id)
     if not row.queued:
         return
-    order = parse(row.payload, settings)
+    order = RefundOrder.from_payload(row.payload)
     card = session.scalar(
         select(CardPayment).where(CardPayment.payment_intent_id == order.payment_intent_id).with_for_update()
     )

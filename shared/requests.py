@@ -7,7 +7,8 @@ task starts: it stores the request if it is new and takes its row lock in the sa
 so duplicates of one request are decided one after the other and only the first does anything.
 The same id with a different payload is a `Conflict`. `finish` sets the outcome and, for a
 terminal outcome of a request with a route code, writes its one callback to the outbox in the
-same transaction.
+same transaction. Its reason (often an error's text) is fitted to the column, so no message,
+however long, can strand a request.
 
 These run on every payment, so they use prebuilt Core statements: one round trip each.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass, fields as dataclass_fields
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, select, update
+from sqlalchemy import String, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -30,6 +31,7 @@ from shared.errors import Conflict, NotFound
 from shared.models import PaymentRequest, RequestKind, RequestStatus, utcnow
 from shared.money import format_cents
 
+REASON_LENGTH = cast(String, PaymentRequest.__table__.c.reason.type).length or 300
 SUCCESS_STATUSES = (RequestStatus.PAID, RequestStatus.COMPLETED)
 TERMINAL = {s.value for s in (*SUCCESS_STATUSES, RequestStatus.DECLINED, RequestStatus.FAILED)}
 
@@ -148,6 +150,26 @@ def lock_existing(session: Session, request_id: str) -> Request:
     return Request(**found._mapping)
 
 
+def accepted(session: Session, kind: RequestKind, raw: dict[str, Any]) -> Request | None:
+    """The stored request these task kwargs are, if they are exactly its stored normal form.
+
+    A redriven request carries its stored payload, checked when it was accepted: the task
+    rebuilds it from that form (`from_payload`) rather than check it against today's limits,
+    which may have been lowered since. Anything else is new input and is checked in full."""
+    request_id = raw.get("request_id")
+    if not isinstance(request_id, str):
+        return None
+    found = session.connection().execute(_GET, {"request_id": request_id}).one_or_none()
+    if found is None:
+        return None
+    row = Request(**found._mapping)
+    try:
+        digest = payload_hash(kind, raw)
+    except (TypeError, ValueError):  # not JSON: not a stored payload
+        return None
+    return row if row.kind == kind.value and row.payload_hash == digest else None
+
+
 def get(session: Session, request_id: str) -> Request:
     found = session.connection().execute(_GET, {"request_id": request_id}).one_or_none()
     if found is None:
@@ -164,7 +186,12 @@ def finish(
     result: dict[str, Any] | None = None,
     amount: int | None = None,
 ) -> None:
-    """Set the outcome; a terminal outcome of a routed request queues its one callback."""
+    """Set the outcome; a terminal outcome of a routed request queues its one callback.
+
+    The reason is shortened to its column (an ellipsis marks the cut): the callback carries the
+    same text as the status document."""
+    if reason is not None:
+        reason = fields.fit(reason, REASON_LENGTH)
     row.status, row.reason, row.updated_at = status.value, reason, utcnow()
     if result is not None:
         row.result = result

@@ -1,12 +1,19 @@
 """Settlements (SPEC 5): paying an organisation's money out to its bank, per organisation for a
 reference date (default: the last day of last month, local time).
 
-gross = the balance at the end of the reference date; net = gross - the organisation's minimum
-balance after settlement (or the admin's override amount); only net > 0 is settled;
-bank amount = round(net * (1 - fee/100), 2), half up; booking: organisation -net,
+gross = the balance at the end of the reference date, less what settlements booked after that
+date have already paid out of it; net = gross - the organisation's minimum balance after
+settlement, or the admin's override amount, which may not exceed that net; only net > 0 is
+settled; bank amount = round(net * (1 - fee/100), 2), half up; booking: organisation -net,
 `bank` +bank amount, `fees` +(net - bank amount). Example: 1000.00, minimum 100.00, 2 % ->
-net 900.00, bank 882.00, fee 18.00. One organisation and reference date settle once, whatever
-the request id: the entry's idempotency key is `settlement:{org}:{date}`.
+net 900.00, bank 882.00, fee 18.00.
+
+Money is settled once whatever the order of the dates: one organisation and reference date
+settle once, whatever the request id (the entry's idempotency key is
+`settlement:{org}:{date}`), and a reference date on or before the organisation's latest
+settled date, or one that has not ended, is refused in that organisation's result. Every check
+is made under the organisation's account lock, so two settlements of one organisation (for any
+dates) are decided one after the other, the second seeing the first's booking.
 """
 
 from __future__ import annotations
@@ -17,14 +24,23 @@ from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared import fields, ledger, profiles, requests, statements
 from shared.config import Settings
 from shared.errors import Conflict, InsufficientFunds, InvalidInput, NotFound
 from shared.ledger import Entry, Line
-from shared.models import EntryType, JournalEntry, Organisation, RequestKind, RequestStatus, SystemAccount, utcnow
+from shared.models import (
+    EntryType,
+    JournalEntry,
+    Organisation,
+    Posting,
+    RequestKind,
+    RequestStatus,
+    SystemAccount,
+    utcnow,
+)
 from shared.money import format_cents, parse_cents
 
 MAX_ORGANISATIONS = 1000
@@ -45,6 +61,18 @@ class SettlementOrder:
                 for org, o in self.organisations
             ],
         }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> SettlementOrder:
+        """The order again from its stored normal form, without today's limits."""
+        return cls(
+            request_id=payload["request_id"],
+            reference_date=date.fromisoformat(payload["reference_date"]),
+            organisations=tuple(
+                (item["organisation_id"], None if item["override_amount"] is None else parse_cents(item["override_amount"]))
+                for item in payload["organisations"]
+            ),
+        )
 
 
 def default_reference_date(today: date) -> date:
@@ -122,13 +150,30 @@ def settle(session: Session, order: SettlementOrder, settings: Settings) -> requ
 def _settle_one(
     session: Session, order: SettlementOrder, org_id: str, override: int | None, settings: Settings
 ) -> dict[str, Any]:
+    """One organisation, under its account lock (taken by `settle`)."""
     key = f"settlement:{org_id}:{order.reference_date.isoformat()}"
     earlier = session.scalar(select(JournalEntry.id).where(JournalEntry.idempotency_key == key))
     if earlier is not None:
         return {"organisation_id": org_id, "status": "already_settled", "entry_id": earlier}
     org = profiles.get_organisation(session, org_id)
-    gross = statements.balance_at_end_of(session, org.account_id, order.reference_date, settings.time_zone)
-    net = override if override is not None else gross - org.minimum_balance_after_settlement
+    end = statements.end_of_local_day(order.reference_date, settings.time_zone)
+    if end > utcnow():
+        return _refused(org_id, f"reference_date: {order.reference_date} has not ended yet")
+    latest = latest_settled_date(session, org.account_id)
+    if latest is not None and order.reference_date <= latest:
+        return _refused(
+            org_id,
+            f"reference_date: organisation {org_id} is settled to {latest.isoformat()}; "
+            f"{order.reference_date.isoformat()} is not after it",
+        )
+    gross = ledger.balance_at(session, org.account_id, end) - settled_since(session, org.account_id, end)
+    net = gross - org.minimum_balance_after_settlement
+    if override is not None:
+        if override > net:
+            return _refused(
+                org_id, f"override_amount: {format_cents(override)} is more than the net {format_cents(max(net, 0))}"
+            )
+        net = override
     result: dict[str, Any] = {"organisation_id": org_id, "gross": format_cents(gross), "net": format_cents(max(net, 0))}
     if net <= 0:
         return {**result, "status": "nothing_to_settle"}
@@ -162,3 +207,33 @@ def _settle_one(
         "fee": format_cents(net - bank),
         "entry_id": booking.entry_id,
     }
+
+
+def latest_settled_date(session: Session, account_id: int) -> date | None:
+    """The latest reference date the account was settled to: the date that ends each
+    settlement's key `settlement:{org}:{YYYY-MM-DD}`."""
+    key = JournalEntry.idempotency_key
+    latest = session.scalar(
+        select(func.max(func.substr(key, func.length(key) - 9)))
+        .join(Posting, Posting.entry_id == JournalEntry.id)
+        .where(Posting.account_id == account_id, JournalEntry.type == EntryType.SETTLEMENT.value)
+    )
+    return None if latest is None else date.fromisoformat(latest)
+
+
+def settled_since(session: Session, account_id: int, since: datetime) -> int:
+    """What settlements booked at or after `since` took out of the account, in cents (>= 0)."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(-Posting.amount), 0))
+        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+        .where(
+            Posting.account_id == account_id,
+            JournalEntry.type == EntryType.SETTLEMENT.value,
+            JournalEntry.created_at >= since,
+        )
+    )
+    return int(total or 0)
+
+
+def _refused(org_id: str, reason: str) -> dict[str, Any]:
+    return {"organisation_id": org_id, "status": "failed", "reason": reason}

@@ -198,6 +198,11 @@ class TopupOrder:
     def payload(self) -> dict[str, Any]:
         return {**asdict(self), "amount": format_cents(self.amount)}
 
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> TopupOrder:
+        """The order again from its stored normal form, without today's limits."""
+        return cls(**{**payload, "amount": parse_cents(payload["amount"], "amount")})
+
 
 def parse_topup(body: Mapping[str, Any], settings: Settings) -> TopupOrder:
     return TopupOrder(

@@ -31,6 +31,11 @@ class TransferOrder:
     def payload(self) -> dict[str, Any]:
         return {**asdict(self), "amount": format_cents(self.amount)}
 
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> TransferOrder:
+        """The order again from its stored normal form, without today's limits."""
+        return cls(**{**payload, "amount": parse_cents(payload["amount"], "amount")})
+
 
 def parse(body: Mapping[str, Any], settings: Settings) -> TransferOrder:
     source = fields.only_one(dict(body), "from_member_id", "from_organisation_id")

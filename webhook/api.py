@@ -5,7 +5,8 @@ configured token the API answers 503 rather than run open."""
 from __future__ import annotations
 
 import hmac
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
@@ -15,10 +16,11 @@ from shared.adjustments import Adjustment, book_adjustment
 from shared.errors import InvalidInput, PaymentsError, ServiceUnavailable
 from shared.models import Member, Organisation
 from shared.money import format_cents, parse_cents
-from shared.profiles import MemberDetails, OrganisationDetails
+from shared.profiles import KEEP, Keep, MemberDetails, OrganisationDetails
 from webhook import context
 
 blueprint = Blueprint("api", __name__, url_prefix="/api")
+T = TypeVar("T")
 
 
 class Unauthorized(PaymentsError):
@@ -45,12 +47,11 @@ def _authenticate() -> None:
 def put_member(member_id: str) -> ResponseReturnValue:
     member_id = fields.identifier(member_id, "member_id")
     body = context.json_body()
-    low = body.get("low_balance_emails")
     details = MemberDetails(
         email=fields.email(body.get("email")),
         first_name=fields.text(body.get("first_name"), "first_name", max_length=100),
         last_name=fields.text(body.get("last_name"), "last_name", max_length=100),
-        low_balance_emails=None if low is None else fields.boolean(low, "low_balance_emails"),
+        low_balance_emails=_optional(body, "low_balance_emails", fields.boolean),
     )
     with context.transaction() as session:
         member, created = profiles.put_member(
@@ -107,18 +108,14 @@ def member_statement(member_id: str) -> ResponseReturnValue:
 def put_organisation(org_id: str) -> ResponseReturnValue:
     org_id = fields.identifier(org_id, "organisation_id")
     body = context.json_body()
-    fee = body.get("settlement_fee_percent")
-    minimum = body.get("minimum_balance_after_settlement")
+    limit = context.settings().max_amount
     details = OrganisationDetails(
         name=fields.text(body.get("name"), "name", max_length=200),
-        settlement_fee_percent=None if fee is None else fields.percent(fee, "settlement_fee_percent"),
-        minimum_balance_after_settlement=None
-        if minimum is None
-        else parse_cents(
-            minimum,
+        settlement_fee_percent=_optional(body, "settlement_fee_percent", fields.percent),
+        minimum_balance_after_settlement=_optional(
+            body,
             "minimum_balance_after_settlement",
-            minimum=0,
-            maximum=context.settings().max_amount,
+            lambda value, field: parse_cents(value, field, minimum=0, maximum=limit),
         ),
     )
     with context.transaction() as session:
@@ -203,6 +200,14 @@ def admin_summary() -> ResponseReturnValue:
 
 
 # Shaping ----------------------------------------------------------------------------------
+
+
+def _optional(body: dict[str, Any], field: str, check: Callable[[Any, str], T]) -> T | None | Keep:
+    """An optional profile field: absent keeps the stored value, null means the default."""
+    if field not in body:
+        return KEEP
+    value = body[field]
+    return None if value is None else check(value, field)
 
 
 def _member_json(member: Member) -> dict[str, Any]:

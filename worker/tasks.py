@@ -2,7 +2,8 @@
 
 Tasks take ids or plain JSON fields, never ORM objects. Transient database, broker or Stripe
 errors retry with exponential backoff and jitter; bad input is recorded as a failed request and
-never retried. After commit, `carry_out` makes the card calls a step scheduled and hands the
+never retried. Kwargs that are exactly a stored request's normal form (a redrive) are rebuilt
+from it without today's limits, so lowering a limit never strands an accepted request. After commit, `carry_out` makes the card calls a step scheduled and hands the
 outbox rows it wrote to `payments.dispatch_outbox`. The periodic jobs are in scheduler/jobs.py.
 """
 
@@ -60,6 +61,16 @@ def refund(**fields: Any) -> str:
     return _decide(RequestKind.REFUND, fields, refunds.parse, refunds.book)
 
 
+# Each kind's order rebuilt from its stored normal form, without today's limits.
+FROM_PAYLOAD: dict[RequestKind, Callable[[dict[str, Any]], Any]] = {
+    RequestKind.PAYMENT: payments.PaymentOrder.from_payload,
+    RequestKind.TRANSFER: transfers.TransferOrder.from_payload,
+    RequestKind.SETTLEMENT: settlements.SettlementOrder.from_payload,
+    RequestKind.TOPUP: topups.TopupOrder.from_payload,
+    RequestKind.REFUND: refunds.RefundOrder.from_payload,
+}
+
+
 @app.task(name="payments.process_stripe_event", soft_time_limit=60, time_limit=90, **RETRY)
 def process_stripe_event(event_id: str) -> str:
     outcome, effects = stripe_events.process(sessions(), gateway(), settings(), event_id)
@@ -104,7 +115,14 @@ def _decide(
     try:
         order = parse(fields, config)
     except InvalidInput as exc:
-        return _reject(kind, fields, exc)
+        # Accepted and stored before a limit was lowered (a redrive sends the stored form)?
+        with sessions().begin() as session:
+            stored = requests.accepted(session, kind, fields)
+        if stored is None:
+            return _reject(kind, fields, exc)
+        if not stored.queued:
+            return stored.status
+        order = FROM_PAYLOAD[kind](stored.payload)
     if at_once is not None:
         # The plain case in one statement; None means it wrote nothing and `act` decides.
         outbox_ids = at_once(engine(), order, config)

@@ -21,7 +21,7 @@ STEPS = [
     "[3/8] bob saves a card for auto top-up (and is topped up 100.00) ... ok (auto top-up on, balance 100.00)",
     "[4/8] bob pays the club 150.00 (auto top-up covers it) ... ok (paid; bob 100.00, club 150.00)",
     "[5/8] ann transfers 25.00 to bob ... ok (paid; ann 35.00, bob 125.00)",
-    "[6/8] the club is settled (override 100.00, reference date yesterday) ... ok",
+    "[6/8] the club is settled to yesterday (its money came today: nothing to settle) ... ok",
     "[7/8] statements ... ok",
     "[8/8] final balances ... ok",
 ]
@@ -48,9 +48,9 @@ def test_demo_tells_the_whole_story_against_payments_run_twice(tmp_path: Path, m
             lines = demo.stdout.splitlines()
             for step in STEPS:
                 assert any(line.startswith(step) for line in lines), f"missing {step!r} in\n{demo.stdout}"
-            assert "net 100.00, bank 98.00, fee 2.00" in demo.stdout
-            assert lines[-1] == "balances as expected: ann 35.00, bob 125.00, club 50.00"
-            assert "statement of club-" in demo.stdout and "Settlement" in demo.stdout
+            assert "nothing_to_settle for " in demo.stdout and "gross 0.00, net 0.00" in demo.stdout
+            assert lines[-1] == "balances as expected: ann 35.00, bob 125.00, club 150.00"
+            assert "statement of club-" in demo.stdout and "Settlement" not in demo.stdout
 
         stack.send_signal(signal.SIGINT)
         assert stack.wait(timeout=30) == 0

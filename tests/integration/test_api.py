@@ -4,6 +4,7 @@ CONTRACT's error shape naming the field, idempotent adjustments, and never a 500
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,7 +14,10 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 from werkzeug.test import TestResponse
 
-from shared.models import AutoTopUpStatus, JournalEntry, Member
+from shared import ledger, payments, profiles, settlements, topups
+from shared.config import Settings
+from shared.ledger import Entry, Line
+from shared.models import AutoTopUpStatus, CardPaymentKind, EntryType, JournalEntry, Member, SystemAccount
 from tests.integration.helpers import top_up
 
 # Every route of webhook/api.py, with a path that exists once `existing` has run.
@@ -789,3 +793,140 @@ def test_a_body_of_just_under_one_mebibyte_is_read(client, auth, existing) -> No
     response = client.post("/api/adjustments", data=body, content_type="application/json", headers=auth)
     # Read and checked (the description is too long), not refused for size.
     assert_error(response, 400, "invalid_input", "description")
+
+
+# Keys namespaced by kind (SPEC 5) ---------------------------------------------------------
+
+
+def test_an_adjustment_is_booked_under_its_kind_with_the_request_id_as_reference(client, auth, sessions, existing) -> None:
+    assert adjust(client, auth).status_code == 201
+    with sessions.begin() as session:
+        entry = session.scalars(select(JournalEntry)).one()
+        assert (entry.idempotency_key, entry.reference) == ("adjustment:adj-1", "adj-1")
+
+
+def test_an_adjustment_named_like_a_payment_leaves_the_payment_its_booking(client, auth, sessions, existing) -> None:
+    assert adjust(client, auth, request_id="payment:r1", amount="50.00").status_code == 201
+    order = payments.parse({"request_id": "r1", "member_id": "ann", "amount": "30.00", "description": "Table money",
+                            "organisation_id": "club"}, Settings())
+    with sessions.begin() as session:
+        assert payments.pay(session, order, Settings()).status == "paid"
+    assert balance(client, auth) == "20.00"
+
+
+def test_an_adjustment_named_like_a_settlement_leaves_the_settlement_its_booking(client, auth, sessions, existing) -> None:
+    with sessions.begin() as session:
+        club = profiles.get_organisation(session, "club").account_id
+        ledger.post(session, Entry("takings", EntryType.CLUB_PAYMENT, "Table money",
+                                   (Line(club, 1000_00), Line(profiles.system_account(session, SystemAccount.STRIPE), -1000_00))),
+                    now=datetime(2025, 10, 15, tzinfo=UTC))
+    assert adjust(client, auth, request_id="settlement:club:2025-10-31").status_code == 201
+    order = settlements.parse({"request_id": "s1", "reference_date": "2025-10-31",
+                               "organisations": [{"organisation_id": "club"}]}, Settings())
+    with sessions.begin() as session:
+        row = settlements.settle(session, order, Settings())
+    assert row.result is not None
+    assert (row.result["organisations"][0]["status"], row.result["organisations"][0]["net"]) == ("settled", "1000.00")
+
+
+def test_an_adjustment_named_like_card_money_leaves_the_card_money_its_booking(client, auth, sessions, existing) -> None:
+    assert adjust(client, auth, request_id="card:checkout:r9").status_code == 201
+    with sessions.begin() as session:
+        attempt = topups.open_attempt(session, key="checkout:r9", kind=CardPaymentKind.CHECKOUT, member_id="ann",
+                                      amount=25_00, request_id="r9")
+        assert attempt is not None
+        assert topups.book_card_money(session, attempt, payment_intent_id="pi_r9").replayed is False
+    assert balance(client, auth) == "35.00"
+
+
+def test_an_adjustment_booked_under_its_bare_request_id_still_replays(client, auth, sessions, existing) -> None:
+    """Before keys were namespaced an adjustment's key was its request id: it stays readable."""
+    with sessions.begin() as session:
+        ann = profiles.get_member(session, "ann").account_id
+        adjustments = profiles.system_account(session, SystemAccount.ADJUSTMENTS)
+        first = ledger.post(session, Entry("adj-1", EntryType.MANUAL_ADJUSTMENT, "Goodwill credit",
+                                           (Line(ann, 10_00), Line(adjustments, -10_00)), admin_id="admin-7"))
+    again = adjust(client, auth)
+    assert again.status_code == 200
+    assert (again.get_json()["entry_id"], again.get_json()["replayed"]) == (first.entry_id, True)
+    assert_error(adjust(client, auth, amount="11.00"), 409, "conflict", "request_id")
+    assert balance(client, auth) == "10.00"
+    assert entry_count(sessions) == 1
+
+
+# Optional profile fields: absent keeps, null means the default ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "shown", "default"),
+    [
+        ("settlement_fee_percent", "3.5", "3.50", None),
+        ("minimum_balance_after_settlement", "250.00", "250.00", "0.00"),
+    ],
+)
+def test_an_organisation_update_without_an_optional_field_keeps_it_and_null_restores_the_default(
+    client, auth, field, value, shown, default
+) -> None:
+    assert put_organisation(client, auth, "club", **{field: value}).get_json()[field] == shown
+    assert put_organisation(client, auth, "club", name="North Shore BC").get_json()[field] == shown
+    assert client.get("/api/organisations/club", headers=auth).get_json()[field] == shown
+    assert put_organisation(client, auth, "club", **{field: None}).get_json()[field] == default
+
+
+def test_a_member_update_without_low_balance_emails_keeps_it_and_null_turns_it_off(client, auth) -> None:
+    assert put_member(client, auth, "ann", low_balance_emails=True).get_json()["low_balance_emails"] is True
+    assert put_member(client, auth, "ann", first_name="Annie").get_json()["low_balance_emails"] is True
+    assert put_member(client, auth, "ann", low_balance_emails=None).get_json()["low_balance_emails"] is False
+
+
+# Payment types in the wrong direction, names and e-mail addresses --------------------------
+
+
+@pytest.mark.parametrize("payment_type", ["Refund", "Club Top Up", "Org Transfer", "Settlement", "Card Refund"])
+def test_a_payment_typed_in_the_organisation_to_member_direction_is_a_400_naming_payment_type(
+    client, auth, existing, payment_type
+) -> None:
+    body = {"request_id": "p1", "member_id": "ann", "amount": "5.00", "description": "Table money",
+            "organisation_id": "club", "payment_type": payment_type}
+    assert_error(client.post("/api/payments", json=body, headers=auth), 400, "invalid_input", "payment_type")
+    assert_error(client.get("/api/payments/p1", headers=auth), 404, "not_found")
+
+
+HEADER_BREAKERS = {
+    "line separator": "Ann\u2028Bcc: victim@example.org",
+    "paragraph separator": "Ann\u2029Lee",
+    "next line": "Ann\u0085Lee",
+    "right-to-left override": "Ann\u202eeeL",
+    "left-to-right isolate": "Ann\u2066Lee",
+    "zero-width space": "An\u200bn",
+    "carriage return": "Ann\rLee",
+    "tab": "Ann\tLee",
+}
+
+
+@pytest.mark.parametrize("name", HEADER_BREAKERS.values(), ids=HEADER_BREAKERS.keys())
+@pytest.mark.parametrize("field", ["first_name", "last_name"])
+def test_a_member_name_with_a_control_or_formatting_character_is_a_400_naming_it(client, auth, field, name) -> None:
+    assert_error(put_member(client, auth, "ann", **{field: name}), 400, "invalid_input", field)
+
+
+@pytest.mark.parametrize("name", HEADER_BREAKERS.values(), ids=HEADER_BREAKERS.keys())
+def test_an_organisation_name_or_description_with_a_control_or_formatting_character_is_a_400(
+    client, auth, sessions, existing, name
+) -> None:
+    assert_error(put_organisation(client, auth, "club", name=name), 400, "invalid_input", "name")
+    assert_error(adjust(client, auth, description=name), 400, "invalid_input", "description")
+    assert entry_count(sessions) == 0
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["x@evil.io,victim@example.org", "evil,victim@example.org", "victim@example.org,evil.io",
+     "x@evil.io;victim@example.org", "victim;x@example.org", "x@evil.io victim@example.org",
+     "Ann <ann@example.org>", "<ann@example.org>", '"ann"@example.org', "ann@example.org\u2028"
+     "Bcc: victim@example.org"],
+    ids=["two-addresses-comma", "comma-local", "comma-domain", "two-addresses-semicolon", "semicolon-local",
+         "space", "display-name", "angle-brackets", "quoted", "line-separator"],
+)
+def test_a_member_email_that_is_not_exactly_one_address_is_a_400_naming_email(client, auth, address) -> None:
+    assert_error(put_member(client, auth, "ann", email=address), 400, "invalid_input", "email")

@@ -10,10 +10,10 @@ from freezegun import freeze_time
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import payments, profiles, requests
+from shared import payments, profiles, requests, topups
 from shared.config import Settings
 from shared.errors import Conflict, InvalidInput
-from shared.models import CardPayment, Member, OutboxMessage, SystemAccount
+from shared.models import CardPayment, CardPaymentKind, Member, OutboxMessage, SystemAccount
 from tests.integration.helpers import add_member, add_organisation, balance_of, top_up
 
 
@@ -192,6 +192,11 @@ def test_members_who_did_not_opt_in_get_no_low_balance_email(sessions, world) ->
         ({"description": ""}, "description"),
         ({"description": "x" * 81}, "description"),
         ({"payment_type": "Settlement"}, "payment_type"),
+        # Organisation -> member types: a payment debits the member.
+        ({"payment_type": "Refund"}, "payment_type"),
+        ({"payment_type": "Club Top Up"}, "payment_type"),
+        ({"payment_type": "Org Transfer"}, "payment_type"),
+        ({"payment_type": "Manual Adjustment"}, "payment_type"),
         ({"other_member_id": "bob"}, "organisation_id"),
         ({"organisation_id": None, "other_member_id": "ann"}, "other_member_id"),
         ({"book_internals": "yes"}, "book_internals"),
@@ -206,3 +211,61 @@ def test_bad_payment_requests_name_the_field(overrides: dict, field: str) -> Non
             {"member_id": "ann", "amount": "1.00", "description": "x"}, Settings()
         )
     assert caught.value.field == field
+
+
+# Payment types, stored requests and long reasons ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "payment_type", ["Club Payment", "Club Membership", "Entry to an event", "Miscellaneous", "Club Top Up Rev"]
+)
+def test_a_payment_is_booked_under_each_type_in_the_member_to_organisation_direction(
+    sessions, world, payment_type
+) -> None:
+    assert pay(sessions, order(payment_type=payment_type)).status == "paid"
+    with sessions.begin() as session:
+        assert session.scalar(text("SELECT type FROM journal_entries WHERE idempotency_key = 'payment:r1'")) == payment_type
+
+
+def test_a_payment_waiting_for_card_money_is_paid_after_the_amount_limit_was_lowered(sessions, world) -> None:
+    accepted = order(amount="150.00", allow_checkout=True)
+    with sessions.begin() as session:
+        assert payments.pay(session, accepted, Settings()).status == "queued"
+        [attempt] = session.scalars(select(CardPayment)).all()
+        topups.book_card_money(session, attempt, payment_intent_id="pi_test_1")
+    lowered = Settings(max_amount=100_00)
+    with pytest.raises(InvalidInput):  # new input is still checked against the lowered limit
+        payments.parse(accepted.payload(), lowered)
+    with sessions.begin() as session:
+        [attempt] = session.scalars(select(CardPayment)).all()
+        payments.card_money_arrived(session, attempt, lowered)
+        assert requests.get(session, "r1").status == "paid"
+    assert balance_of(sessions, world["ann"]) == 0
+    assert balance_of(sessions, world["club"]) == 150_00
+
+
+def test_a_payment_whose_card_failed_is_declined_after_the_amount_limit_was_lowered(sessions, world) -> None:
+    accepted = order(amount="150.00")
+    with sessions.begin() as session:
+        payments.record(session, accepted)
+        attempt = topups.open_attempt(session, key="pay-topup:r1", kind=CardPaymentKind.AUTO_TOP_UP,
+                                      member_id="ann", amount=100_00, request_id="r1")
+        assert attempt is not None
+        payments.card_failed(session, attempt, "card declined", Settings(max_amount=100_00))
+        assert requests.get(session, "r1").status == "declined"
+
+
+def test_a_reason_longer_than_its_column_is_shortened_and_the_request_still_ends(sessions, world) -> None:
+    long_reason = "Your card was declined by the issuing bank: " + "do not honour; " * 40
+    with sessions.begin() as session:
+        payments.record(session, order(route_code="EVT"))
+        attempt = topups.open_attempt(session, key="pay-topup:r1", kind=CardPaymentKind.AUTO_TOP_UP,
+                                      member_id="ann", amount=100_00, request_id="r1")
+        assert attempt is not None
+        payments.card_failed(session, attempt, long_reason, Settings())
+    with sessions.begin() as session:
+        row = requests.get(session, "r1")
+    assert row.status == "declined"
+    assert row.reason is not None and len(row.reason) == requests.REASON_LENGTH
+    assert row.reason.startswith("auto top-up failed: Your card was declined") and row.reason.endswith("\u2026")
+    assert [c["reason"] for c in callbacks(sessions)] == [row.reason]
