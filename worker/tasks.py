@@ -3,8 +3,9 @@
 Tasks take ids or plain JSON fields, never ORM objects. Transient database, broker or Stripe
 errors retry with exponential backoff and jitter; bad input is recorded as a failed request and
 never retried. Kwargs that are exactly a stored request's normal form (a redrive) are rebuilt
-from it without today's limits, so lowering a limit never strands an accepted request. After commit, `carry_out` makes the card calls a step scheduled and hands the
-outbox rows it wrote to `payments.dispatch_outbox`. The periodic jobs are in scheduler/jobs.py.
+from it without today's limits, so lowering a limit never strands an accepted request. After
+commit, `carry_out` makes the card calls a step scheduled and hands the outbox rows it wrote to
+`payments.dispatch_outbox`. The periodic jobs are in scheduler/jobs.py.
 """
 
 from __future__ import annotations
