@@ -101,9 +101,12 @@ class TcpProxy:
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close with a TCP reset (SO_LINGER 0): the peer gets `connection reset`, not a clean end."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        pass
+    """End the connection at once with a TCP reset (SO_LINGER 0). The shutdown comes first: on
+    Linux, closing a socket that a pump thread is blocked reading does not end the connection."""
+    for end in (lambda: sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)),
+                lambda: sock.shutdown(socket.SHUT_RDWR)):
+        try:
+            end()
+        except OSError:
+            pass
     sock.close()

@@ -61,7 +61,8 @@ def refund_worker(
     log = tmp_path_factory.mktemp("refund-worker") / "worker.log"
     env = worker_env(database_url, PAYMENTS_BROKER_URL=private_broker, PAYMENTS_STRIPE_API_BASE=stripe_link.url,
                      PAYMENTS_TEST_CRASH_AFTER_REFUND_BOOKED=CRASH_AFTER_BOOKING,
-                     PAYMENTS_TEST_CRASH_AFTER_REFUND_SENT=CRASH_AFTER_STRIPE)
+                     PAYMENTS_TEST_CRASH_AFTER_REFUND_SENT=CRASH_AFTER_STRIPE,
+                     PAYMENTS_RECONCILE_AFTER_SECONDS="1")  # for tests that send payments.reconcile
     process = start(["worker", "--concurrency", "1", "--hostname", f"refunds-{uuid.uuid4().hex[:8]}@%h"], env, log)
     sender = Celery(broker=private_broker)
     try:
