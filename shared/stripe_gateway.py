@@ -13,8 +13,8 @@ The same code runs against Stripe and against localstripe, which differs in a fe
 handled here: it returns `requires_action` where Stripe raises `authentication_required`
 off-session, embeds `latest_charge` as an object, has no `amount_received`, does not attach a
 SetupIntent's card to the customer, and has neither search nor listing PaymentIntents by
-customer (it ignores `Idempotency-Key` too, which only our attempt rows can make up for, and
-looking a charge or a refund up by our key before making it again).
+customer. It ignores `Idempotency-Key` too: our attempt rows make up for that, and so does
+looking a charge or a refund up by our key before making it again.
 """
 
 from __future__ import annotations
