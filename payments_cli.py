@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     replay_event = events_verbs.add_parser("replay", help="process a stored event again now")
     replay_event.add_argument("event_id")
 
-    verbs.add_parser("reconcile", help="finish open card payments from Stripe's state now")
+    verbs.add_parser("reconcile", help="send booked card refunds and finish open card payments from Stripe's state now")
 
     run = verbs.add_parser("run", help="the whole stack locally; Ctrl-C stops it")
     run.add_argument("--host", default="127.0.0.1")

@@ -9,7 +9,7 @@ from datetime import timedelta
 from kombu.exceptions import BatchPublishError
 from kombu.exceptions import OperationalError as BrokerError
 
-from shared import charges, inbox, outbox, requests, topups
+from shared import charges, inbox, outbox, refunds, requests, topups
 from shared.models import utcnow
 from worker.app import app, gateway, sessions, settings
 from worker.tasks import RETRY, carry_out, dispatch
@@ -73,11 +73,14 @@ def redrive_requests() -> int:
 
 @app.task(name="payments.reconcile", soft_time_limit=300, time_limit=330, **RETRY)
 def reconcile() -> str:
-    """Card payments still open after a while are finished from Stripe's state."""
+    """Card refunds booked but not sent are sent (each on its own; at most 120 s of them per
+    run), then card payments still open after a while are finished from Stripe's state."""
     config = settings()
-    effects = charges.reconcile(sessions(), gateway(), config, timedelta(seconds=config.reconcile_after_seconds))
+    older_than = timedelta(seconds=config.reconcile_after_seconds)
+    sent, unsent = refunds.reconcile(sessions(), gateway(), config, older_than, budget_seconds=120)
+    effects = charges.reconcile(sessions(), gateway(), config, older_than)
     carry_out(effects)
-    return f"{len(effects.charges)} top-ups retried"
+    return f"{len(effects.charges)} top-ups retried, {sent} card refunds sent, {unsent} not sent"
 
 
 @app.task(name="payments.expire_checkouts", soft_time_limit=120, time_limit=150, **RETRY)

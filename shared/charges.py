@@ -250,7 +250,9 @@ def reconcile(
 ) -> Effects:
     """Finish card payments still open after `older_than`, as the webhook would have: a checkout
     by its PaymentIntent's state at Stripe; a top-up by looking it up (and charging it if it
-    never reached Stripe)."""
+    never reached Stripe). An attempt whose first Stripe call never went through (an outage,
+    a crash) gets that call by its kind: a saved-card top-up is charged, a checkout or a
+    new-card top-up gets its PaymentIntent for the browser, and is never charged to a saved card."""
     effects = Effects()
     with sessions.begin() as session:
         stale = [(a.id, a.status, a.payment_intent_id) for a in topups.stale_attempts(session, older_than)]
@@ -261,8 +263,10 @@ def reconcile(
                 settle_intent(sessions, settings, attempt_id, intent, effects)
         elif status == CardPaymentStatus.PENDING.value:
             with sessions.begin() as session:
-                topups.lock_attempt(session, attempt_id).tries += 1  # look it up before any charge
-            effects.charges.append(attempt_id)
+                attempt = topups.lock_attempt(session, attempt_id)
+                attempt.tries += 1  # look it up before any charge
+                saved_card = topups.charges_saved_card(session, attempt)
+            (effects.charges if saved_card else effects.checkouts).append(attempt_id)
     return effects
 
 

@@ -6,13 +6,22 @@ gets it less the fee (3 %), and the fee is booked to `fees`. By an admin: any pa
 remainder, no fee. Never more than was charged in total: the card payment's row is locked while
 its refunded total is checked and raised.
 
-The booking is committed first, then Stripe is asked to refund (with the booking's key as the
-idempotency key); if Stripe refuses for good the booking is reversed by a new entry, so the
-ledger never shows a refund the card did not get.
+The booking is committed first (the request stays `queued`, its result `booked`), then Stripe
+is asked to refund, with `refund:{request_id}` as the idempotency key and in the metadata. Every
+run of the request's task (a retry after a Stripe outage, a redelivery after a crash, a redrive
+of the stuck request) and the reconciler (`reconcile`) send a booked refund that is not `paid`
+yet; each looks for the refund at Stripe by that key before making it, so a crash between
+Stripe's refund and our `paid` never refunds twice (localstripe ignores idempotency keys). If
+Stripe refuses for good the booking is reversed by a new entry, so the ledger never shows a
+refund the card did not get. A refund whose card amount would be 0.00 (the fee takes it all) is
+declined, never booked.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -24,11 +33,22 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import db, fields, ledger, profiles, requests
 from shared.config import Settings
-from shared.errors import InsufficientFunds, InvalidInput, StripeRequestFailed
+from shared.errors import InsufficientFunds, InvalidAmount, InvalidInput, StripeRequestFailed
 from shared.ledger import Entry, Line
-from shared.models import CardPayment, CardPaymentStatus, EntryType, RequestKind, RequestStatus, SystemAccount, utcnow
+from shared.models import (
+    CardPayment,
+    CardPaymentStatus,
+    EntryType,
+    PaymentRequest,
+    RequestKind,
+    RequestStatus,
+    SystemAccount,
+    utcnow,
+)
 from shared.money import format_cents, parse_cents
-from shared.stripe_gateway import StripeGateway
+from shared.stripe_gateway import RefundInfo, StripeGateway
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,9 +95,15 @@ def record(session: Session, order: RefundOrder) -> tuple[requests.Request, bool
 
 
 def book(session: Session, order: RefundOrder, settings: Settings) -> requests.Request:
-    """Check and book the refund; the Stripe refund follows after commit (`send_to_card`)."""
+    """Check and book the refund; the Stripe refund follows after commit (`send_to_card`).
+
+    A refund booked by an earlier run and not yet `paid` is sent again: that run may have met
+    a Stripe outage or died after its commit."""
     row = requests.claim(session, RequestKind.REFUND, order.request_id, order.payload(), amount=order.amount or 0)
-    if not row.queued or (row.result or {}).get("booked"):
+    if not row.queued:
+        return row
+    if (row.result or {}).get("booked"):
+        session.info.setdefault("refunds", []).append(order.request_id)
         return row
     card = session.scalar(
         select(CardPayment).where(CardPayment.payment_intent_id == order.payment_intent_id).with_for_update()
@@ -90,6 +116,12 @@ def book(session: Session, order: RefundOrder, settings: Settings) -> requests.R
     remainder = card.amount - card.refunded
     amount = remainder if order.amount is None else order.amount
     charge = fee(amount, settings.card_refund_fee_percent) if order.by == "member" else 0
+    if amount - charge <= 0:
+        # Stripe refunds no 0.00, and the ledger books no zero line: nothing to refund.
+        requests.finish(session, row, RequestStatus.DECLINED, reason=(
+            f"{order.payment_intent_id}: the {settings.card_refund_fee_percent.normalize():f} % fee on "
+            f"{format_cents(amount)} leaves 0.00 for the card"))
+        return row
     member = profiles.get_member(session, card.member_id)
     lines = [Line(member.account_id, -amount),
              Line(profiles.system_account(session, SystemAccount.STRIPE), amount - charge)]
@@ -114,32 +146,95 @@ def book(session: Session, order: RefundOrder, settings: Settings) -> requests.R
     return row
 
 
-def send_to_card(sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, request_id: str) -> None:
-    """Ask Stripe to refund what was booked; reverse the booking if Stripe refuses for good.
-    One process at a time per refund (see `charges.charge`)."""
+def send_to_card(sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, request_id: str) -> str:
+    """Have Stripe refund what was booked, once; reverse the booking if Stripe refuses for good.
+
+    Returns what happened: `paid`, `reversed`, `busy` (another process holds this refund) or
+    `nothing to do`. Raises `StripeUnavailable` when Stripe cannot be reached: the refund stays
+    booked and `queued`, for a retry or the reconciler. One process at a time per refund (see
+    `charges.charge`)."""
     with db.exclusive(sessions, f"card-refund:{request_id}") as ours:
-        if ours:
-            _send_to_card(sessions, gateway, settings, request_id)
+        return _send_to_card(sessions, gateway, settings, request_id) if ours else "busy"
 
 
-def _send_to_card(sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, request_id: str) -> None:
+def _send_to_card(sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, request_id: str) -> str:
     with sessions.begin() as session:
         row = requests.get(session, request_id)
         if not row.queued or not (row.result or {}).get("booked"):
-            return
+            return "nothing to do"
         order = RefundOrder.from_payload(row.payload)
         to_card = parse_cents((row.result or {})["to_card"])
+        first_run = row.attempts <= 1
+    if first_run and os.environ.get("PAYMENTS_TEST_CRASH_AFTER_REFUND_BOOKED") == request_id:
+        os._exit(17)  # test hook: the worker dies right after the booking's commit (first run only)
+    key = f"refund:{request_id}"
     try:
-        refund = gateway.refund(payment_intent_id=order.payment_intent_id, amount_cents=to_card,
-                                idempotency_key=f"refund:{request_id}", metadata={"request_id": request_id})
-    except StripeRequestFailed as exc:
-        with sessions.begin() as session:
-            _reverse(session, request_id, exc.message, settings)
-        return
+        refund = gateway.find_refund(payment_intent_id=order.payment_intent_id, attempt_key=key)
+    except StripeRequestFailed:
+        refund = None  # the refund itself will say whether Stripe refuses it
+    if refund is None:
+        try:
+            refund = gateway.refund(payment_intent_id=order.payment_intent_id, amount_cents=to_card,
+                                    idempotency_key=key, metadata={"request_id": request_id})
+        except (StripeRequestFailed, InvalidAmount) as exc:
+            return _refused(sessions, settings, request_id, exc.message)
+        if os.environ.get("PAYMENTS_TEST_CRASH_AFTER_REFUND_SENT") == request_id:
+            os._exit(17)  # test hook: the worker dies between Stripe's refund and our `paid`
+    if not refund.made:
+        return _refused(sessions, settings, request_id, f"refund {refund.id} is {refund.status}")
+    return _paid(sessions, request_id, refund)
+
+
+def _paid(sessions: sessionmaker[Session], request_id: str, refund: RefundInfo) -> str:
     with sessions.begin() as session:
         row = requests.lock_existing(session, request_id)
         if row.queued:
             requests.finish(session, row, RequestStatus.PAID, result={**(row.result or {}), "stripe_refund_id": refund.id})
+    return "paid"
+
+
+def _refused(sessions: sessionmaker[Session], settings: Settings, request_id: str, reason: str) -> str:
+    with sessions.begin() as session:
+        _reverse(session, request_id, reason, settings)
+    return "reversed"
+
+
+def unsent(session: Session, older_than: timedelta, *, limit: int = 1000) -> list[str]:
+    """Card refunds booked more than `older_than` ago and still not sent (still `queued`)."""
+    return list(session.scalars(
+        select(PaymentRequest.request_id)
+        .where(PaymentRequest.status == RequestStatus.QUEUED.value,
+               PaymentRequest.updated_at < utcnow() - older_than,
+               PaymentRequest.kind == RequestKind.REFUND.value,
+               PaymentRequest.result["booked"].as_boolean().is_(True))
+        .order_by(PaymentRequest.updated_at)
+        .limit(limit)
+    ))
+
+
+def reconcile(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, older_than: timedelta,
+    *, budget_seconds: float = 120.0,
+) -> tuple[int, int]:
+    """Send every card refund booked but not sent after `older_than` (SPEC 5: swept up by the
+    reconciler). Each on its own: one that fails is logged and left `queued` for the next run
+    (never reversed without Stripe's answer), and the others go on. Starts no new refund once
+    `budget_seconds` are spent (the rest wait for the next run). Returns (sent, failed)."""
+    with sessions.begin() as session:
+        due = unsent(session, older_than)
+    deadline = time.monotonic() + budget_seconds
+    sent = failed = 0
+    for request_id in due:
+        if time.monotonic() > deadline:
+            break
+        try:
+            outcome = send_to_card(sessions, gateway, settings, request_id)
+        except Exception:
+            log.exception("card refund %s: not sent; the reconciler tries again", request_id)
+            failed += 1
+            continue
+        sent += outcome in ("paid", "reversed")
+    return sent, failed
 
 
 def _refusal(card: CardPayment | None, order: RefundOrder, settings: Settings) -> str | None:

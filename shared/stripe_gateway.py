@@ -13,7 +13,8 @@ The same code runs against Stripe and against localstripe, which differs in a fe
 handled here: it returns `requires_action` where Stripe raises `authentication_required`
 off-session, embeds `latest_charge` as an object, has no `amount_received`, does not attach a
 SetupIntent's card to the customer, and has neither search nor listing PaymentIntents by
-customer (it ignores `Idempotency-Key` too, which only our attempt rows can make up for).
+customer. It ignores `Idempotency-Key` too: our attempt rows make up for that, and so does
+looking a charge or a refund up by our key before making it again.
 """
 
 from __future__ import annotations
@@ -74,11 +75,19 @@ class CheckoutInfo:
     amount_cents: int = 0
 
 
+# Refund statuses that mean the card gets (or got) the money; `failed` and `canceled` mean not.
+REFUND_MADE = ("succeeded", "pending", "requires_action")
+
+
 @dataclass(frozen=True)
 class RefundInfo:
     id: str
     amount_cents: int
     status: str
+
+    @property
+    def made(self) -> bool:
+        return self.status in REFUND_MADE
 
 
 class StripeGateway:
@@ -274,7 +283,24 @@ class StripeGateway:
                 },
                 {"idempotency_key": idempotency_key},
             )
-        return RefundInfo(id=refund.id, amount_cents=refund.amount, status=refund.status or "pending")
+        return _refund_info(refund)
+
+    def find_refund(self, *, payment_intent_id: str, attempt_key: str) -> RefundInfo | None:
+        """The refund we asked for under `attempt_key` (its answer never recorded), or None.
+
+        Both Stripe and localstripe list a PaymentIntent's refunds, consistent at once. If
+        several match (only possible on localstripe, which ignores idempotency keys), one that
+        succeeded or is pending wins."""
+        with self._errors(f"PaymentIntent {payment_intent_id}: find refund {attempt_key}"):
+            page = self._v1().refunds.list({"payment_intent": payment_intent_id, "limit": 100})
+            matches = [
+                _refund_info(refund)
+                for refund in page.auto_paging_iter()
+                if (_as_dict(refund).get("metadata") or {}).get("attempt_key") == attempt_key
+            ]
+        if not matches:
+            return None
+        return next((m for m in matches if m.status in REFUND_MADE), matches[0])
 
     @staticmethod
     def verify_webhook(
@@ -412,6 +438,12 @@ def _intent_info(intent: Any) -> PaymentIntentInfo:
         metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()},
         latest_charge_id=_id(data.get("latest_charge")),
     )
+
+
+def _refund_info(refund: Any) -> RefundInfo:
+    data = _as_dict(refund)
+    return RefundInfo(id=str(data["id"]), amount_cents=int(data.get("amount") or 0),
+                      status=str(data.get("status") or "pending"))
 
 
 def _as_dict(value: Any) -> dict[str, Any]:

@@ -130,6 +130,17 @@ def lock_attempt(session: Session, card_payment_id: int) -> CardPayment:
     return attempt
 
 
+def charges_saved_card(session: Session, attempt: CardPayment) -> bool:
+    """Whether the attempt is charged to the saved card (an auto top-up, a manual top-up asked
+    for with `use_saved_card`), rather than paid by the member in a browser (a checkout)."""
+    if attempt.kind == CardPaymentKind.AUTO_TOP_UP.value:
+        return True
+    if attempt.kind == CardPaymentKind.MANUAL_TOP_UP.value and attempt.request_id:
+        payload = requests.get(session, attempt.request_id).payload
+        return bool(payload.get("use_saved_card"))
+    return False
+
+
 def by_payment_intent(session: Session, payment_intent_id: str, attempt_key: str | None) -> CardPayment | None:
     """The attempt a PaymentIntent belongs to, by its id or by the attempt key in its metadata."""
     attempt = session.scalar(

@@ -1,19 +1,23 @@
 """SPEC 5 card refunds: booked first, then refunded at localstripe (over HTTP); a refusal by
-Stripe reverses the booking. Never more than was charged."""
+Stripe reverses the booking. Never more than was charged. A booked refund whose send was cut
+off is sent by the next run of its request or by the reconciler, and never twice."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
+
+from decimal import Decimal
 
 import pytest
 import stripe
 from freezegun import freeze_time
-from sqlalchemy import select
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import profiles, refunds, requests, topups
 from shared.config import Settings
-from shared.models import CardPayment, CardPaymentKind, SystemAccount
+from shared.models import CardPayment, CardPaymentKind, PaymentRequest, SystemAccount, utcnow
 from shared.stripe_gateway import StripeGateway
 from tests.integration.helpers import add_member, balance_of, pay, add_organisation
 from tests.integration.test_stripe_gateway import VISA, customer_with_card
@@ -118,3 +122,85 @@ def test_bad_refund_requests_name_the_field(config, body: dict, field: str) -> N
     with pytest.raises(Exception) as caught:
         refunds.parse({"request_id": "r", "payment_intent_id": "pi_1", **body}, config)
     assert caught.value.field == field
+
+
+# A booked refund whose send was cut off (SPEC 5: delayed, never lost, never made twice) --------
+
+
+def book_only(sessions, config, request_id: str, **body) -> list[str]:
+    """One run of the refund task that commits its booking and then dies, or meets a Stripe
+    outage, before the refund reaches Stripe; returns the refunds it left to send."""
+    order = refunds.parse({"request_id": request_id, **body}, config)
+    with sessions.begin() as session:
+        refunds.book(session, order, config)
+        return session.info.pop("refunds", [])
+
+
+def status_of(sessions, request_id: str) -> requests.Request:
+    with sessions.begin() as session:
+        return requests.get(session, request_id)
+
+
+def age(sessions, request_id: str, by: timedelta) -> None:
+    with sessions.begin() as session:
+        session.execute(update(PaymentRequest).where(PaymentRequest.request_id == request_id)
+                        .values(updated_at=utcnow() - by))
+
+
+def test_a_booked_refund_not_yet_sent_is_sent_when_its_request_runs_again(sessions, gateway, config, card_payment) -> None:
+    book_only(sessions, config, "rf1", payment_intent_id=card_payment["intent"], by="member")
+    row = status_of(sessions, "rf1")
+    assert (row.status, row.result["booked"]) == ("queued", True)
+    assert balance_of(sessions, card_payment["ann"]) == 0  # the member is debited ...
+    assert refunded_at_stripe(card_payment["browser"], card_payment["intent"]) == 0  # ... the card has nothing yet
+
+    # The task's retry, its redelivery or the redrive of the stuck request: the same request again.
+    again = book_only(sessions, config, "rf1", payment_intent_id=card_payment["intent"], by="member")
+    assert again == ["rf1"]
+    assert refunds.send_to_card(sessions, gateway, config, "rf1") == "paid"
+    row = status_of(sessions, "rf1")
+    assert (row.status, row.result["to_card"]) == ("paid", "97.00")
+    assert refunded_at_stripe(card_payment["browser"], card_payment["intent"]) == 97_00
+    assert balance_of(sessions, card_payment["ann"]) == 0  # booked once
+
+
+def test_a_refund_stripe_made_before_a_crash_is_found_and_not_made_twice(sessions, gateway, config, card_payment) -> None:
+    book_only(sessions, config, "rf1", payment_intent_id=card_payment["intent"], by="member")
+    # Stripe made the refund, then the worker died before recording it as paid.
+    made = gateway.refund(payment_intent_id=card_payment["intent"], amount_cents=97_00, idempotency_key="refund:rf1",
+                          metadata={"request_id": "rf1"})
+    outcome = refunds.send_to_card(sessions, gateway, config, "rf1")
+    assert refunded_at_stripe(card_payment["browser"], card_payment["intent"]) == 97_00  # not 194.00
+    row = status_of(sessions, "rf1")
+    assert (outcome, row.status, row.result["stripe_refund_id"]) == ("paid", "paid", made.id)
+
+
+def test_the_reconciler_sends_booked_refunds_each_on_its_own_and_leaves_recent_ones_to_their_task(
+    sessions, gateway, config, card_payment
+) -> None:
+    for request_id in ("rf-old", "rf-broken", "rf-new"):
+        book_only(sessions, config, request_id, payment_intent_id=card_payment["intent"], by="admin",
+                  admin_id="adm", amount="10.00")
+    age(sessions, "rf-old", timedelta(hours=1))
+    age(sessions, "rf-broken", timedelta(hours=2))  # first in line, and it fails every time
+    with sessions.begin() as session:
+        session.execute(text("UPDATE payment_requests SET payload = CAST(:bad AS json) WHERE request_id = 'rf-broken'"),
+                        {"bad": '{"request_id": "rf-broken", "by": "nobody"}'})
+
+    assert refunds.reconcile(sessions, gateway, config, timedelta(minutes=10)) == (1, 1)
+    assert status_of(sessions, "rf-old").status == "paid"
+    assert status_of(sessions, "rf-broken").status == "queued"  # logged, still booked, tried again next run
+    assert status_of(sessions, "rf-new").status == "queued"  # younger than the threshold: its task sends it
+    assert refunded_at_stripe(card_payment["browser"], card_payment["intent"]) == 10_00
+    assert refunds.reconcile(sessions, gateway, config, timedelta(minutes=10)) == (0, 1)  # nothing sent twice
+
+
+def test_a_member_refund_whose_fee_takes_it_all_is_declined_and_books_nothing(sessions, gateway, config, card_payment) -> None:
+    whole_fee = replace(config, card_refund_fee_percent=Decimal("100"))
+    row = refund(sessions, gateway, whole_fee, "rf1", payment_intent_id=card_payment["intent"], by="member")
+    assert (row.status, row.reason) == ("declined", f"{card_payment['intent']}: the 100 % fee on 100.00 leaves "
+                                                    "0.00 for the card")
+    assert balance_of(sessions, card_payment["ann"]) == 100_00
+    with sessions.begin() as session:
+        assert session.scalar(select(CardPayment.refunded).where(CardPayment.attempt_key == "k1")) == 0
+    assert refunded_at_stripe(card_payment["browser"], card_payment["intent"]) == 0
