@@ -1,0 +1,197 @@
+"""Limits that must count card money still in flight, and a cancel racing an auto top-up (SPEC 4
+and 5), on PostgreSQL with localstripe over HTTP. The interleavings are made exact by running
+one step from inside another (a gateway that cancels while it charges), not by timing."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+import stripe
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import charges, ledger, payments, profiles, requests, topups
+from shared.config import Settings
+from shared.ledger import Entry, Line
+from shared.models import CardPayment, EntryType, Member, OutboxMessage, SystemAccount
+from shared.stripe_gateway import PaymentIntentInfo, StripeGateway
+from tests.integration.helpers import add_member, balance_of, top_up
+from tests.stripe_fixture import STRIPE_TEST_KEY, browser_for, customer_with_card
+
+
+@pytest.fixture
+def config(database_url: str, stripe_api: str) -> Settings:
+    return Settings(database_url=database_url, stripe_api_key=STRIPE_TEST_KEY, stripe_api_base=stripe_api)
+
+
+@pytest.fixture
+def gateway(config: Settings) -> StripeGateway:
+    return StripeGateway(config)
+
+
+@pytest.fixture
+def browser(stripe_api: str) -> stripe.StripeClient:
+    return browser_for(stripe_api)
+
+
+@pytest.fixture
+def ann(sessions: sessionmaker[Session]) -> int:
+    with sessions.begin() as session:
+        return add_member(session, "ann")
+
+
+def auto_topup_on(sessions: sessionmaker[Session], gateway: StripeGateway, browser: stripe.StripeClient) -> str:
+    customer = customer_with_card(gateway, browser, "ann")
+    with sessions.begin() as session:
+        member = session.get(Member, "ann")
+        member.stripe_customer_id, member.auto_topup_status, member.auto_topup_amount = customer, "on", 100_00
+    return customer
+
+
+def pending_top_up_for_a_payment(sessions: sessionmaker[Session], config: Settings) -> int:
+    """A payment of 30.00 from 10.00 whose auto top-up attempt is committed, not yet charged."""
+    order = payments.parse({"request_id": "r1", "member_id": "ann", "amount": "30.00", "description": "Entry"},
+                           config)
+    with sessions.begin() as session:
+        payments.pay(session, order, config)
+        (attempt_id,) = session.info.pop("charges")
+    return attempt_id
+
+
+def charged_at_stripe(browser: stripe.StripeClient, customer: str, attempt_key: str) -> list[Any]:
+    found = browser.v1.payment_intents.list({"limit": 100}).auto_paging_iter()
+    return [pi for pi in found if pi.customer == customer and pi.metadata.to_dict().get("attempt_key") == attempt_key]
+
+
+def state(sessions: sessionmaker[Session], request_id: str = "r1") -> tuple[str, str, str | None, list[str]]:
+    """(member's auto top-up state, request status, request reason, e-mail subjects)."""
+    with sessions.begin() as session:
+        row = requests.get(session, request_id)
+        subjects = [m.payload["subject"] for m in session.scalars(
+            select(OutboxMessage).where(OutboxMessage.kind == "notification").order_by(OutboxMessage.id))]
+        return session.get(Member, "ann").auto_topup_status, row.status, row.reason, subjects
+
+
+def attempt_of(sessions: sessionmaker[Session], attempt_id: int) -> tuple[str, str | None]:
+    with sessions.begin() as session:
+        attempt = session.get(CardPayment, attempt_id)
+        return attempt.status, attempt.last_error
+
+
+# SPEC 5: balance + amount + every top-up still in flight <= 2000.00 ---------------------------
+
+
+def test_three_manual_top_ups_of_1500_opened_at_once_from_zero_let_only_one_through(
+    sessions: sessionmaker[Session], config: Settings, ann: int
+) -> None:
+    orders = [topups.parse_topup({"request_id": f"t{n}", "member_id": "ann", "amount": "1500.00"}, config)
+              for n in range(3)]
+    gate = threading.Barrier(3)
+    errors: list[BaseException] = []
+
+    def top_up_by_new_card(order: topups.TopupOrder) -> None:
+        gate.wait()
+        try:
+            with sessions.begin() as session:
+                topups.topup(session, order, config)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=top_up_by_new_card, args=(order,)) for order in orders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    with sessions.begin() as session:
+        opened = session.scalar(select(func.count()).select_from(CardPayment))
+        outcomes = sorted((requests.get(session, o.request_id).status, requests.get(session, o.request_id).reason or "")
+                          for o in orders)
+    assert opened == 1
+    assert [status for status, _ in outcomes] == ["failed", "failed", "queued"]  # queued: its checkout is next
+    assert all("1500.00 of card payments in flight above 2000.00" in reason for _, reason in outcomes[:2])
+
+
+def test_the_sweep_makes_no_auto_top_up_above_the_largest_charge(
+    sessions: sessionmaker[Session], config: Settings, ann: int
+) -> None:
+    with sessions.begin() as session:
+        member = session.get(Member, "ann")
+        member.stripe_customer_id, member.auto_topup_status, member.auto_topup_amount = "cus_not_called", "on", 100_00
+        adjustments = profiles.system_account(session, SystemAccount.ADJUSTMENTS)
+        ledger.post(session, Entry("adjustment:debt", EntryType.MANUAL_ADJUSTMENT, "Debt", (
+            Line(ann, -5000_00), Line(adjustments, 5000_00)), admin_id="admin", allow_negative=True))
+
+    with sessions.begin() as session:
+        # 5100.00 would bring -5000.00 up to the low limit: above 2000.00, so nothing is charged.
+        assert topups.open_auto_topup(session, "ann", "sweep:1", config) is None
+        assert session.scalar(select(func.count()).select_from(CardPayment)) == 0
+
+    with sessions.begin() as session:
+        top_up(session, ann, 4000_00, "fund")
+    with sessions.begin() as session:  # -1000.00 needs 1100.00: within the cap
+        attempt = session.get(CardPayment, topups.open_auto_topup(session, "ann", "sweep:2", config))
+        assert (attempt.kind, attempt.amount) == ("auto_topup", 1100_00)
+
+
+# SPEC 4.1: cancel means no more charges, and `off` stays `off` -----------------------------------
+
+
+class CancelWhileCharging(StripeGateway):
+    """A gateway whose charge is sent and then, before Stripe answers, the member cancels (the
+    whole cancel: `off` committed, cards detached at Stripe)."""
+
+    def __init__(self, config: Settings, sessions: sessionmaker[Session]) -> None:
+        super().__init__(config)
+        self.plain, self.sessions, self.cancelled = StripeGateway(config), sessions, False
+
+    def charge_saved_card(self, **kwargs: Any) -> PaymentIntentInfo:
+        if not self.cancelled:
+            self.cancelled = True
+            charges.cancel_auto_topup(self.sessions, self.plain, "ann")
+        return super().charge_saved_card(**kwargs)
+
+
+def test_a_pending_auto_top_up_is_not_charged_once_the_member_has_cancelled(
+    sessions: sessionmaker[Session], config: Settings, gateway: StripeGateway, browser: stripe.StripeClient, ann: int
+) -> None:
+    customer = auto_topup_on(sessions, gateway, browser)
+    with sessions.begin() as session:
+        top_up(session, ann, 10_00, "fund")
+    attempt_id = pending_top_up_for_a_payment(sessions, config)
+
+    # The cancel commits `off`; its card detach at Stripe has not happened yet when the pending
+    # top-up's charge runs (a worker picks it up, or the reconciler does).
+    with sessions.begin() as session:
+        session.get(Member, "ann").auto_topup_status = "off"
+    effects = charges.charge(sessions, gateway, config, attempt_id)
+    gateway.detach_cards(customer)
+
+    assert charged_at_stripe(browser, customer, "pay-topup:r1") == []
+    assert attempt_of(sessions, attempt_id) == ("failed", "auto top-up cancelled")
+    member_state, status, reason, emails = state(sessions)
+    assert (member_state, status, emails) == ("off", "declined", [])
+    assert reason == "auto top-up failed: auto top-up cancelled"
+    assert balance_of(sessions, ann) == 10_00
+    assert effects.charges == []
+
+
+def test_a_decline_after_the_member_cancelled_leaves_auto_top_up_off_and_sends_no_failure_email(
+    sessions: sessionmaker[Session], config: Settings, browser: stripe.StripeClient, ann: int
+) -> None:
+    cancelling = CancelWhileCharging(config, sessions)
+    auto_topup_on(sessions, cancelling, browser)
+    with sessions.begin() as session:
+        top_up(session, ann, 10_00, "fund")
+    attempt_id = pending_top_up_for_a_payment(sessions, config)
+
+    charges.charge(sessions, cancelling, config, attempt_id)  # the card is gone: Stripe declines
+
+    assert cancelling.cancelled
+    assert attempt_of(sessions, attempt_id)[0] == "failed"
+    member_state, status, _, emails = state(sessions)
+    assert (member_state, status, emails) == ("off", "declined", [])
+    assert balance_of(sessions, ann) == 10_00
