@@ -14,8 +14,10 @@ cancelled (or is no longer `on`/`action_required`) is not charged; it ends faile
 payment waiting for it goes on to a checkout or is declined. Step 3 books card money only when
 Stripe's amount received and currency match the attempt; otherwise the attempt is `held` for
 an admin. A declined card on a checkout (a page the member can retry with another card) is
-recorded and the checkout stays open; a declined saved card ends its attempt. Every function returns the ids of outbox rows
-it wrote, for the caller to dispatch after commit, and follow-up card work it scheduled.
+recorded and the checkout stays open; a declined saved card ends its attempt.
+
+Every function returns the ids of outbox rows it wrote, for the caller to dispatch after
+commit, and follow-up card work it scheduled.
 """
 
 from __future__ import annotations

@@ -7,10 +7,13 @@ booking, so card money is booked at most once per attempt however often Stripe r
 at most one auto top-up per member is in flight (a partial unique index).
 
 Limits count what is in flight: a manual top-up is checked, under the member's account lock,
-against the balance plus every attempt of the member still `pending` or `awaiting_card`, and
-every attempt is opened under that same lock, so concurrent top-ups cannot each pass alone. An
-auto top-up never charges more than `auto_topup_max_charge`. A late outcome never turns a
-member's auto top-up back on or to `failed` once it is `off` (or being set up again).
+against the balance plus every attempt of the member still `pending` or `awaiting_card`. Every
+attempt that can leave money on the balance (manual and auto top-ups, and a payment's own
+top-up or checkout) is opened under that same lock, so concurrent top-ups cannot each pass
+alone. (The checkout `payments.card_failed` opens after a failed top-up is not: its money only
+pays its request.) An auto top-up never charges more than `auto_topup_max_charge`. A late
+outcome never turns a member's auto top-up to `failed` once it is `off` (or being set up
+again), and never on.
 """
 
 from __future__ import annotations
@@ -110,8 +113,8 @@ OPEN_STATUSES = (CardPaymentStatus.PENDING.value, CardPaymentStatus.AWAITING_CAR
 
 def in_flight_amount(session: Session, member_id: str) -> int:
     """Card money asked for the member and not yet booked or ended: every open attempt, of any
-    kind (each one credits the member). Read under the member's account lock, which every
-    opener of an attempt holds, so no concurrent attempt is missed."""
+    kind (each one credits the member). Read under the member's account lock, which the
+    openers of attempts hold (see the module docstring), so no concurrent one is missed."""
     total = session.scalar(
         select(func.coalesce(func.sum(CardPayment.amount), 0)).where(
             CardPayment.member_id == member_id, CardPayment.status.in_(OPEN_STATUSES)
