@@ -12,8 +12,8 @@ attempt that can leave money on the balance (manual and auto top-ups, and a paym
 top-up or checkout) is opened under that same lock, so concurrent top-ups cannot each pass
 alone. (The checkout `payments.card_failed` opens after a failed top-up is not: its money only
 pays its request.) An auto top-up never charges more than `auto_topup_max_charge`. A late
-outcome never turns a member's auto top-up to `failed` once it is `off` (or being set up
-again), and never on.
+outcome leaves a member who cancelled `off`: a decline neither makes them `failed` nor e-mails
+them (nor a member saving a new card), and a success does not turn them back on.
 """
 
 from __future__ import annotations
