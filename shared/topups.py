@@ -7,11 +7,11 @@ booking, so card money is booked at most once per attempt however often Stripe r
 at most one auto top-up per member is in flight (a partial unique index).
 
 Limits count what is in flight: a manual top-up is checked, under the member's account lock,
-against the balance plus every attempt of the member still `pending` or `awaiting_card`. Every
-attempt that can leave money on the balance (manual and auto top-ups, and a payment's own
-top-up or checkout) is opened under that same lock, so concurrent top-ups cannot each pass
-alone. (The checkout `payments.card_failed` opens after a failed top-up is not: its money only
-pays its request.) An auto top-up never charges more than `auto_topup_max_charge`. A late
+against the balance plus every top-up of the member (manual or auto) still `pending` or
+`awaiting_card`. Every top-up attempt is opened under that same lock, so concurrent top-ups
+cannot each pass alone. A payment's checkout is not a top-up (SPEC 5 "every top-up still in
+flight"): its card money pays its request at once and leaves the balance no higher, so it is
+not counted. An auto top-up never charges more than `auto_topup_max_charge`. A late
 outcome leaves a member who cancelled `off`: a decline neither makes them `failed` nor e-mails
 them (nor a member saving a new card), and a success does not turn them back on.
 """
@@ -99,7 +99,7 @@ def check_manual_amount(amount: int, balance: int, settings: Settings, in_flight
             field="amount",
         )
     if balance + amount + in_flight > settings.manual_topup_max_balance:
-        pending = f" with {format_cents(in_flight)} of card payments in flight" if in_flight else ""
+        pending = f" with {format_cents(in_flight)} of top-ups in flight" if in_flight else ""
         raise InvalidInput(
             f"amount: {format_cents(amount)} would take the balance {format_cents(balance)}{pending} above "
             f"{format_cents(settings.manual_topup_max_balance)}",
@@ -109,15 +109,19 @@ def check_manual_amount(amount: int, balance: int, settings: Settings, in_flight
 
 # An attempt in these states may still bring card money in.
 OPEN_STATUSES = (CardPaymentStatus.PENDING.value, CardPaymentStatus.AWAITING_CARD.value)
+TOP_UP_KINDS = (CardPaymentKind.MANUAL_TOP_UP.value, CardPaymentKind.AUTO_TOP_UP.value)
 
 
 def in_flight_amount(session: Session, member_id: str) -> int:
-    """Card money asked for the member and not yet booked or ended: every open attempt, of any
-    kind (each one credits the member). Read under the member's account lock, which the
-    openers of attempts hold (see the module docstring), so no concurrent one is missed."""
+    """Top-ups asked for the member and not yet booked or ended: every open manual or auto
+    top-up attempt (an auto top-up for a payment counts whole, though the payment takes part of
+    it). Read under the member's account lock, which every opener of a top-up holds, so no
+    concurrent one is missed."""
     total = session.scalar(
         select(func.coalesce(func.sum(CardPayment.amount), 0)).where(
-            CardPayment.member_id == member_id, CardPayment.status.in_(OPEN_STATUSES)
+            CardPayment.member_id == member_id,
+            CardPayment.status.in_(OPEN_STATUSES),
+            CardPayment.kind.in_(TOP_UP_KINDS),
         )
     )
     return int(total or 0)

@@ -112,7 +112,34 @@ def test_three_manual_top_ups_of_1500_opened_at_once_from_zero_let_only_one_thro
                           for o in orders)
     assert opened == 1
     assert [status for status, _ in outcomes] == ["failed", "failed", "queued"]  # queued: its checkout is next
-    assert all("1500.00 of card payments in flight above 2000.00" in reason for _, reason in outcomes[:2])
+    assert all("1500.00 of top-ups in flight above 2000.00" in reason for _, reason in outcomes[:2])
+
+
+def test_an_auto_top_up_in_flight_counts_against_a_manual_top_up_and_a_payments_checkout_does_not(
+    sessions: sessionmaker[Session], config: Settings, ann: int
+) -> None:
+    with sessions.begin() as session:
+        member = session.get(Member, "ann")
+        member.stripe_customer_id, member.auto_topup_status, member.auto_topup_amount = "cus_not_called", "on", 600_00
+    with sessions.begin() as session:
+        assert topups.open_auto_topup(session, "ann", "sweep:1", config) is not None  # 600.00, not yet charged
+    checkout = payments.parse({"request_id": "p1", "member_id": "ann", "amount": "1900.00", "description": "Entry",
+                               "allow_checkout": True}, config)
+    with sessions.begin() as session:
+        session.get(Member, "ann").auto_topup_status = "off"  # so the payment goes to a checkout
+        payments.pay(session, checkout, config)
+
+    def top_up(request_id: str, amount: str) -> requests.Request:
+        order = topups.parse_topup({"request_id": request_id, "member_id": "ann", "amount": amount}, config)
+        with sessions.begin() as session:
+            return topups.topup(session, order, config)
+
+    refused, allowed = top_up("t1", "1500.00"), top_up("t2", "1400.00")
+
+    assert refused.status == "failed"
+    assert refused.reason == ("amount: 1500.00 would take the balance 0.00 with 600.00 of top-ups in flight "
+                              "above 2000.00")
+    assert allowed.status == "queued"  # its attempt is open: the 1900.00 checkout was not counted
 
 
 def test_the_sweep_makes_no_auto_top_up_above_the_largest_charge(

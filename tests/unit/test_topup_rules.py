@@ -48,7 +48,7 @@ def test_manual_top_up_limits_name_the_amount(amount: int, balance: int, problem
 
 def test_a_manual_top_up_counts_the_card_payments_still_in_flight() -> None:
     check_manual_amount(1500_00, 0, Settings(), in_flight=500_00)
-    with pytest.raises(InvalidInput, match="with 1500.00 of card payments in flight above 2000.00"):
+    with pytest.raises(InvalidInput, match="with 1500.00 of top-ups in flight above 2000.00"):
         check_manual_amount(1500_00, 0, Settings(), in_flight=1500_00)
 
 
