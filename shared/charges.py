@@ -42,6 +42,8 @@ NEEDS_ACTION = ("requires_action", "requires_confirmation")
 DECLINED = "requires_payment_method"  # the card tried was refused (or none was tried yet)
 FAILED = (DECLINED, "canceled")
 CANCELLED = "auto top-up cancelled"
+# Auto top-up states in which a card-saved report is awaited: set-up (or a new card) under way.
+SAVING_CARD = (AutoTopUpStatus.PENDING.value, AutoTopUpStatus.ON.value)
 
 
 @dataclass
@@ -276,12 +278,16 @@ def card_saved(
     sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, *, customer_id: str,
     setup_intent_id: str | None = None, payment_method_id: str | None = None, event_id: str,
 ) -> Effects:
-    """Stripe saved a card: make it the default, turn auto top-up on, top up if below the limit."""
+    """Stripe saved a card: make it the default, turn auto top-up on, top up if below the limit.
+
+    Only while the member is setting a card up (`pending`) or replacing one (`on`): to `off`,
+    `failed` or `action_required` a card-saved event is late (or replayed), from before a cancel
+    or a decline, and changes nothing; saving a card again starts with a new setup."""
     effects = Effects()
     with sessions.begin() as session:
         member = session.scalar(select(Member).where(Member.stripe_customer_id == customer_id))
-        if member is None or member.auto_topup_status == AutoTopUpStatus.OFF.value:
-            return effects  # not ours, or cancelled since: a late event changes nothing
+        if member is None or member.auto_topup_status not in SAVING_CARD:
+            return effects  # not ours, or cancelled or failed since: a late event changes nothing
         member_id = member.member_id
         account_id = member.account_id
     gateway.card_saved(customer_id=customer_id, setup_intent_id=setup_intent_id, payment_method_id=payment_method_id)
@@ -289,7 +295,7 @@ def card_saved(
         # The account lock first, then the member's row: the order a payment takes them in.
         ledger.lock_accounts(session, [account_id])
         member = session.get(Member, member_id, with_for_update=True, populate_existing=True)
-        if member is None or member.auto_topup_status == AutoTopUpStatus.OFF.value:
+        if member is None or member.auto_topup_status not in SAVING_CARD:
             return effects
         member.auto_topup_status = AutoTopUpStatus.ON.value
         balance = ledger.balance(session, member.account_id)

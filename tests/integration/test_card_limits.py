@@ -18,7 +18,7 @@ from shared.ledger import Entry, Line
 from shared.models import CardPayment, EntryType, Member, OutboxMessage, SystemAccount
 from shared.stripe_gateway import PaymentIntentInfo, StripeGateway
 from tests.integration.helpers import add_member, balance_of, top_up
-from tests.stripe_fixture import STRIPE_TEST_KEY, browser_for, customer_with_card
+from tests.stripe_fixture import STRIPE_TEST_KEY, browser_for, customer_with_card, new_card
 
 
 @pytest.fixture
@@ -222,3 +222,44 @@ def test_a_decline_after_the_member_cancelled_leaves_auto_top_up_off_and_sends_n
     member_state, status, _, emails = state(sessions)
     assert (member_state, status, emails) == ("off", "declined", [])
     assert balance_of(sessions, ann) == 10_00
+
+
+@pytest.mark.parametrize("since", ["off", "failed", "action_required"])
+def test_a_late_card_saved_report_does_not_turn_auto_top_up_back_on(
+    sessions: sessionmaker[Session], config: Settings, gateway: StripeGateway, browser: stripe.StripeClient, ann: int,
+    since: str,
+) -> None:
+    """A setup_intent.succeeded delivered late (or replayed) after the member cancelled, or after
+    a decline switched auto top-up off, is not a new card: saving one starts with a new setup."""
+    customer = gateway.ensure_customer(member_id="ann", email="ann@example.org", name="Ann Lee", customer_id=None)
+    setup = gateway.create_setup_intent(customer_id=customer, member_id="ann")
+    browser.v1.setup_intents.confirm(setup.id, {"payment_method": new_card(browser)})
+    with sessions.begin() as session:
+        member = session.get(Member, "ann")
+        member.stripe_customer_id, member.auto_topup_status = customer, since
+
+    effects = charges.card_saved(sessions, gateway, config, customer_id=customer, setup_intent_id=setup.id,
+                                 event_id="evt_late")
+
+    assert effects.charges == []
+    with sessions.begin() as session:
+        assert session.get(Member, "ann").auto_topup_status == since
+        assert session.scalar(select(func.count()).select_from(CardPayment)) == 0
+    assert gateway.default_payment_method(customer) is None
+
+
+def test_a_card_saved_while_setting_up_turns_auto_top_up_on_and_tops_up(
+    sessions: sessionmaker[Session], config: Settings, gateway: StripeGateway, browser: stripe.StripeClient, ann: int,
+) -> None:
+    info = charges.setup_auto_topup(sessions, gateway, config, "ann")
+    browser.v1.setup_intents.confirm(info.setup_intent_id, {"payment_method": new_card(browser)})
+    with sessions.begin() as session:
+        customer = session.get(Member, "ann").stripe_customer_id
+
+    effects = charges.card_saved(sessions, gateway, config, customer_id=customer,
+                                 setup_intent_id=info.setup_intent_id, event_id="evt_saved")
+
+    assert len(effects.charges) == 1
+    with sessions.begin() as session:
+        assert session.get(Member, "ann").auto_topup_status == "on"
+        assert session.get(CardPayment, effects.charges[0]).amount == 100_00
