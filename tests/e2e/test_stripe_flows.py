@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import client as payments_client
+from shared import payments
 from shared.config import Settings
 from shared.models import CardPayment, Member, OutboxMessage, StripeEvent
 from shared.stripe_gateway import StripeGateway, sign_webhook
@@ -720,3 +722,31 @@ def test_cancelling_auto_top_up_turns_it_off_and_detaches_the_card_at_stripe(
     assert member_status(sessions) == "off"
     assert browser.v1.payment_methods.list({"customer": customer, "type": "card"}).data == []
     assert gateway.default_payment_method(customer) is None
+
+
+def test_cancelling_while_an_auto_top_up_waits_to_be_charged_means_it_is_never_charged(
+    client, auth, world, sessions, gateway, browser, settings, received
+) -> None:
+    """SPEC 4.1: cancel means no more charges. The worker has committed a payment's auto top-up
+    attempt but not charged it yet (its task was lost, say) when the member cancels; the
+    reconciler then finds the attempt, and the real worker does not charge it."""
+    customer = auto_topup_on(sessions, gateway, browser)
+    adjust(client, auth, 10_00)
+    request_id = f"cancel-{uuid.uuid4().hex[:8]}"
+    order = payments.parse(payment(request_id=request_id, route_code="EVT"), settings)
+    with sessions.begin() as session:
+        payments.pay(session, order, settings)
+        (attempt_id,) = session.info.pop("charges")
+        session.get(CardPayment, attempt_id).updated_at = datetime.now(UTC) - timedelta(hours=1)
+
+    assert client.delete("/api/members/ann/auto-topup", headers=auth).status_code == 200
+    payments_client.send("payments.reconcile", {}, queue="topups", settings=settings)
+
+    result = status_becomes(client, auth, request_id, "declined")
+    assert result["reason"] == "auto top-up failed: auto top-up cancelled"
+    callbacks = wait_for(received, "the failure callback")
+    assert [(c["request_id"], c["status"]) for c in callbacks] == [(request_id, "failure")]
+    assert intents(browser, f"pay-topup:{request_id}", customer) == []  # never charged
+    assert (attempt(sessions, f"pay-topup:{request_id}").status, member_status(sessions)) == ("failed", "off")
+    assert emails(sessions) == []  # no "Auto Top Up Failure" for a member who cancelled
+    assert statement(client, auth) == [("Manual Adjustment", "10.00")]
