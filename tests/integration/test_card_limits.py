@@ -1,12 +1,14 @@
 """Limits that must count card money still in flight, and a cancel racing an auto top-up (SPEC 4
 and 5), on PostgreSQL with localstripe over HTTP. The interleavings are made exact by running
-one step from inside another (a gateway that cancels while it charges), not by timing."""
+one step from inside another (a gateway that cancels while it charges), not by timing; one
+test then races cancels against charges for real and checks what must hold whoever wins."""
 
 from __future__ import annotations
 
 import threading
 from typing import Any
 
+import psycopg
 import pytest
 import stripe
 from sqlalchemy import func, select
@@ -168,18 +170,24 @@ def test_the_sweep_makes_no_auto_top_up_above_the_largest_charge(
 
 
 class CancelWhileCharging(StripeGateway):
-    """A gateway whose charge is sent and then, before Stripe answers, the member cancels (the
-    whole cancel: `off` committed, cards detached at Stripe)."""
+    """A gateway whose charge is sent and then, before Stripe answers (or, `after`, once Stripe
+    has taken the money), the member cancels: `off` committed, cards detached at Stripe."""
 
-    def __init__(self, config: Settings, sessions: sessionmaker[Session]) -> None:
+    def __init__(self, config: Settings, sessions: sessionmaker[Session], *, after: bool = False) -> None:
         super().__init__(config)
-        self.plain, self.sessions, self.cancelled = StripeGateway(config), sessions, False
+        self.plain, self.sessions, self.after, self.cancelled = StripeGateway(config), sessions, after, False
 
     def charge_saved_card(self, **kwargs: Any) -> PaymentIntentInfo:
+        if not self.after:
+            self.cancel()
+        intent = super().charge_saved_card(**kwargs)
+        self.cancel()
+        return intent
+
+    def cancel(self) -> None:
         if not self.cancelled:
             self.cancelled = True
             charges.cancel_auto_topup(self.sessions, self.plain, "ann")
-        return super().charge_saved_card(**kwargs)
 
 
 def test_a_pending_auto_top_up_is_not_charged_once_the_member_has_cancelled(
@@ -224,6 +232,25 @@ def test_a_decline_after_the_member_cancelled_leaves_auto_top_up_off_and_sends_n
     assert balance_of(sessions, ann) == 10_00
 
 
+def test_a_charge_stripe_took_before_the_cancel_landed_is_booked_and_the_member_stays_off(
+    sessions: sessionmaker[Session], config: Settings, browser: stripe.StripeClient, ann: int
+) -> None:
+    cancelling = CancelWhileCharging(config, sessions, after=True)
+    customer = auto_topup_on(sessions, cancelling, browser)
+    with sessions.begin() as session:
+        top_up(session, ann, 10_00, "fund")
+    attempt_id = pending_top_up_for_a_payment(sessions, config)
+
+    charges.charge(sessions, cancelling, config, attempt_id)
+
+    assert cancelling.cancelled
+    assert [pi.status for pi in charged_at_stripe(browser, customer, "pay-topup:r1")] == ["succeeded"]
+    assert attempt_of(sessions, attempt_id) == ("succeeded", None)  # money taken is booked
+    member_state, status, _, emails = state(sessions)
+    assert (member_state, status, emails) == ("off", "paid", ["Auto top up successful"])
+    assert balance_of(sessions, ann) == 80_00  # 10.00 + 100.00 - 30.00
+
+
 @pytest.mark.parametrize("since", ["off", "failed", "action_required"])
 def test_a_late_card_saved_report_does_not_turn_auto_top_up_back_on(
     sessions: sessionmaker[Session], config: Settings, gateway: StripeGateway, browser: stripe.StripeClient, ann: int,
@@ -263,3 +290,63 @@ def test_a_card_saved_while_setting_up_turns_auto_top_up_on_and_tops_up(
     with sessions.begin() as session:
         assert session.get(Member, "ann").auto_topup_status == "on"
         assert session.get(CardPayment, effects.charges[0]).amount == 100_00
+
+
+def test_cancels_and_charges_of_pending_auto_top_ups_at_once_never_deadlock_and_never_charge_unbooked(
+    sessions: sessionmaker[Session], config: Settings, gateway: StripeGateway, browser: stripe.StripeClient,
+    database_url: str,
+) -> None:
+    """Each member cancels while the worker charges their pending top-up: either the charge
+    came first (booked, the member `off` after), or the cancel did (nothing at Stripe, failed);
+    never a charge left unbooked, never `failed` or a failure e-mail after the cancel."""
+    before = deadlocks(database_url)
+    members = [f"race-{n}" for n in range(8)]
+    outcomes = []
+    for member_id in members:
+        customer = customer_with_card(gateway, browser, member_id)
+        with sessions.begin() as session:
+            add_member(session, member_id)
+            member = session.get(Member, member_id)
+            member.stripe_customer_id, member.auto_topup_status, member.auto_topup_amount = customer, "on", 100_00
+        with sessions.begin() as session:
+            attempt_id = topups.open_auto_topup(session, member_id, f"race:{member_id}", config)
+        errors = at_once(lambda: charges.charge(sessions, gateway, config, attempt_id),  # noqa: B023
+                         lambda: charges.cancel_auto_topup(sessions, gateway, member_id))  # noqa: B023
+        assert errors == []
+        at_stripe = [pi.status for pi in charged_at_stripe(browser, customer, f"race:{member_id}")]
+        with sessions.begin() as session:
+            attempt = session.get(CardPayment, attempt_id)
+            member = session.get(Member, member_id)
+            subjects = [m.payload["subject"] for m in session.scalars(select(OutboxMessage))
+                        if m.payload.get("member_id") == member_id]
+            outcomes.append((member_id, attempt.status, at_stripe, member.auto_topup_status, subjects))
+
+    for member_id, status, at_stripe, state_after, subjects in outcomes:
+        assert state_after == "off", member_id
+        assert "Auto Top Up Failure" not in subjects, member_id
+        assert (status, at_stripe) in [("succeeded", ["succeeded"]), ("failed", []), ("failed", ["requires_payment_method"])], (
+            member_id, status, at_stripe)
+    assert deadlocks(database_url) == before
+
+
+def deadlocks(database_url: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
+
+
+def at_once(*calls: Any) -> list[BaseException]:
+    gate, errors = threading.Barrier(len(calls)), []
+
+    def run(call: Any) -> None:
+        gate.wait()
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
