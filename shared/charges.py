@@ -166,8 +166,8 @@ def settle_intent(
             return effects  # an admin decides
         if attempt.status == CardPaymentStatus.SUCCEEDED.value or (
             attempt.status == CardPaymentStatus.FAILED.value and intent.status != SUCCEEDED
-        ):
-            return effects  # already settled: a redelivery or a late event
+        ) or (attempt.status == CardPaymentStatus.ACTION_REQUIRED.value and intent.status in NEEDS_ACTION):
+            return effects  # already settled (or still waiting for the member): a redelivery or a late event
         # A failed attempt whose PaymentIntent succeeded after all (the member paid it with
         # another card) is booked: card money taken is never left out of the ledger.
         if intent.status == SUCCEEDED:

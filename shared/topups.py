@@ -224,14 +224,18 @@ def fail_attempt(
 ) -> None:
     """The card was declined or needs the member: record it; an auto top-up of a member still
     `on` (or `action_required`) changes their state (SPEC 4.3) and e-mails them. A member who
-    cancelled meanwhile stays `off` and gets no e-mail."""
+    cancelled meanwhile stays `off` and gets no e-mail. An attempt that had already asked the
+    member to authenticate changes only the `action_required` it caused: a member who has
+    saved a new card since (`on`) keeps it."""
+    settles = CHARGING if attempt.status == CardPaymentStatus.PENDING.value else (
+        AutoTopUpStatus.ACTION_REQUIRED.value,)
     attempt.status = (CardPaymentStatus.ACTION_REQUIRED if action_required else CardPaymentStatus.FAILED).value
     attempt.last_error = error[:500]
     attempt.payment_intent_id = attempt.payment_intent_id or payment_intent_id
     attempt.updated_at = utcnow()
     if attempt.kind == CardPaymentKind.AUTO_TOP_UP.value:
         member = profiles.get_member(session, attempt.member_id)
-        if member.auto_topup_status not in CHARGING:
+        if member.auto_topup_status not in settles:
             return
         member.auto_topup_status = (
             AutoTopUpStatus.ACTION_REQUIRED if action_required else AutoTopUpStatus.FAILED

@@ -6,6 +6,8 @@ test then races cancels against charges for real and checks what must hold whoev
 from __future__ import annotations
 
 import threading
+import urllib.parse
+import urllib.request
 from typing import Any
 
 import psycopg
@@ -249,6 +251,41 @@ def test_a_charge_stripe_took_before_the_cancel_landed_is_booked_and_the_member_
     member_state, status, _, emails = state(sessions)
     assert (member_state, status, emails) == ("off", "paid", ["Auto top up successful"])
     assert balance_of(sessions, ann) == 80_00  # 10.00 + 100.00 - 30.00
+
+
+def test_an_authentication_that_fails_after_the_member_saved_a_new_card_leaves_auto_top_up_on(
+    sessions: sessionmaker[Session], config: Settings, gateway: StripeGateway, browser: stripe.StripeClient,
+    stripe_api: str, ann: int,
+) -> None:
+    """An auto top-up asked the member to authenticate (`action_required`); they saved a new card
+    instead (`on`); later the old PaymentIntent's authentication fails. That ends the old
+    attempt, not the new card."""
+    customer = customer_with_card(gateway, browser, "ann", number="4000002500003155")  # 3-D Secure
+    with sessions.begin() as session:
+        member = session.get(Member, "ann")
+        member.stripe_customer_id, member.auto_topup_status, member.auto_topup_amount = customer, "on", 100_00
+    with sessions.begin() as session:
+        attempt_id = topups.open_auto_topup(session, "ann", "sweep:3ds", config)
+    charges.charge(sessions, gateway, config, attempt_id)
+    with sessions.begin() as session:
+        intent_id = session.get(CardPayment, attempt_id).payment_intent_id
+        assert (session.get(CardPayment, attempt_id).status, session.get(Member, "ann").auto_topup_status) == (
+            "action_required", "action_required")
+        session.get(Member, "ann").auto_topup_status = "on"  # a new card saved (set-up, then card_saved)
+    secret = browser.v1.payment_intents.retrieve(intent_id).client_secret
+    urllib.request.urlopen(urllib.request.Request(  # the bank's page: authentication failed
+        f"{stripe_api}/v1/payment_intents/{intent_id}/_authenticate",
+        data=urllib.parse.urlencode({"client_secret": secret, "success": "false"}).encode(),
+        headers={"Authorization": f"Bearer {STRIPE_TEST_KEY}"}, method="POST"), timeout=5).close()
+
+    charges.settle_intent(sessions, config, attempt_id, gateway.retrieve_payment_intent(intent_id))
+
+    with sessions.begin() as session:
+        member_state = session.get(Member, "ann").auto_topup_status
+        emails = [m.payload["subject"] for m in session.scalars(select(OutboxMessage))]
+    assert attempt_of(sessions, attempt_id)[0] == "failed"
+    assert member_state == "on"
+    assert "Auto Top Up Failure" not in emails
 
 
 @pytest.mark.parametrize("since", ["off", "failed", "action_required"])
