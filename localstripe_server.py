@@ -5,6 +5,11 @@ Its own CLI binds every interface and keeps its state in /tmp/localstripe.pickle
 every run on the machine and reloaded at start. Here the store's disk methods are replaced by
 no-ops before the app starts, so each process starts empty and runs side by side do not see
 each other's customers.
+
+One gap is filled, as Stripe behaves: a PaymentIntent whose card was declined
+(`requires_payment_method`) can be given another card and confirmed again (Stripe.js does this
+when the member retries on the same checkout page); localstripe kept the failed charge and
+refused the second confirm.
 """
 
 from __future__ import annotations
@@ -20,11 +25,24 @@ def _no_disk(self: resources.Store) -> None:
     return None
 
 
+_update_intent = resources.PaymentIntent._update
+
+
+def _retry_with_new_card(self: resources.PaymentIntent, **data: object) -> None:
+    """A new card on a declined PaymentIntent forgets the failed charge, so `status` reads
+    `requires_confirmation` and the intent can be confirmed again."""
+    _update_intent(self, **data)
+    charge = self.latest_charge
+    if data.get("payment_method") and charge is not None and charge.status == "failed":
+        self.latest_charge = None
+
+
 def main(argv: list[str]) -> None:
     if len(argv) not in (1, 2) or not argv[0].isdigit():
         sys.exit("usage: python -m localstripe_server PORT [HOST]  (HOST defaults to 127.0.0.1)")
     resources.Store.try_load_from_disk = _no_disk
     resources.Store.dump_to_disk = _no_disk
+    resources.PaymentIntent._update = _retry_with_new_card
     resources.store.clear()
     host = argv[1] if len(argv) == 2 else "127.0.0.1"  # a container publishes it on loopback
     web.run_app(app, host=host, port=int(argv[0]), print=None)

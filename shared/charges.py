@@ -7,8 +7,17 @@
 
 A crash between 2 and 3 leaves the attempt `pending` with `tries` > 0: the next try looks the
 attempt up at Stripe by its key before charging, so a card is never charged twice even by a
-Stripe stand-in that ignores idempotency keys. Every function returns the ids of outbox rows
-it wrote, for the caller to dispatch after commit, and follow-up card work it scheduled.
+Stripe stand-in that ignores idempotency keys.
+
+Step 1 of a charge re-reads the member under their row lock: an auto top-up whose member has
+cancelled (or is no longer `on`/`action_required`) is not charged; it ends failed and the
+payment waiting for it goes on to a checkout or is declined. Step 3 books card money only when
+Stripe's amount received and currency match the attempt; otherwise the attempt is `held` for
+an admin. A declined card on a checkout (a page the member can retry with another card) is
+recorded and the checkout stays open; a declined saved card ends its attempt.
+
+Every function returns the ids of outbox rows it wrote, for the caller to dispatch after
+commit, and follow-up card work it scheduled.
 """
 
 from __future__ import annotations
@@ -23,13 +32,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import db, ledger, payments, profiles, topups
 from shared.config import Settings
 from shared.errors import AuthenticationRequired, CardDeclined, NotFound, StripeRequestFailed
-from shared.models import AutoTopUpStatus, CardPaymentKind, CardPaymentStatus, Member
-from shared.stripe_gateway import PaymentIntentInfo, StripeGateway
+from shared.models import AutoTopUpStatus, CardPayment, CardPaymentKind, CardPaymentStatus, Member
+from shared.money import format_cents
+from shared.stripe_gateway import CURRENCY, PaymentIntentInfo, StripeGateway
 
 # Stripe says the money is taken, or that it will not be (until the member acts).
 SUCCEEDED = "succeeded"
 NEEDS_ACTION = ("requires_action", "requires_confirmation")
-FAILED = ("requires_payment_method", "canceled")
+DECLINED = "requires_payment_method"  # the card tried was refused (or none was tried yet)
+FAILED = (DECLINED, "canceled")
+CANCELLED = "auto top-up cancelled"
+# Auto top-up states in which a card-saved report is awaited: set-up (or a new card) under way.
+SAVING_CARD = (AutoTopUpStatus.PENDING.value, AutoTopUpStatus.ON.value)
 
 
 @dataclass
@@ -64,14 +78,24 @@ def _charge(sessions: sessionmaker[Session], gateway: StripeGateway, settings: S
         attempt = topups.lock_attempt(session, attempt_id)
         if attempt.status != CardPaymentStatus.PENDING.value:
             return effects
+        # Lock order attempt -> member, as `settle_intent` (via `fail_attempt`) takes them.
+        cancelled = attempt.kind == CardPaymentKind.AUTO_TOP_UP.value and not topups.may_charge_auto_topup(
+            session, attempt.member_id)
         customer = profiles.get_member(session, attempt.member_id).stripe_customer_id
         looked_up_first = attempt.tries > 0
+        if cancelled and not looked_up_first:  # never sent to Stripe: end it here
+            topups.fail_attempt(session, attempt, CANCELLED)
+            payments.card_failed(session, attempt, CANCELLED, settings)
+            effects.collect(session)
+            return effects
         attempt.tries += 1
         key, amount, member_id, kind = attempt.attempt_key, attempt.amount, attempt.member_id, attempt.kind
     if customer is None:
         return _declined(sessions, settings, attempt_id, "no card is saved", effects)
 
     intent = gateway.find_payment_intent(customer_id=customer, attempt_key=key) if looked_up_first else None
+    if intent is None and cancelled:  # an earlier try may have charged; it did not: charge no more
+        return _declined(sessions, settings, attempt_id, CANCELLED, effects)
     if intent is None:
         try:
             intent = gateway.charge_saved_card(
@@ -135,15 +159,30 @@ def settle_intent(
     effects = effects or Effects()
     with sessions.begin() as session:
         attempt = topups.lock_attempt(session, attempt_id)
+        if attempt.status == CardPaymentStatus.HELD.value:
+            if intent.status == SUCCEEDED and intent.id not in _noted_intents(attempt):
+                topups.note_intent(attempt, intent.id, "succeeded_while_held",
+                                   f"{intent.amount_received_cents} {intent.currency} received")
+            return effects  # an admin decides
         if attempt.status == CardPaymentStatus.SUCCEEDED.value or (
             attempt.status == CardPaymentStatus.FAILED.value and intent.status != SUCCEEDED
-        ):
-            return effects  # already settled: a redelivery or a late event
+        ) or (attempt.status == CardPaymentStatus.ACTION_REQUIRED.value and intent.status in NEEDS_ACTION):
+            return effects  # already settled (or still waiting for the member): a redelivery or a late event
         # A failed attempt whose PaymentIntent succeeded after all (the member paid it with
         # another card) is booked: card money taken is never left out of the ledger.
         if intent.status == SUCCEEDED:
-            topups.book_card_money(session, attempt, payment_intent_id=intent.id)
-            payments.card_money_arrived(session, attempt, settings)
+            mismatch = _mismatch(attempt.amount, intent)
+            if mismatch:
+                topups.hold_attempt(session, attempt, mismatch, payment_intent_id=intent.id)
+                payments.card_held(session, attempt, mismatch)
+            else:
+                topups.book_card_money(session, attempt, payment_intent_id=intent.id)
+                payments.card_money_arrived(session, attempt, settings)
+        elif intent.status == DECLINED and _member_can_retry(attempt):
+            if attempt.status == CardPaymentStatus.AWAITING_CARD.value:
+                topups.record_decline(attempt, f"PaymentIntent {intent.id}: card declined"
+                                      f"{': ' + intent.last_payment_error if intent.last_payment_error else ''}",
+                                      payment_intent_id=intent.id)
         elif intent.status in FAILED or (
             intent.status in NEEDS_ACTION and attempt.kind == CardPaymentKind.AUTO_TOP_UP.value
         ):
@@ -153,6 +192,29 @@ def settle_intent(
             payments.card_failed(session, attempt, f"card payment {intent.status}", settings)
         effects.collect(session)
     return effects
+
+
+def _member_can_retry(attempt: CardPayment) -> bool:
+    """A checkout page (a payment's checkout, or a manual top-up with a new card): after a
+    decline the member may try another card on the same PaymentIntent (SPEC 3)."""
+    return attempt.kind == CardPaymentKind.CHECKOUT.value or attempt.status == CardPaymentStatus.AWAITING_CARD.value
+
+
+def _mismatch(expected_cents: int, intent: PaymentIntentInfo) -> str | None:
+    """What differs between the money Stripe took and the attempt (SPEC 5), or None."""
+    differences = []
+    if intent.amount_received_cents != expected_cents:
+        differences.append(f"amount received {format_cents(intent.amount_received_cents)}, "
+                           f"expected {format_cents(expected_cents)}")
+    if intent.currency != CURRENCY:
+        differences.append(f"currency {intent.currency or 'unknown'}, expected {CURRENCY}")
+    if not differences:
+        return None
+    return f"PaymentIntent {intent.id}: " + "; ".join(differences)
+
+
+def _noted_intents(attempt: CardPayment) -> set[str]:
+    return {str(n.get("payment_intent")) for n in attempt.stripe_notes or [] if isinstance(n, dict)}
 
 
 def _declined(
@@ -216,25 +278,33 @@ def card_saved(
     sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, *, customer_id: str,
     setup_intent_id: str | None = None, payment_method_id: str | None = None, event_id: str,
 ) -> Effects:
-    """Stripe saved a card: make it the default, turn auto top-up on, top up if below the limit."""
+    """Stripe saved a card: make it the default, turn auto top-up on, top up if below the limit.
+
+    Only while the member is setting a card up (`pending`) or replacing one (`on`): to `off`,
+    `failed` or `action_required` a card-saved event is late (or replayed), from before a cancel
+    or a decline, and changes nothing; saving a card again starts with a new setup."""
     effects = Effects()
     with sessions.begin() as session:
         member = session.scalar(select(Member).where(Member.stripe_customer_id == customer_id))
-        if member is None or member.auto_topup_status == AutoTopUpStatus.OFF.value:
-            return effects  # not ours, or cancelled since: a late event changes nothing
+        if member is None or member.auto_topup_status not in SAVING_CARD:
+            return effects  # not ours, or cancelled or failed since: a late event changes nothing
         member_id = member.member_id
+        account_id = member.account_id
     gateway.card_saved(customer_id=customer_id, setup_intent_id=setup_intent_id, payment_method_id=payment_method_id)
     with sessions.begin() as session:
+        # The account lock first, then the member's row: the order a payment takes them in.
+        ledger.lock_accounts(session, [account_id])
         member = session.get(Member, member_id, with_for_update=True, populate_existing=True)
-        if member is None or member.auto_topup_status == AutoTopUpStatus.OFF.value:
+        if member is None or member.auto_topup_status not in SAVING_CARD:
             return effects
         member.auto_topup_status = AutoTopUpStatus.ON.value
         balance = ledger.balance(session, member.account_id)
-        if balance < settings.auto_topup_low_limit:
+        amount = topups.auto_topup_charge(auto_amount=member.auto_topup_amount, balance=balance, payment=0,
+                                          settings=settings)
+        if balance < settings.auto_topup_low_limit and amount is not None:
             attempt = topups.open_attempt(
                 session, key=f"card-saved:{event_id}", kind=CardPaymentKind.AUTO_TOP_UP, member_id=member_id,
-                amount=topups.topup_amount(auto_amount=member.auto_topup_amount, balance=balance, payment=0,
-                                           low_limit=settings.auto_topup_low_limit),
+                amount=amount,
             )
             if attempt is not None and attempt.status == CardPaymentStatus.PENDING.value:
                 effects.charges.append(attempt.id)

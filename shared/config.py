@@ -43,6 +43,8 @@ class Settings:
     auto_topup_default_amount: int = 100_00
     auto_topup_min_amount: int = 50_00
     auto_topup_max_amount: int = 2000_00
+    # SPEC 5: no auto top-up charges more than this; a payment needing more goes to step 3.
+    auto_topup_max_charge: int = 2000_00
     manual_topup_min: int = 50_00
     manual_topup_max_balance: int = 2000_00
     transfer_max: int = 2000_00
@@ -137,6 +139,7 @@ class Settings:
             auto_topup_default_amount=cents("PAYMENTS_AUTO_TOPUP_DEFAULT_AMOUNT", 100_00),
             auto_topup_min_amount=cents("PAYMENTS_AUTO_TOPUP_MIN_AMOUNT", 50_00),
             auto_topup_max_amount=cents("PAYMENTS_AUTO_TOPUP_MAX_AMOUNT", 2000_00),
+            auto_topup_max_charge=cents("PAYMENTS_AUTO_TOPUP_MAX_CHARGE", 2000_00),
             manual_topup_min=cents("PAYMENTS_MANUAL_TOPUP_MIN", 50_00),
             manual_topup_max_balance=cents("PAYMENTS_MANUAL_TOPUP_MAX_BALANCE", 2000_00),
             transfer_max=cents("PAYMENTS_TRANSFER_MAX", 2000_00),
@@ -156,6 +159,12 @@ class Settings:
                 "PAYMENTS_AUTO_TOPUP_DEFAULT_AMOUNT must lie between "
                 "PAYMENTS_AUTO_TOPUP_MIN_AMOUNT and PAYMENTS_AUTO_TOPUP_MAX_AMOUNT",
                 field="PAYMENTS_AUTO_TOPUP_DEFAULT_AMOUNT",
+            )
+        if settings.auto_topup_max_charge < settings.auto_topup_min_amount:
+            # Below the smallest auto amount no auto top-up could ever be charged.
+            raise ConfigError(
+                "PAYMENTS_AUTO_TOPUP_MAX_CHARGE must be at least PAYMENTS_AUTO_TOPUP_MIN_AMOUNT",
+                field="PAYMENTS_AUTO_TOPUP_MAX_CHARGE",
             )
         return settings
 

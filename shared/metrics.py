@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.models import CardPayment, EventStatus, OutboxMessage, PaymentRequest, StripeEvent, utcnow
+from shared.models import CardPayment, CardPaymentStatus, EventStatus, OutboxMessage, PaymentRequest, StripeEvent, utcnow
 
 
 def render(session: Session, queue_depths: dict[str, int] | None) -> str:
@@ -40,6 +40,9 @@ def render(session: Session, queue_depths: dict[str, int] | None) -> str:
     ).all()
     metric("payments_card_payments", "gauge", "Attempts to take card money by kind and result",
            [({"kind": k, "result": s}, n) for k, s, n in cards])
+    metric("payments_card_payments_held", "gauge",
+           "Card money Stripe took that did not match its attempt, held unbooked for an admin (alert on > 0)",
+           [({}, sum(n for _, s, n in cards if s == CardPaymentStatus.HELD.value))])
     reqs = session.execute(
         select(PaymentRequest.kind, PaymentRequest.status, func.count())
         .group_by(PaymentRequest.kind, PaymentRequest.status)

@@ -334,6 +334,9 @@ class CardPaymentStatus(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     ACTION_REQUIRED = "action_required"
+    # Stripe took money that does not match the attempt (amount or currency): not booked, the
+    # waiting request not paid; an admin decides (SPEC 5, `payments_card_payments_held`).
+    HELD = "held"
 
 
 IN_FLIGHT = (CardPaymentStatus.PENDING.value,)

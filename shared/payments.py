@@ -9,10 +9,13 @@ A payment debits the member, so only types in that direction are accepted. `pay`
    `book_internals` is false); `paid`; then the after-payment check (a top-up for an `on`
    member below the low limit, else a low-balance warning);
 2. balance < amount and auto top-up `on`: an attempt to charge the saved card for the SPEC 4.2
-   amount is committed with the request still `queued`; once the card money is booked the
-   payment is decided again (`card_money_arrived`); if the card fails, step 3;
+   amount (at most `auto_topup_max_charge`, else straight to step 3) is committed with the
+   request still `queued`; once the card money is booked the payment is decided again
+   (`card_money_arrived`); if the card fails, or the member cancels first, step 3;
 3. `allow_checkout`: an attempt for (amount - balance) becomes a card checkout, the request
-   `awaiting_card`; the card money, when Stripe reports it, pays the request;
+   `awaiting_card`; the card money, when Stripe reports it, pays the request. A declined card
+   leaves it waiting (the member may try another); only a cancelled or expired checkout, or
+   card money that does not match the attempt (`card_held`), ends it unpaid;
 4. otherwise: `declined`, nothing booked.
 
 Stripe is never called here: `shared.charges` makes the calls after commit.
@@ -264,11 +267,10 @@ def card_fallback(
     made after commit (`shared.charges`), and its outcome carries the request on.
     """
     member = profiles.get_member(session, order.member_id)
-    if member.auto_topup_status == AutoTopUpStatus.ON.value and member.stripe_customer_id:
-        amount = topups.topup_amount(
-            auto_amount=member.auto_topup_amount, balance=balance, payment=order.amount,
-            low_limit=settings.auto_topup_low_limit,
-        )
+    amount = topups.auto_topup_charge(
+        auto_amount=member.auto_topup_amount, balance=balance, payment=order.amount, settings=settings
+    )
+    if member.auto_topup_status == AutoTopUpStatus.ON.value and member.stripe_customer_id and amount is not None:
         attempt = topups.open_attempt(
             session, key=f"pay-topup:{order.request_id}", kind=CardPaymentKind.AUTO_TOP_UP,
             member_id=order.member_id, amount=amount, request_id=order.request_id,
@@ -277,6 +279,7 @@ def card_fallback(
             session.info.setdefault("charges", []).append(attempt.id)
             return True
         # Another top-up is in flight, or this one already failed: go on to step 3.
+    # (So does a top-up above `auto_topup_max_charge`: SPEC 5.)
     return _open_checkout(session, order, order.amount - balance)
 
 
@@ -344,16 +347,28 @@ def card_failed(session: Session, attempt: CardPayment, reason: str, settings: S
     requests.finish(session, row, RequestStatus.FAILED, reason=f"card payment failed: {reason}", result={})
 
 
+def card_held(session: Session, attempt: CardPayment, reason: str) -> None:
+    """Stripe's money did not match the attempt and is held for an admin: the request it was
+    for is not paid. It fails (with its one callback) rather than wait for ever; no checkout is
+    opened, since card money has already moved."""
+    row = _waiting_for_card(session, attempt)
+    if row is None:
+        return
+    requests.finish(session, row, RequestStatus.FAILED, reason=f"card payment held for review: {reason}", result={})
+
+
 def after_payment_check(session: Session, member_id: str, balance: int, settings: Settings) -> None:
     """SPEC 3: below the low limit, an `on` member gets one top-up of their auto amount,
     any other member who opted in a low-balance warning."""
     member = profiles.get_member(session, member_id)
     if member.auto_topup_status == AutoTopUpStatus.ON.value and member.stripe_customer_id:
+        amount = topups.auto_topup_charge(auto_amount=member.auto_topup_amount, balance=balance, payment=0,
+                                          settings=settings)
+        if amount is None:
+            return  # above the largest auto top-up charge (SPEC 5)
         attempt = topups.open_attempt(
             session, key=f"low-{member_id}-{utcnow():%Y%m%dT%H%M%S%f}", kind=CardPaymentKind.AUTO_TOP_UP,
-            member_id=member_id, amount=topups.topup_amount(
-                auto_amount=member.auto_topup_amount, balance=balance, payment=0,
-                low_limit=settings.auto_topup_low_limit),
+            member_id=member_id, amount=amount,
         )
         if attempt is not None and attempt.status == CardPaymentStatus.PENDING.value:
             session.info.setdefault("charges", []).append(attempt.id)

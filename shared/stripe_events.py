@@ -4,7 +4,8 @@ One plain dict maps event type to handler; unknown types are recorded as ignored
 never trust the order events arrive in: a PaymentIntent event only names the PaymentIntent,
 whose current state is then fetched from Stripe and booked as `shared.charges.settle_intent`
 would, once per attempt. So the same event ten times, a failure after a success, or a second
-PaymentIntent for one checkout all book exactly what Stripe says happened, once.
+PaymentIntent for one checkout all book exactly what Stripe says happened, once; money whose
+amount received or currency differs from the attempt is held, not booked.
 """
 
 from __future__ import annotations

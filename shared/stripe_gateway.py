@@ -11,10 +11,12 @@ rest into `StripeRequestFailed`; messages never carry the API key or a client se
 
 The same code runs against Stripe and against localstripe, which differs in a few places
 handled here: it returns `requires_action` where Stripe raises `authentication_required`
-off-session, embeds `latest_charge` as an object, has no `amount_received`, does not attach a
-SetupIntent's card to the customer, and has neither search nor listing PaymentIntents by
-customer. It ignores `Idempotency-Key` too: our attempt rows make up for that, and so does
-looking a charge or a refund up by our key before making it again.
+off-session, embeds `latest_charge` as an object, has no `amount_received` (taken here as the
+amount of a succeeded intent; `PaymentIntentInfo` carries it and the currency, which
+`shared.charges` checks against the attempt before booking), does not attach a SetupIntent's
+card to the customer, and has neither search nor listing PaymentIntents by customer. It
+ignores `Idempotency-Key` too: our attempt rows make up for that, and so does looking a
+charge or a refund up by our key before making it again.
 """
 
 from __future__ import annotations
@@ -66,6 +68,10 @@ class PaymentIntentInfo:
     payment_method_id: str | None
     metadata: dict[str, str]
     latest_charge_id: str | None
+    # Lower case, as Stripe writes it; card money is booked only in CURRENCY (SPEC 5).
+    currency: str = CURRENCY
+    # Why the last card tried was refused ("Your card was declined."), if it was.
+    last_payment_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -437,6 +443,8 @@ def _intent_info(intent: Any) -> PaymentIntentInfo:
         payment_method_id=_id(data.get("payment_method")),
         metadata={str(k): str(v) for k, v in (data.get("metadata") or {}).items()},
         latest_charge_id=_id(data.get("latest_charge")),
+        currency=str(data.get("currency") or "").lower(),
+        last_payment_error=_error_message(data.get("last_payment_error")),
     )
 
 
@@ -444,6 +452,13 @@ def _refund_info(refund: Any) -> RefundInfo:
     data = _as_dict(refund)
     return RefundInfo(id=str(data["id"]), amount_cents=int(data.get("amount") or 0),
                       status=str(data.get("status") or "pending"))
+
+
+def _error_message(error: Any) -> str | None:
+    if not isinstance(error, Mapping):
+        return None
+    message = error.get("message") or error.get("code")
+    return str(message)[:200] if message else None
 
 
 def _as_dict(value: Any) -> dict[str, Any]:

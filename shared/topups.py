@@ -5,6 +5,15 @@ Every attempt to take card money is a `card_payments` row committed before Strip
 (DESIGN invariant 5). Its `attempt_key` is the Stripe idempotency key and the key of the
 booking, so card money is booked at most once per attempt however often Stripe reports it;
 at most one auto top-up per member is in flight (a partial unique index).
+
+Limits count what is in flight: a manual top-up is checked, under the member's account lock,
+against the balance plus every top-up of the member (manual or auto) still `pending` or
+`awaiting_card`. Every top-up attempt is opened under that same lock, so concurrent top-ups
+cannot each pass alone. A payment's checkout is not a top-up (SPEC 5 "every top-up still in
+flight"): its card money pays its request at once and leaves the balance no higher, so it is
+not counted. An auto top-up never charges more than `auto_topup_max_charge`. A late
+outcome leaves a member who cancelled `off`: a decline neither makes them `failed` nor e-mails
+them (nor a member saving a new card), and a success does not turn them back on.
 """
 
 from __future__ import annotations
@@ -58,6 +67,14 @@ def topup_amount(*, auto_amount: int, balance: int, payment: int, low_limit: int
     return amount
 
 
+def auto_topup_charge(*, auto_amount: int, balance: int, payment: int, settings: Settings) -> int | None:
+    """The SPEC 4.2 top-up, or None when it is above `auto_topup_max_charge` (SPEC 5): then no
+    auto top-up is charged (a payment goes on to step 3)."""
+    amount = topup_amount(auto_amount=auto_amount, balance=balance, payment=payment,
+                          low_limit=settings.auto_topup_low_limit)
+    return amount if amount <= settings.auto_topup_max_charge else None
+
+
 def check_auto_amount(value: object, settings: Settings) -> int:
     return parse_cents(
         value, "amount", minimum=settings.auto_topup_min_amount, maximum=settings.auto_topup_max_amount
@@ -73,19 +90,41 @@ def set_auto_amount(session: Session, member_id: str, value: object, settings: S
     return member
 
 
-def check_manual_amount(amount: int, balance: int, settings: Settings) -> None:
-    """SPEC 5: at least the minimum, and the balance after it at most the maximum."""
+def check_manual_amount(amount: int, balance: int, settings: Settings, in_flight: int = 0) -> None:
+    """SPEC 5: at least the minimum, and balance + amount + every top-up still in flight at
+    most the maximum."""
     if amount < settings.manual_topup_min:
         raise InvalidInput(
             f"amount: {format_cents(amount)} is below the minimum top-up {format_cents(settings.manual_topup_min)}",
             field="amount",
         )
-    if balance + amount > settings.manual_topup_max_balance:
+    if balance + amount + in_flight > settings.manual_topup_max_balance:
+        pending = f" with {format_cents(in_flight)} of top-ups in flight" if in_flight else ""
         raise InvalidInput(
-            f"amount: {format_cents(amount)} would take the balance {format_cents(balance)} above "
+            f"amount: {format_cents(amount)} would take the balance {format_cents(balance)}{pending} above "
             f"{format_cents(settings.manual_topup_max_balance)}",
             field="amount",
         )
+
+
+# An attempt in these states may still bring card money in.
+OPEN_STATUSES = (CardPaymentStatus.PENDING.value, CardPaymentStatus.AWAITING_CARD.value)
+TOP_UP_KINDS = (CardPaymentKind.MANUAL_TOP_UP.value, CardPaymentKind.AUTO_TOP_UP.value)
+
+
+def in_flight_amount(session: Session, member_id: str) -> int:
+    """Top-ups asked for the member and not yet booked or ended: every open manual or auto
+    top-up attempt (an auto top-up for a payment counts whole, though the payment takes part of
+    it). Read under the member's account lock, which every opener of a top-up holds, so no
+    concurrent one is missed."""
+    total = session.scalar(
+        select(func.coalesce(func.sum(CardPayment.amount), 0)).where(
+            CardPayment.member_id == member_id,
+            CardPayment.status.in_(OPEN_STATUSES),
+            CardPayment.kind.in_(TOP_UP_KINDS),
+        )
+    )
+    return int(total or 0)
 
 
 def open_attempt(
@@ -171,29 +210,75 @@ def book_card_money(session: Session, attempt: CardPayment, *, payment_intent_id
     attempt.last_error = None
     attempt.updated_at = utcnow()
     if attempt.kind == CardPaymentKind.AUTO_TOP_UP.value and not booking.replayed:
+        # Only `action_required` is lifted: a member who cancelled (`off`) stays off.
         if member.auto_topup_status == AutoTopUpStatus.ACTION_REQUIRED.value:
             member.auto_topup_status = AutoTopUpStatus.ON.value
         notifications.auto_topup_email(session, member, attempt, "success")
     return booking
 
 
+# Auto top-up states a charge's outcome may change; `off`, `pending` (a card being saved
+# again) and `failed` are the member's newer word, which a late decline must not overwrite.
+CHARGING = (AutoTopUpStatus.ON.value, AutoTopUpStatus.ACTION_REQUIRED.value)
+
+
+def may_charge_auto_topup(session: Session, member_id: str) -> bool:
+    """Whether the member still wants auto top-ups, read under the member's row lock (the lock
+    `shared.charges.cancel_auto_topup` takes), so a cancel is seen before any charge."""
+    member = session.get(Member, member_id, with_for_update=True, populate_existing=True)
+    return member is not None and member.auto_topup_status in CHARGING
+
+
 def fail_attempt(
     session: Session, attempt: CardPayment, error: str, *, action_required: bool = False,
     payment_intent_id: str | None = None,
 ) -> None:
-    """The card was declined or needs the member: record it; an auto top-up changes the
-    member's state (SPEC 4.3) and e-mails them."""
+    """The card was declined or needs the member: record it; an auto top-up of a member still
+    `on` (or `action_required`) changes their state (SPEC 4.3) and e-mails them. A member who
+    cancelled meanwhile stays `off` and gets no e-mail. An attempt that had already asked the
+    member to authenticate changes only the `action_required` it caused: a member who has
+    saved a new card since (`on`) keeps it."""
+    settles = CHARGING if attempt.status == CardPaymentStatus.PENDING.value else (
+        AutoTopUpStatus.ACTION_REQUIRED.value,)
     attempt.status = (CardPaymentStatus.ACTION_REQUIRED if action_required else CardPaymentStatus.FAILED).value
     attempt.last_error = error[:500]
     attempt.payment_intent_id = attempt.payment_intent_id or payment_intent_id
     attempt.updated_at = utcnow()
     if attempt.kind == CardPaymentKind.AUTO_TOP_UP.value:
         member = profiles.get_member(session, attempt.member_id)
+        if member.auto_topup_status not in settles:
+            return
         member.auto_topup_status = (
             AutoTopUpStatus.ACTION_REQUIRED if action_required else AutoTopUpStatus.FAILED
         ).value
         member.updated_at = utcnow()
         notifications.auto_topup_email(session, member, attempt, "action_required" if action_required else "failure")
+
+
+def record_decline(attempt: CardPayment, error: str, *, payment_intent_id: str) -> None:
+    """A card tried on a checkout was refused: the checkout stays open for another card (SPEC 3)
+    until it is paid, cancelled or expires. `updated_at` is left alone: it times the expiry."""
+    attempt.last_error = error[:500]
+    attempt.payment_intent_id = attempt.payment_intent_id or payment_intent_id
+
+
+def hold_attempt(session: Session, attempt: CardPayment, error: str, *, payment_intent_id: str) -> None:
+    """Stripe took money that does not match the attempt: book nothing, keep it for an admin
+    (SPEC 5). The PaymentIntent is noted (and kept as the attempt's if it had none)."""
+    attempt.status = CardPaymentStatus.HELD.value
+    attempt.last_error = error[:500]
+    if attempt.payment_intent_id is None and session.scalar(
+        select(CardPayment.id).where(CardPayment.payment_intent_id == payment_intent_id)
+    ) is None:
+        attempt.payment_intent_id = payment_intent_id
+    note_intent(attempt, payment_intent_id, "held", error)
+    attempt.updated_at = utcnow()
+
+
+def note_intent(attempt: CardPayment, payment_intent_id: str, what: str, detail: str) -> None:
+    """Record for admins a PaymentIntent of the attempt that was not booked."""
+    note = {"type": what, "payment_intent": payment_intent_id, "detail": detail[:300], "at": utcnow().isoformat()}
+    attempt.stripe_notes = [*(attempt.stripe_notes or []), note]
 
 
 # Manual top-ups (SPEC 5) -----------------------------------------------------------------
@@ -240,7 +325,8 @@ def topup(session: Session, order: TopupOrder, settings: Settings) -> requests.R
     try:
         member = profiles.get_member(session, order.member_id)
         ledger.lock_accounts(session, [member.account_id])
-        check_manual_amount(order.amount, ledger.balance(session, member.account_id), settings)
+        check_manual_amount(order.amount, ledger.balance(session, member.account_id), settings,
+                            in_flight=in_flight_amount(session, order.member_id))
         if order.use_saved_card and not member.stripe_customer_id:
             raise InvalidInput("use_saved_card: no card is saved", field="use_saved_card")
     except (NotFound, InvalidInput) as exc:
@@ -259,11 +345,14 @@ def open_auto_topup(session: Session, member_id: str, key: str, settings: Settin
     member = profiles.get_member(session, member_id)
     if member.auto_topup_status != AutoTopUpStatus.ON.value or not member.stripe_customer_id:
         return None
+    ledger.lock_accounts(session, [member.account_id])  # every attempt opens under this lock
     balance = ledger.balance(session, member.account_id)
     if balance >= settings.auto_topup_low_limit:
         return None
-    amount = topup_amount(auto_amount=member.auto_topup_amount, balance=balance, payment=0,
-                          low_limit=settings.auto_topup_low_limit)
+    amount = auto_topup_charge(auto_amount=member.auto_topup_amount, balance=balance, payment=0,
+                               settings=settings)
+    if amount is None:
+        return None  # above the largest auto top-up charge (SPEC 5): left to the member
     attempt = open_attempt(session, key=key, kind=CardPaymentKind.AUTO_TOP_UP, member_id=member_id, amount=amount)
     if attempt is None or attempt.status != CardPaymentStatus.PENDING.value:
         return None

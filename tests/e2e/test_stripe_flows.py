@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import client as payments_client
+from shared import payments
 from shared.config import Settings
 from shared.models import CardPayment, Member, OutboxMessage, StripeEvent
 from shared.stripe_gateway import StripeGateway, sign_webhook
@@ -403,24 +405,94 @@ def test_a_failure_arriving_before_the_success_is_settled_by_what_stripe_says(
                                        ("Entry to an event", "-30.00")]
 
 
-def test_a_checkout_failed_at_first_and_then_paid_by_the_member_keeps_the_card_money(
-    client, auth, world, sessions, browser, webhook_url
+def test_a_checkout_declined_by_one_card_stays_open_and_another_card_pays_the_request_with_one_callback(
+    client, auth, world, sessions, browser, webhook_url, received
 ) -> None:
-    """A declined card leaves the PaymentIntent `requires_payment_method` (payment_failed), and
-    Stripe.js lets the member pay the same PaymentIntent with another card. localstripe cannot
-    retry a declined PaymentIntent, so the decline is reported (signed here) before the card."""
-    intent_id = checkout_waiting(client, auth)
-    declined = stripe_event("payment_intent.payment_failed", intent_object(browser, intent_id))
-    deliver(webhook_url, declined)
-    event_done(sessions, declined["id"])
-    assert outcome(client, auth, "r1")["status"] == "failed"
+    """SPEC 3: a declined card leaves the checkout open; the member tries another card on the
+    same page (the same PaymentIntent), and the request is paid. localstripe reports the
+    decline itself (payment_intent.payment_failed, signed, to the webhook server)."""
+    request_id = f"retry-{uuid.uuid4().hex[:8]}"
+    adjust(client, auth, 10_00)
+    client.post("/api/payments", headers=auth, json=payment(request_id=request_id, allow_checkout=True,
+                                                            route_code="EVT"))
+    intent_id = outcome(client, auth, request_id)["checkout"]["payment_intent_id"]
 
+    with pytest.raises(stripe.CardError):
+        pay_as_browser(browser, intent_id, DECLINED_AT_CHARGE)
+    failed_event = wait_for(lambda: processed_event(sessions, "payment_intent.payment_failed", intent_id),
+                            "the decline to be processed")
+
+    assert failed_event.status == "processed"
+    assert outcome(client, auth, request_id)["status"] == "awaiting_card"
+    declined = attempt(sessions, f"checkout:{request_id}")
+    assert declined.status == "awaiting_card" and "declined" in declined.last_error
+    assert received() == []
+
+    assert pay_as_browser(browser, intent_id, VISA).status == "succeeded"
+
+    assert status_becomes(client, auth, request_id, "paid")["status"] == "paid"
+    callbacks = wait_for(received, "the callback")
+    assert [(c["request_id"], c["status"], c["amount"]) for c in callbacks] == [(request_id, "success", "30.00")]
+    assert statement(client, auth) == [("Manual Adjustment", "10.00"), ("CC Payment", "20.00"),
+                                       ("Entry to an event", "-30.00")]
+    assert balance_of(sessions, world["ann"]) == 0
+    assert attempt(sessions, f"checkout:{request_id}").status == "succeeded"
+
+
+def processed_event(sessions: sessionmaker[Session], type_: str, payment_intent_id: str) -> StripeEvent | None:
+    with sessions.begin() as session:
+        for event in session.scalars(select(StripeEvent).where(StripeEvent.type == type_)):
+            if event.payload["data"]["object"]["id"] == payment_intent_id and event.status in ("processed", "ignored"):
+                session.expunge(event)
+                return event
+    return None
+
+
+# 7b. Card money that does not match the attempt (SPEC 5) ---------------------------------------
+
+
+def metric(client: FlaskClient, name: str) -> float:
+    text_body = client.get("/metrics").get_data(as_text=True)
+    (value,) = [line.split()[-1] for line in text_body.splitlines() if line.startswith(f"{name} ")]
+    return float(value)
+
+
+@pytest.mark.parametrize(("amount", "currency", "differs"), [
+    (2_00, "aud", "amount received 2.00, expected 20.00"),
+    (20_00, "usd", "currency usd, expected aud"),
+], ids=["amount", "currency"])
+def test_card_money_that_differs_from_the_attempt_is_held_for_an_admin_unbooked_and_counted(
+    client, auth, world, sessions, browser, webhook_url, amount, currency, differs
+) -> None:
+    request_id = f"held-{uuid.uuid4().hex[:8]}"
+    key = f"checkout:{request_id}"
+    intent_id = checkout_waiting(client, auth, request_id)  # 20.00 by card for a payment of 30.00
+    assert metric(client, "payments_card_payments_held") == 0
+    # Another PaymentIntent carrying the attempt's metadata, paid at Stripe; localstripe reports
+    # it, signed, to the webhook server.
+    other = browser.v1.payment_intents.create({"amount": amount, "currency": currency, "payment_method_types": ["card"],
+                                               "metadata": {"attempt_key": key, "member_id": "ann", "kind": "checkout"}})
+    assert pay_as_browser(browser, other.id).status == "succeeded"
+
+    held = wait_for(lambda: (row := attempt(sessions, key)) is not None and row.status == "held" and row,
+                    "the card money to be held")
+
+    assert held.last_error == f"PaymentIntent {other.id}: {differs}"
+    assert held.payment_intent_id == intent_id  # still the checkout's own
+    assert [(n["type"], n["payment_intent"]) for n in held.stripe_notes] == [("held", other.id)]
+    result = outcome(client, auth, request_id)
+    assert result["status"] == "failed" and result["reason"].startswith("card payment held for review")
+    assert statement(client, auth) == [("Manual Adjustment", "10.00")]
+    assert balance_of(sessions, world["club"]) == 0
+    assert metric(client, "payments_card_payments_held") == 1
+    assert metric(client, 'payments_card_payments{kind="checkout",result="held"}') == 1
+
+    # The member pays the checkout's own PaymentIntent too: noted for the admin, still not booked.
     assert pay_as_browser(browser, intent_id).status == "succeeded"
-
-    wait_for(lambda: balance_of(sessions, world["ann"]) == 30_00, "the card money to be booked")
-    assert statement(client, auth) == [("Manual Adjustment", "10.00"), ("CC Payment", "20.00")]
-    assert outcome(client, auth, "r1")["status"] == "failed"  # its failure callback has gone
-    assert attempt(sessions, "checkout:r1").status == "succeeded"
+    wait_for(lambda: len(attempt(sessions, key).stripe_notes) == 2, "the second payment to be noted")
+    assert attempt(sessions, key).stripe_notes[1]["type"] == "succeeded_while_held"
+    assert statement(client, auth) == [("Manual Adjustment", "10.00")]
+    assert attempt(sessions, key).status == "held"
 
 
 # 8. Refused deliveries (DESIGN invariant 7) ----------------------------------------------------
@@ -569,6 +641,54 @@ def test_a_manual_top_up_with_the_saved_card_is_paid_at_once(client, auth, world
     assert [pi.amount for pi in intents(browser, "topup:t1", customer)] == [75_50]
 
 
+def test_three_manual_top_ups_of_1500_sent_at_once_from_zero_let_only_one_through(
+    client, auth, world, sessions, browser, webhook_url
+) -> None:
+    """SPEC 5: balance + amount + every top-up still in flight <= 2000.00. Three checkouts of
+    1500.00 each would let the member pay in 4500.00."""
+    ids = [f"t{n}-{uuid.uuid4().hex[:8]}" for n in range(3)]
+    for request_id in ids:
+        answer = client.post("/api/members/ann/topups", headers=auth,
+                             json={"request_id": request_id, "amount": "1500.00", "use_saved_card": False})
+        assert answer.status_code == 202, answer.get_json()
+
+    results = {request_id: outcome(client, auth, request_id) for request_id in ids}
+    for result in results.values():  # pay every checkout the member was given
+        if result["status"] == "awaiting_card":
+            pay_as_browser(browser, result["checkout"]["payment_intent_id"])
+
+    assert sorted(r["status"] for r in results.values()) == ["awaiting_card", "failed", "failed"]
+    assert all("in flight above 2000.00" in r["reason"] for r in results.values() if r["status"] == "failed")
+    (paid,) = [request_id for request_id, r in results.items() if r["status"] == "awaiting_card"]
+    assert status_becomes(client, auth, paid, "paid")["status"] == "paid"
+    assert balance_of(sessions, world["ann"]) == 1500_00
+    assert statement(client, auth) == [("Manual Top Up", "1500.00")]
+
+
+def test_a_payment_above_the_largest_auto_top_up_charge_is_not_charged_to_the_saved_card(
+    client, auth, world, sessions, gateway, browser
+) -> None:
+    """SPEC 5: an auto top-up never charges more than PAYMENTS_AUTO_TOPUP_MAX_CHARGE (2000.00);
+    above it the payment goes on to step 3: a checkout if allowed, else declined."""
+    customer = auto_topup_on(sessions, gateway, browser)
+    big, refused = f"big-{uuid.uuid4().hex[:8]}", f"big-{uuid.uuid4().hex[:8]}"
+    client.post("/api/payments", headers=auth, json=payment(request_id=big, amount="1000000.00", allow_checkout=True))
+    client.post("/api/payments", headers=auth, json=payment(request_id=refused, amount="1999.99"))
+
+    waiting, declined = outcome(client, auth, big), outcome(client, auth, refused)
+
+    assert waiting["status"] == "awaiting_card" and waiting["checkout"]["amount"] == "1000000.00"
+    assert declined["status"] == "declined"  # 1999.99 from 0.00 would need a top-up of 2100.00
+    of_customer = [(pi.amount, pi.status, pi.metadata.to_dict()["kind"])
+                   for pi in browser.v1.payment_intents.list({"limit": 100}).auto_paging_iter()
+                   if pi.customer == customer]
+    # Nothing charged to the saved card: the only PaymentIntent is the checkout, still unpaid.
+    assert of_customer == [(1_000_000_00, "requires_payment_method", "checkout")]
+    assert attempt(sessions, f"pay-topup:{big}") is None and attempt(sessions, f"pay-topup:{refused}") is None
+    assert balance_of(sessions, world["ann"]) == 0
+    assert member_status(sessions) == "on"
+
+
 def test_manual_top_up_limits(client, auth, world, sessions) -> None:
     small = client.post("/api/members/ann/topups", headers=auth,
                         json={"request_id": "t1", "amount": "49.99", "use_saved_card": False})
@@ -602,3 +722,31 @@ def test_cancelling_auto_top_up_turns_it_off_and_detaches_the_card_at_stripe(
     assert member_status(sessions) == "off"
     assert browser.v1.payment_methods.list({"customer": customer, "type": "card"}).data == []
     assert gateway.default_payment_method(customer) is None
+
+
+def test_cancelling_while_an_auto_top_up_waits_to_be_charged_means_it_is_never_charged(
+    client, auth, world, sessions, gateway, browser, settings, received
+) -> None:
+    """SPEC 4.1: cancel means no more charges. The worker has committed a payment's auto top-up
+    attempt but not charged it yet (its task was lost, say) when the member cancels; the
+    reconciler then finds the attempt, and the real worker does not charge it."""
+    customer = auto_topup_on(sessions, gateway, browser)
+    adjust(client, auth, 10_00)
+    request_id = f"cancel-{uuid.uuid4().hex[:8]}"
+    order = payments.parse(payment(request_id=request_id, route_code="EVT"), settings)
+    with sessions.begin() as session:
+        payments.pay(session, order, settings)
+        (attempt_id,) = session.info.pop("charges")
+        session.get(CardPayment, attempt_id).updated_at = datetime.now(UTC) - timedelta(hours=1)
+
+    assert client.delete("/api/members/ann/auto-topup", headers=auth).status_code == 200
+    payments_client.send("payments.reconcile", {}, queue="topups", settings=settings)
+
+    result = status_becomes(client, auth, request_id, "declined")
+    assert result["reason"] == "auto top-up failed: auto top-up cancelled"
+    callbacks = wait_for(received, "the failure callback")
+    assert [(c["request_id"], c["status"]) for c in callbacks] == [(request_id, "failure")]
+    assert intents(browser, f"pay-topup:{request_id}", customer) == []  # never charged
+    assert (attempt(sessions, f"pay-topup:{request_id}").status, member_status(sessions)) == ("failed", "off")
+    assert emails(sessions) == []  # no "Auto Top Up Failure" for a member who cancelled
+    assert statement(client, auth) == [("Manual Adjustment", "10.00")]

@@ -295,6 +295,26 @@ def test_a_checkout_intent_is_created_for_the_browser(gateway: StripeGateway, br
     assert browser.v1.payment_intents.retrieve(info.payment_intent_id).currency == "aud"
 
 
+def test_a_checkout_declined_then_paid_by_another_card_reads_back_its_decline_currency_and_amount_received(
+    gateway: StripeGateway, browser: stripe.StripeClient
+) -> None:
+    info = gateway.create_checkout(amount_cents=20_00, idempotency_key="checkout-retry", metadata={})
+    browser.v1.payment_intents.update(info.payment_intent_id, {"payment_method": new_card(browser, DECLINED_AT_CHARGE)})
+    with pytest.raises(stripe.CardError):
+        browser.v1.payment_intents.confirm(info.payment_intent_id)
+
+    declined = gateway.retrieve_payment_intent(info.payment_intent_id)
+    assert (declined.status, declined.currency, declined.amount_received_cents) == ("requires_payment_method", "aud", 0)
+    assert declined.last_payment_error == "Your card was declined."
+
+    # Stripe lets the member retry the same PaymentIntent with another card (localstripe_server).
+    browser.v1.payment_intents.update(info.payment_intent_id, {"payment_method": new_card(browser, VISA)})
+    assert browser.v1.payment_intents.confirm(info.payment_intent_id).status == "succeeded"
+    paid = gateway.retrieve_payment_intent(info.payment_intent_id)
+    assert (paid.status, paid.currency, paid.amount_received_cents, paid.last_payment_error) == (
+        "succeeded", "aud", 20_00, None)
+
+
 def test_a_refund_returns_part_of_a_charge_to_the_card(gateway: StripeGateway, browser: stripe.StripeClient) -> None:
     customer_id, _ = customer_with_card(gateway, browser)
     paid = charge(gateway, customer_id, 50_00)

@@ -18,6 +18,7 @@ def test_defaults_are_the_embedded_stack_and_the_spec_settings() -> None:
     assert (settings.auto_topup_min_amount, settings.auto_topup_max_amount) == (50_00, 2000_00)
     assert (settings.manual_topup_min, settings.manual_topup_max_balance) == (50_00, 2000_00)
     assert settings.transfer_max == 2000_00
+    assert settings.auto_topup_max_charge == 2000_00
     assert settings.settlement_fee_percent == Decimal("2.00")
     assert (settings.card_refund_fee_percent, settings.card_refund_window_days) == (Decimal("3.00"), 84)
 
@@ -55,6 +56,8 @@ def test_variables_override_the_defaults() -> None:
         ("PAYMENTS_CALLBACK_ROUTES", "no-equals-sign"),
         ("PAYMENTS_CALLBACK_ROUTES", "X=bad task@q"),
         ("PAYMENTS_AUTO_TOPUP_DEFAULT_AMOUNT", "10.00"),
+        ("PAYMENTS_AUTO_TOPUP_MAX_CHARGE", "49.99"),
+        ("PAYMENTS_AUTO_TOPUP_MAX_CHARGE", "lots"),
     ],
 )
 def test_a_bad_value_names_its_variable(name: str, value: str) -> None:

@@ -8,7 +8,7 @@ from shared.config import Settings
 from shared.errors import InvalidInput
 from shared.money import parse_cents
 from shared.refunds import fee
-from shared.topups import check_manual_amount, topup_amount
+from shared.topups import auto_topup_charge, check_manual_amount, topup_amount
 
 EXAMPLES = [  # SPEC 4.2: (U, B, A) -> (T, final balance)
     (("50", "100", "120"), ("120", "100")),
@@ -44,6 +44,20 @@ def test_manual_top_up_limits_name_the_amount(amount: int, balance: int, problem
         check_manual_amount(amount, balance, Settings())
     assert caught.value.field == "amount"
     check_manual_amount(50_00, 1950_00, Settings())
+
+
+def test_a_manual_top_up_counts_the_card_payments_still_in_flight() -> None:
+    check_manual_amount(1500_00, 0, Settings(), in_flight=500_00)
+    with pytest.raises(InvalidInput, match="with 1500.00 of top-ups in flight above 2000.00"):
+        check_manual_amount(1500_00, 0, Settings(), in_flight=1500_00)
+
+
+@pytest.mark.parametrize(
+    ("balance", "payment", "charge"),
+    [(20_00, 2000_00, 2000_00), (20_00, 2000_01, None), (0, 2000_00, None), (0, 1_000_000_00, None), (-5000_00, 0, None), (-1000_00, 0, 1100_00)],
+)
+def test_an_auto_top_up_above_the_largest_charge_is_not_made(balance: int, payment: int, charge: int | None) -> None:
+    assert auto_topup_charge(auto_amount=100_00, balance=balance, payment=payment, settings=Settings()) == charge
 
 
 @pytest.mark.parametrize(("amount", "charge"), [(100_00, 3_00), (10, 0), (17, 1), (33_33, 1_00)])
