@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import stripe
+from celery import Celery
 from celery.schedules import schedule
 from freezegun import freeze_time
 from sqlalchemy import func, select, update
@@ -307,6 +308,15 @@ def test_a_new_stuck_request_is_redriven_behind_a_thousand_and_one_that_stay_stu
         return False
 
     wait_for(paid, "the new request to be redriven and paid", timeout=120)
+    worked_off(broker)
+
+
+def worked_off(broker) -> None:
+    """Wait until the worker has run every task still queued, so the next test's clean start
+    does not race it."""
+    inspector = Celery(broker=BROKER).control.inspect(timeout=1)
+    wait_for(lambda: broker.llen("payments") == 0 and not any((inspector.active() or {"-": [1]}).values()),
+             "the worker to work off the redriven tasks", timeout=120)
 
 
 def test_a_request_that_stays_stuck_fails_with_its_callback_after_its_last_redrive(
