@@ -9,6 +9,10 @@ A crash between 2 and 3 leaves the attempt `pending` with `tries` > 0: the next 
 attempt up at Stripe by its key before charging, so a card is never charged twice even by a
 Stripe stand-in that ignores idempotency keys. Every function returns the ids of outbox rows
 it wrote, for the caller to dispatch after commit, and follow-up card work it scheduled.
+
+The healing jobs at the end (`reconcile`, `expire_checkouts`) take each open attempt on its own
+and by its kind (DESIGN invariant 12, SPEC 5): only a saved-card attempt is ever charged; a
+failing attempt is counted, backed off and, after its last try, failed with its callback.
 """
 
 from __future__ import annotations

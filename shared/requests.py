@@ -7,7 +7,8 @@ task starts: it stores the request if it is new and takes its row lock in the sa
 so duplicates of one request are decided one after the other and only the first does anything.
 The same id with a different payload is a `Conflict`. `finish` sets the outcome and, for a
 terminal outcome of a request with a route code, writes its one callback to the outbox in the
-same transaction.
+same transaction. `take_stale` is the redrive's side (DESIGN invariant 12): stuck requests, each
+counted and backed off, ended `failed` after the last try.
 
 These run on every payment, so they use prebuilt Core statements: one round trip each.
 """
