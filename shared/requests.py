@@ -264,6 +264,7 @@ def take_stale(session: Session, settings: Settings, older_than: timedelta) -> l
         elif _money_moving(session, row):
             tried.setdefault(tries, []).append(row.request_id)  # not ours to end; look again later
         else:
+            healing.log.error("request %s: still queued after %s redrives; it fails", row.request_id, tries)
             finish(session, row, RequestStatus.FAILED,
                    reason=f"not decided after {tries} redrives: the request was given up")
     for tries, ids in tried.items():
