@@ -151,15 +151,16 @@ def test_a_checkout_never_made_at_stripe_fails_with_its_callback_once_older_than
             add_member(session, "bob", "Bob", "Ray")
         store_payment(sessions, settings, "c1")
         with sessions.begin() as session:
-            topups.open_attempt(session, key="checkout:c1", kind=CardPaymentKind.CHECKOUT, member_id="bob",
-                                amount=30_00, request_id="c1")
+            # A key of its own: localstripe lives for the whole run, and keys repeat across tests.
+            topups.open_attempt(session, key="never-made-at-stripe", kind=CardPaymentKind.CHECKOUT,
+                                member_id="bob", amount=30_00, request_id="c1")
     with freeze_time(T0 + timedelta(hours=24, minutes=1)):
         taken, effects = charges.reconcile(sessions, gateway, settings, timedelta(minutes=10))
     assert taken == 1 and len(effects.outbox) == 1
     assert callbacks(sessions) == [("c1", "failure")]
     assert request_row(sessions, "c1").reason == "card payment failed: checkout expired after 24 h"
     made = [pi for pi in browser.v1.payment_intents.list({"limit": 100}).auto_paging_iter()
-            if pi.metadata.to_dict().get("attempt_key") == "checkout:c1"]
+            if pi.metadata.to_dict().get("attempt_key") == "never-made-at-stripe"]
     assert made == []  # nothing opened at Stripe for a checkout already given up
 
 
