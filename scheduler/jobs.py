@@ -51,7 +51,7 @@ def redrive_inbox() -> int:
         stale = inbox.stale(session, timedelta(seconds=config.redrive_after_seconds), config)
     return healing.each(stale, lambda event_id: app.send_task("payments.process_stripe_event",
                                                               kwargs={"event_id": event_id}),
-                        _counted, what="redrive event")
+                        _counted, what="redrive event", budget_seconds=45)
 
 
 @app.task(name="payments.relay_outbox", soft_time_limit=60, time_limit=90, **RETRY)
@@ -73,7 +73,7 @@ def redrive_requests() -> int:
         given_up = session.info.pop("outbox", [])
     dispatch(given_up)
     return healing.each(stale, lambda redrive: app.send_task(redrive.task, kwargs=redrive.payload),
-                        _counted, what="redrive request")
+                        _counted, what="redrive request", budget_seconds=45)
 
 
 @app.task(name="payments.reconcile", soft_time_limit=300, time_limit=330, **RETRY)
