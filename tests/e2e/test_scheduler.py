@@ -1,5 +1,5 @@
-"""The scheduler's jobs against the real worker, localstripe and PostgreSQL (SPEC 4.4, DESIGN
-invariants 5, 7 and 8): each job is sent by name, as beat sends it."""
+"""The scheduler's jobs against the real worker, localstripe and PostgreSQL (SPEC 3, 4.4 and 5,
+DESIGN invariants 5, 7, 8 and 12): each job is sent by name, as beat sends it."""
 
 from __future__ import annotations
 
