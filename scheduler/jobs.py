@@ -1,6 +1,7 @@
 """The periodic jobs (CONTRACT names), each a thin task calling `shared`; beat sends them on
 the schedule in `scheduler.schedule`, and each is safe to send by hand or twice at once:
-attempts and events are keyed, and rows are claimed before they are worked on."""
+attempts and events are keyed, and rows are claimed before they are worked on. The healing
+jobs (redrives, reconcile, expiry) treat each row on its own (`shared.healing`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from datetime import timedelta
 from kombu.exceptions import BatchPublishError
 from kombu.exceptions import OperationalError as BrokerError
 
-from shared import charges, inbox, outbox, refunds, requests, topups
+from shared import charges, healing, inbox, outbox, refunds, requests, topups
 from shared.models import utcnow
 from worker.app import app, gateway, sessions, settings
 from worker.tasks import RETRY, carry_out, dispatch
@@ -43,12 +44,14 @@ def sweep_auto_topups() -> int:
 
 @app.task(name="payments.redrive_inbox", soft_time_limit=60, time_limit=90, **RETRY)
 def redrive_inbox() -> int:
-    """Stripe events stuck `received` or `processing` past the timeout are enqueued again."""
+    """Stripe events stuck `received`, `processing` or `failed` past the timeout are enqueued
+    again, each on its own and backed off (`shared.inbox.stale`)."""
+    config = settings()
     with sessions().begin() as session:
-        stale = inbox.stale(session, timedelta(seconds=settings().redrive_after_seconds))
-    for event_id in stale:
-        app.send_task("payments.process_stripe_event", kwargs={"event_id": event_id})
-    return len(stale)
+        stale = inbox.stale(session, timedelta(seconds=config.redrive_after_seconds), config)
+    return healing.each(stale, lambda event_id: app.send_task("payments.process_stripe_event",
+                                                              kwargs={"event_id": event_id}),
+                        _counted, what="redrive event", budget_seconds=45)
 
 
 @app.task(name="payments.relay_outbox", soft_time_limit=60, time_limit=90, **RETRY)
@@ -62,29 +65,37 @@ def relay_outbox() -> int:
 
 @app.task(name="payments.redrive_requests", soft_time_limit=60, time_limit=90, **RETRY)
 def redrive_requests() -> int:
-    """Send again the task of every request still `queued` well after it arrived."""
-    after = timedelta(seconds=settings().redrive_after_seconds)
+    """Send again the task of each request still `queued` well after it arrived, backed off;
+    one past its last try fails with its callback (`shared.requests.take_stale`)."""
+    config = settings()
     with sessions().begin() as session:
-        stale = [(row.kind, row.payload) for row in requests.stale_queued(session, after)]
-    for kind, payload in stale:
-        app.send_task(requests.TASK_FOR_KIND[kind], kwargs=payload)
-    return len(stale)
+        stale = requests.take_stale(session, config, timedelta(seconds=config.redrive_after_seconds))
+        given_up = session.info.pop("outbox", [])
+    dispatch(given_up)
+    return healing.each(stale, lambda redrive: app.send_task(redrive.task, kwargs=redrive.payload),
+                        _counted, what="redrive request", budget_seconds=45)
 
 
 @app.task(name="payments.reconcile", soft_time_limit=300, time_limit=330, **RETRY)
 def reconcile() -> str:
-    """Card refunds booked but not sent are sent (each on its own; at most 120 s of them per
-    run), then card payments still open after a while are finished from Stripe's state."""
+    """Card refunds booked but not sent are sent, then card payments still open after a while
+    are finished from Stripe's state, each by its kind; every row on its own
+    (`shared.refunds.reconcile`, `shared.charges.reconcile`), within the task's time limit."""
     config = settings()
     older_than = timedelta(seconds=config.reconcile_after_seconds)
-    sent, unsent = refunds.reconcile(sessions(), gateway(), config, older_than, budget_seconds=120)
-    effects = charges.reconcile(sessions(), gateway(), config, older_than)
+    sent, unsent = refunds.reconcile(sessions(), gateway(), config, older_than, budget_seconds=100)
+    taken, effects = charges.reconcile(sessions(), gateway(), config, older_than, budget_seconds=150)
     carry_out(effects)
-    return f"{len(effects.charges)} top-ups retried, {sent} card refunds sent, {unsent} not sent"
+    return f"{taken} card attempts reconciled, {sent} card refunds sent, {unsent} not sent"
 
 
-@app.task(name="payments.expire_checkouts", soft_time_limit=120, time_limit=150, **RETRY)
+@app.task(name="payments.expire_checkouts", soft_time_limit=300, time_limit=330, **RETRY)
 def expire_checkouts() -> int:
-    effects = charges.expire_checkouts(sessions(), settings(), timedelta(hours=24))
+    """Checkouts unpaid after 24 h are cancelled at Stripe, then fail with their callback."""
+    effects = charges.expire_checkouts(sessions(), gateway(), settings(), budget_seconds=240)
     carry_out(effects)
     return len(effects.outbox)
+
+
+def _counted(row: object, exc: Exception) -> None:
+    """A redrive that could not be sent: it was counted and backed off when it was taken."""

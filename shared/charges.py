@@ -16,6 +16,10 @@ Stripe's amount received and currency match the attempt; otherwise the attempt i
 an admin. A declined card on a checkout (a page the member can retry with another card) is
 recorded and the checkout stays open; a declined saved card ends its attempt.
 
+The healing jobs at the end (`reconcile`, `expire_checkouts`) take each open attempt on its own
+and by its kind (DESIGN invariant 12, SPEC 5): only a saved-card attempt is ever charged; a
+failing attempt is counted, backed off and, after its last try, failed with its callback.
+
 Every function returns the ids of outbox rows it wrote, for the caller to dispatch after
 commit, and follow-up card work it scheduled.
 """
@@ -23,16 +27,19 @@ commit, and follow-up card work it scheduled.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import db, ledger, payments, profiles, topups
+from shared import db, healing, ledger, payments, profiles, topups
 from shared.config import Settings
 from shared.errors import AuthenticationRequired, CardDeclined, NotFound, StripeRequestFailed
-from shared.models import AutoTopUpStatus, CardPayment, CardPaymentKind, CardPaymentStatus, Member
+from shared.models import (
+    AutoTopUpStatus, CardPayment, CardPaymentKind, CardPaymentStatus, Member, PaymentRequest, utcnow,
+)
 from shared.money import format_cents
 from shared.stripe_gateway import CURRENCY, PaymentIntentInfo, StripeGateway
 
@@ -78,6 +85,8 @@ def _charge(sessions: sessionmaker[Session], gateway: StripeGateway, settings: S
         attempt = topups.lock_attempt(session, attempt_id)
         if attempt.status != CardPaymentStatus.PENDING.value:
             return effects
+        if not topups.charges_saved_card(session, attempt):
+            return effects  # a checkout is paid in the member's browser, never charged off-session
         # Lock order attempt -> member, as `settle_intent` (via `fail_attempt`) takes them.
         cancelled = attempt.kind == CardPaymentKind.AUTO_TOP_UP.value and not topups.may_charge_auto_topup(
             session, attempt.member_id)
@@ -312,41 +321,175 @@ def card_saved(
     return effects
 
 
-# Healing (the scheduler) -----------------------------------------------------------------
+# Healing (the scheduler; DESIGN invariant 12) ---------------------------------------------
+
+# SPEC 3: a checkout nobody paid is given up 24 h after it was opened.
+CHECKOUT_LIFETIME = timedelta(hours=24)
+OPEN = (CardPaymentStatus.PENDING.value, CardPaymentStatus.AWAITING_CARD.value)
 
 
 def reconcile(
-    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, older_than: timedelta
-) -> Effects:
-    """Finish card payments still open after `older_than`, as the webhook would have: a checkout
-    by its PaymentIntent's state at Stripe; a top-up by looking it up (and charging it if it
-    never reached Stripe). An attempt whose first Stripe call never went through (an outage,
-    a crash) gets that call by its kind: a saved-card top-up is charged, a checkout or a
-    new-card top-up gets its PaymentIntent for the browser, and is never charged to a saved card."""
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, older_than: timedelta,
+    *, budget_seconds: float | None = None,
+) -> tuple[int, Effects]:
+    """Finish card payments still open after `older_than`, as the webhook would have, each by
+    its kind and on its own:
+
+    - a checkout (`awaiting_card`) by its PaymentIntent's state at Stripe;
+    - a saved-card top-up never settled by looking it up (and charging it if it never reached
+      Stripe);
+    - a checkout or new-card top-up whose PaymentIntent was never made goes back to
+      `start_checkout`, or fails with its callback once older than the checkout lifetime.
+
+    An attempt that raises (Stripe unreachable, a PaymentIntent Stripe does not know) is
+    counted and backed off, and after `heal_max_tries` fails with its callback; the attempts
+    behind it are reconciled all the same. An attempt still open for a good reason (a checkout
+    the member may still pay) is looked at again after `older_than`, without a try counted.
+    Returns how many attempts it took, and the outbox rows to send (follow-up card work is
+    done here)."""
     effects = Effects()
+    now = utcnow()
     with sessions.begin() as session:
-        stale = [(a.id, a.status, a.payment_intent_id) for a in topups.stale_attempts(session, older_than)]
-    for attempt_id, status, intent_id in stale:
-        if status == CardPaymentStatus.AWAITING_CARD.value and intent_id:
-            intent = gateway.retrieve_payment_intent(intent_id)
-            if intent.status in (SUCCEEDED, "canceled"):  # a browser may still retry other failures
-                settle_intent(sessions, settings, attempt_id, intent, effects)
-        elif status == CardPaymentStatus.PENDING.value:
-            with sessions.begin() as session:
-                attempt = topups.lock_attempt(session, attempt_id)
-                attempt.tries += 1  # look it up before any charge
-                saved_card = topups.charges_saved_card(session, attempt)
-            (effects.charges if saved_card else effects.checkouts).append(attempt_id)
+        due = _due_attempts(session, settings, OPEN, CardPayment.updated_at < now - older_than, now)
+
+    def heal(attempt_id: int) -> None:
+        _carry_on(sessions, gateway, settings, _reconcile_one(sessions, gateway, settings, attempt_id, older_than),
+                  effects)
+
+    def failed(attempt_id: int, exc: Exception) -> None:
+        _carry_on(sessions, gateway, settings, _heal_failed(sessions, settings, attempt_id, exc), effects)
+
+    taken = healing.each(due, heal, failed, what="reconcile card attempt", budget_seconds=budget_seconds)
+    return taken, effects
+
+
+def _reconcile_one(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, attempt_id: int,
+    older_than: timedelta,
+) -> Effects:
+    with sessions.begin() as session:
+        attempt = topups.lock_attempt(session, attempt_id)
+        if attempt.status not in OPEN:
+            return Effects()
+        # Not again before `older_than` unless this try fails (then the backoff decides).
+        attempt.next_heal_at = utcnow() + older_than
+        status, intent_id, created_at = attempt.status, attempt.payment_intent_id, attempt.created_at
+        saved_card = topups.charges_saved_card(session, attempt)
+        if status == CardPaymentStatus.PENDING.value and saved_card:
+            attempt.tries += 1  # look it up at Stripe before any charge
+    if intent_id and status == CardPaymentStatus.AWAITING_CARD.value:
+        intent = gateway.retrieve_payment_intent(intent_id)
+        if intent.status in (SUCCEEDED, "canceled"):  # a browser may still retry other failures
+            return settle_intent(sessions, settings, attempt_id, intent)
+        return Effects()
+    if status != CardPaymentStatus.PENDING.value:
+        return Effects()
+    if saved_card:
+        return charge(sessions, gateway, settings, attempt_id)
+    if utcnow() - created_at > CHECKOUT_LIFETIME:
+        return _end(sessions, settings, attempt_id, "checkout expired", "checkout expired after 24 h")
+    return start_checkout(sessions, gateway, settings, attempt_id)
+
+
+def expire_checkouts(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings,
+    older_than: timedelta = CHECKOUT_LIFETIME, *, budget_seconds: float | None = None,
+) -> Effects:
+    """Checkouts never paid within `older_than` (24 h) are cancelled at Stripe, so they cannot
+    be paid any more, and then fail with their failure callback. Each on its own: only when
+    Stripe confirms the cancel (or the PaymentIntent was already canceled) does the attempt
+    fail; one paid meanwhile is booked instead; Stripe unreachable leaves it for the next run,
+    backed off, until its last try."""
+    effects = Effects()
+    now = utcnow()
+    with sessions.begin() as session:
+        due = _due_attempts(session, settings, (CardPaymentStatus.AWAITING_CARD.value,),
+                            CardPayment.created_at < now - older_than, now)
+
+    def heal(attempt_id: int) -> None:
+        _carry_on(sessions, gateway, settings, _expire_one(sessions, gateway, settings, attempt_id), effects)
+
+    def failed(attempt_id: int, exc: Exception) -> None:
+        _carry_on(sessions, gateway, settings, _heal_failed(sessions, settings, attempt_id, exc), effects)
+
+    healing.each(due, heal, failed, what="expire checkout", budget_seconds=budget_seconds)
     return effects
 
 
-def expire_checkouts(sessions: sessionmaker[Session], settings: Settings, older_than: timedelta) -> Effects:
-    """Checkouts never paid within `older_than` (24 h) fail, with their failure callback."""
+def _expire_one(sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, attempt_id: int) -> Effects:
+    with sessions.begin() as session:
+        attempt = topups.lock_attempt(session, attempt_id)
+        if attempt.status != CardPaymentStatus.AWAITING_CARD.value or not attempt.payment_intent_id:
+            return Effects()
+        intent_id = attempt.payment_intent_id
+    intent = gateway.retrieve_payment_intent(intent_id)
+    if intent.status not in (SUCCEEDED, "canceled"):
+        try:
+            intent = gateway.cancel_payment_intent(intent_id)
+        except StripeRequestFailed:
+            intent = gateway.retrieve_payment_intent(intent_id)  # paid (or paying) meanwhile?
+    if intent.status == SUCCEEDED:
+        return settle_intent(sessions, settings, attempt_id, intent)  # paid just in time: book it
+    if intent.status != "canceled":
+        raise StripeRequestFailed(f"PaymentIntent {intent_id}: still {intent.status} after cancelling it")
+    return _end(sessions, settings, attempt_id, "checkout expired", "checkout expired after 24 h")
+
+
+def _due_attempts(
+    session: Session, settings: Settings, statuses: tuple[str, ...], stale: ColumnElement[bool], now: datetime
+) -> list[int]:
+    return list(
+        session.scalars(
+            select(CardPayment.id)
+            .where(CardPayment.status.in_(statuses), stale, healing.is_due(CardPayment.next_heal_at, now))
+            .order_by(healing.due_order(CardPayment.next_heal_at, CardPayment.updated_at), CardPayment.id)
+            .limit(settings.heal_batch)
+        )
+    )
+
+
+def _heal_failed(sessions: sessionmaker[Session], settings: Settings, attempt_id: int, exc: Exception) -> Effects:
+    """Count a failed try and back the attempt off; after the last try it fails with its
+    callback (a payment request goes on to a checkout if allowed, as after a decline)."""
+    error = f"{type(exc).__name__}: {exc}"[:200]
+    with sessions.begin() as session:
+        attempt = topups.lock_attempt(session, attempt_id)
+        if attempt.status not in OPEN:
+            return Effects()
+        attempt.heal_tries += 1
+        attempt.last_error = error
+        attempt.next_heal_at = healing.next_try(attempt.heal_tries, settings)
+        if attempt.heal_tries < settings.heal_max_tries:
+            return Effects()
+    healing.log.error("card attempt %s: failed after %s tries, the last: %s", attempt_id, settings.heal_max_tries, error)
+    reason = f"not settled after {settings.heal_max_tries} tries ({error})"
+    return _end(sessions, settings, attempt_id, reason, reason)
+
+
+def _end(sessions: sessionmaker[Session], settings: Settings, attempt_id: int, error: str, reason: str) -> Effects:
+    """An open attempt fails, with its request's callback."""
     effects = Effects()
     with sessions.begin() as session:
-        for attempt in topups.stale_attempts(session, older_than):
-            if attempt.status == CardPaymentStatus.AWAITING_CARD.value:
-                topups.fail_attempt(session, attempt, "checkout expired")
-                payments.card_failed(session, attempt, "checkout expired after 24 h", settings)
+        attempt = topups.lock_attempt(session, attempt_id)
+        if attempt.status in OPEN:
+            topups.fail_attempt(session, attempt, error)
+            payments.card_failed(session, attempt, reason, settings)
         effects.collect(session)
     return effects
+
+
+def _carry_on(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, done: Effects, into: Effects
+) -> None:
+    """The card work a healed row led to (a top-up after a payment, a checkout after a failed
+    top-up), each on its own: one that raises is left pending for the next reconcile."""
+    into.outbox += done.outbox
+    into.refunds += done.refunds
+    work = [(charge, attempt_id) for attempt_id in done.charges]
+    work += [(start_checkout, attempt_id) for attempt_id in done.checkouts]
+
+    def run(item: tuple[Callable[..., Effects], int]) -> None:
+        step, attempt_id = item
+        _carry_on(sessions, gateway, settings, step(sessions, gateway, settings, attempt_id), into)
+
+    healing.each(work, run, lambda item, exc: None, what="card work after healing")

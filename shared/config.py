@@ -63,6 +63,16 @@ class Settings:
     reconcile_after_seconds: float = 600.0
     # Auto top-up sweeps in one window share attempt keys: a member is charged once a window.
     sweep_window_seconds: float = 3600.0
+    # Healing jobs (DESIGN invariant 12): each stuck row is tried on its own, at most this often
+    # (a request redriven, a card attempt reconciled or expired), waiting `heal_backoff_seconds`
+    # after a try, doubling up to `heal_backoff_max_seconds`; then it ends `failed` with its
+    # callback. A job takes at most `heal_batch` rows a run, the longest due first.
+    heal_max_tries: int = 12
+    heal_backoff_seconds: float = 60.0
+    heal_backoff_max_seconds: float = 3600.0
+    heal_batch: int = 500
+    # A Stripe event is redriven until it has been tried this often (each task run is one try).
+    inbox_max_attempts: int = 50
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -153,6 +163,11 @@ class Settings:
             redrive_after_seconds=seconds("PAYMENTS_REDRIVE_AFTER_SECONDS", 60.0),
             reconcile_after_seconds=seconds("PAYMENTS_RECONCILE_AFTER_SECONDS", 600.0),
             sweep_window_seconds=seconds("PAYMENTS_SWEEP_WINDOW_SECONDS", 3600.0),
+            heal_max_tries=max(1, whole("PAYMENTS_HEAL_MAX_TRIES", 12)),
+            heal_backoff_seconds=seconds("PAYMENTS_HEAL_BACKOFF_SECONDS", 60.0),
+            heal_backoff_max_seconds=seconds("PAYMENTS_HEAL_BACKOFF_MAX_SECONDS", 3600.0),
+            heal_batch=max(1, whole("PAYMENTS_HEAL_BATCH", 500)),
+            inbox_max_attempts=max(1, whole("PAYMENTS_INBOX_MAX_ATTEMPTS", 50)),
         )
         if not settings.auto_topup_min_amount <= settings.auto_topup_default_amount <= settings.auto_topup_max_amount:
             raise ConfigError(

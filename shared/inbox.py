@@ -17,6 +17,8 @@ from sqlalchemy import Connection, Table, bindparam, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from shared import healing
+from shared.config import Settings
 from shared.errors import InvalidInput, NotFound
 from shared.models import EventStatus, StripeEvent, utcnow
 
@@ -32,8 +34,9 @@ _ACCEPT = {
 }
 
 
-# A failed event is redriven until it has been tried this often (each task run is one attempt).
-REDRIVE_FAILED_BELOW = 50
+# A failed event is redriven until it has been tried this often (each task run is one attempt);
+# `PAYMENTS_INBOX_MAX_ATTEMPTS` sets it.
+REDRIVE_FAILED_BELOW = Settings.inbox_max_attempts
 
 
 @dataclass(frozen=True)
@@ -110,33 +113,55 @@ def replay(session: Session, event_id: str) -> None:
         raise NotFound(f"event {event_id}: not in the inbox", field="event_id")
     event.status = EventStatus.RECEIVED.value
     event.updated_at = utcnow()
+    event.heal_tries, event.next_heal_at = 0, None
 
 
-def stale(session: Session, older_than: timedelta) -> list[str]:
+def stale(session: Session, older_than: timedelta, settings: Settings | None = None) -> list[str]:
     """Events stuck `received` (their enqueue was lost), `processing` (their worker died) or
     `failed` (their task ran out of retries, say through a long Stripe outage) for longer than
-    `older_than`; they are made `received` again. An event failed `REDRIVE_FAILED_BELOW` times
-    is left to an operator (`payments events replay`)."""
-    cutoff = utcnow() - older_than
-    ids = list(
-        session.scalars(
-            select(StripeEvent.event_id)
-            .where(
-                or_(
-                    StripeEvent.status.in_([EventStatus.RECEIVED.value, EventStatus.PROCESSING.value]),
-                    (StripeEvent.status == EventStatus.FAILED.value) & (StripeEvent.attempts < REDRIVE_FAILED_BELOW),
-                ),
-                StripeEvent.updated_at < cutoff,
-            )
-            .order_by(StripeEvent.received_at)
-            .limit(1000)
-            .with_for_update(skip_locked=True)
-        )
+    `older_than` and due; they are made `received` again, to be enqueued by the caller.
+
+    Row by row (DESIGN invariant 12): at most `heal_batch`, longest due first, rows another
+    redrive holds skipped; each redrive is counted (`heal_tries`) and the event is not redriven
+    again before a backoff that doubles, so a thousand failing events do not starve a new one.
+    An event tried `inbox_max_attempts` times is left `failed` for an operator (`payments
+    events replay`, which makes it due at once); one whose worker died that often (`processing`)
+    is made `failed` first."""
+    settings = settings or Settings()
+    now = utcnow()
+    cutoff = now - older_than
+    last = settings.inbox_max_attempts
+    session.execute(
+        update(StripeEvent)
+        .where(StripeEvent.status == EventStatus.PROCESSING.value, StripeEvent.attempts >= last,
+               StripeEvent.updated_at < cutoff)
+        .values(status=EventStatus.FAILED.value, updated_at=now,
+                last_error=f"its worker stopped while processing it, {last} times: given up")
+        .execution_options(synchronize_session=False)
     )
-    if ids:
+    taken = session.execute(
+        select(StripeEvent.event_id, StripeEvent.heal_tries)
+        .where(
+            or_(
+                StripeEvent.status.in_([EventStatus.RECEIVED.value, EventStatus.PROCESSING.value]),
+                (StripeEvent.status == EventStatus.FAILED.value) & (StripeEvent.attempts < last),
+            ),
+            StripeEvent.updated_at < cutoff,
+            healing.is_due(StripeEvent.next_heal_at, now),
+        )
+        .order_by(healing.due_order(StripeEvent.next_heal_at, StripeEvent.updated_at), StripeEvent.event_id)
+        .limit(settings.heal_batch)
+        .with_for_update(skip_locked=True)
+    ).all()
+    by_tries: dict[int, list[str]] = {}
+    for event_id, tries in taken:
+        by_tries.setdefault(tries + 1, []).append(event_id)
+    for tries, ids in by_tries.items():
         session.execute(
             update(StripeEvent)
-            .where(StripeEvent.event_id.in_(ids), StripeEvent.status != EventStatus.RECEIVED.value)
-            .values(status=EventStatus.RECEIVED.value, updated_at=utcnow())
+            .where(StripeEvent.event_id.in_(ids))
+            .values(status=EventStatus.RECEIVED.value, updated_at=now, heal_tries=tries,
+                    next_heal_at=healing.next_try(tries, settings, now))
+            .execution_options(synchronize_session=False)
         )
-    return ids
+    return [event_id for event_id, _ in taken]

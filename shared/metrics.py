@@ -4,15 +4,26 @@ always true and needs no counters kept in memory across gunicorn processes."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from datetime import timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.models import CardPayment, CardPaymentStatus, EventStatus, OutboxMessage, PaymentRequest, StripeEvent, utcnow
+from shared.config import Settings
+from shared.models import (
+    CardPayment,
+    CardPaymentStatus,
+    EventStatus,
+    OutboxMessage,
+    PaymentRequest,
+    RequestStatus,
+    StripeEvent,
+    utcnow,
+)
 
 
-def render(session: Session, queue_depths: dict[str, int] | None) -> str:
+def render(session: Session, queue_depths: dict[str, int] | None, settings: Settings | None = None) -> str:
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[str, str], float]]) -> None:
@@ -48,7 +59,49 @@ def render(session: Session, queue_depths: dict[str, int] | None) -> str:
         .group_by(PaymentRequest.kind, PaymentRequest.status)
     ).all()
     metric("payments_requests", "gauge", "Requests by kind and outcome", [({"kind": k, "status": s}, n) for k, s, n in reqs])
+    _stuck_rows(session, settings or Settings(), metric)
     if queue_depths is not None:
         metric("payments_queue_depth", "gauge", "Messages waiting in each broker queue",
                [({"queue": q}, n) for q, n in sorted(queue_depths.items())])
     return "\n".join(lines) + "\n"
+
+
+def _stuck_rows(session: Session, settings: Settings, metric: Callable[..., None]) -> None:
+    """DESIGN invariant 12: what the healing jobs are working on, the tries they spent on it,
+    and what they gave up on (ended `failed` after the last try)."""
+    now = utcnow()
+    redrive_cutoff = now - timedelta(seconds=settings.redrive_after_seconds)
+    open_attempt = CardPayment.status.in_([CardPaymentStatus.PENDING.value, CardPaymentStatus.AWAITING_CARD.value])
+    stuck = {
+        "request": session.execute(
+            select(func.count(), func.coalesce(func.sum(PaymentRequest.heal_tries), 0)).where(
+                PaymentRequest.status == RequestStatus.QUEUED.value, PaymentRequest.updated_at < redrive_cutoff)
+        ).one(),
+        "card_attempt": session.execute(
+            select(func.count(), func.coalesce(func.sum(CardPayment.heal_tries), 0)).where(
+                open_attempt, CardPayment.updated_at < now - timedelta(seconds=settings.reconcile_after_seconds))
+        ).one(),
+        "inbox_event": session.execute(
+            select(func.count(), func.coalesce(func.sum(StripeEvent.heal_tries), 0)).where(
+                StripeEvent.status.in_([EventStatus.RECEIVED.value, EventStatus.PROCESSING.value,
+                                        EventStatus.FAILED.value]),
+                StripeEvent.attempts < settings.inbox_max_attempts, StripeEvent.updated_at < redrive_cutoff)
+        ).one(),
+    }
+    gave_up = {
+        "request": session.scalar(select(func.count()).where(
+            PaymentRequest.status == RequestStatus.FAILED.value, PaymentRequest.heal_tries >= settings.heal_max_tries)),
+        "card_attempt": session.scalar(select(func.count()).where(
+            CardPayment.status == CardPaymentStatus.FAILED.value, CardPayment.heal_tries >= settings.heal_max_tries)),
+        "inbox_event": session.scalar(select(func.count()).where(
+            StripeEvent.status == EventStatus.FAILED.value, StripeEvent.attempts >= settings.inbox_max_attempts)),
+    }
+    metric("payments_stuck_rows", "gauge",
+           "Rows a healing job is working on: requests queued past the redrive threshold, card attempts "
+           "open past the reconcile threshold, Stripe events not processed past the redrive threshold",
+           [({"kind": kind}, count) for kind, (count, _) in stuck.items()])
+    metric("payments_stuck_row_tries", "gauge", "Healing tries spent so far on the stuck rows",
+           [({"kind": kind}, tries) for kind, (_, tries) in stuck.items()])
+    metric("payments_healing_gave_up_rows", "gauge",
+           "Rows a healing job ended failed after their last try (an event: waits for an operator)",
+           [({"kind": kind}, count or 0) for kind, count in gave_up.items()])

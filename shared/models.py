@@ -257,6 +257,9 @@ class PaymentRequest(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[Timestamp]
     updated_at: Mapped[Timestamp]
+    # Healing jobs (DESIGN invariant 12): tries so far, and not before this time (None: due).
+    heal_tries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    next_heal_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class OutboxKind(enum.StrEnum):
@@ -320,6 +323,9 @@ class StripeEvent(Base):
     last_error: Mapped[str | None] = mapped_column(String(500))
     received_at: Mapped[Timestamp]
     updated_at: Mapped[Timestamp]
+    # Healing jobs (DESIGN invariant 12): tries so far, and not before this time (None: due).
+    heal_tries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    next_heal_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class CardPaymentKind(enum.StrEnum):
@@ -384,3 +390,6 @@ class CardPayment(Base):
     last_error: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[Timestamp]
     updated_at: Mapped[Timestamp]
+    # Healing jobs (DESIGN invariant 12): tries so far, and not before this time (None: due).
+    heal_tries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    next_heal_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

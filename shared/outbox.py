@@ -59,7 +59,7 @@ def _deliver(
     sessions: sessionmaker[Session], outbox_id: int, settings: Settings, send_task: SendTask
 ) -> tuple[str, float | None]:
     with sessions.begin() as session:
-        message = claim(session, outbox_id)
+        message = claim(session, outbox_id, max_attempts=settings.outbox_max_attempts)
     if message is None:
         return "skipped", None
     try:
@@ -92,8 +92,13 @@ def add_notification(
     return _add(session, OutboxKind.NOTIFICATION, f"email:{dedup_key}", email, request_id)
 
 
-def claim(session: Session, outbox_id: int, *, now: datetime | None = None) -> OutboxMessage | None:
-    """Take a pending, due row for sending (one attempt); None if it is not ours to send."""
+def claim(
+    session: Session, outbox_id: int, *, now: datetime | None = None, max_attempts: int | None = None
+) -> OutboxMessage | None:
+    """Take a pending, due row for sending (one attempt); None if it is not ours to send.
+
+    A row already claimed `max_attempts` times whose sends never finished (its sender died
+    each time, say a message that kills the worker) is made `dead` instead of tried again."""
     now = now or utcnow()
     claimed = session.execute(
         update(OutboxMessage)
@@ -101,11 +106,20 @@ def claim(session: Session, outbox_id: int, *, now: datetime | None = None) -> O
             OutboxMessage.id == outbox_id,
             OutboxMessage.status == OutboxStatus.PENDING.value,
             OutboxMessage.next_attempt_at <= now,
+            OutboxMessage.attempts < (max_attempts if max_attempts is not None else 2**31 - 1),
         )
         .values(attempts=OutboxMessage.attempts + 1)
         .returning(OutboxMessage.id)
     ).scalar_one_or_none()
     if claimed is None:
+        if max_attempts is not None:
+            session.execute(
+                update(OutboxMessage)
+                .where(OutboxMessage.id == outbox_id, OutboxMessage.status == OutboxStatus.PENDING.value,
+                       OutboxMessage.attempts >= max_attempts)
+                .values(status=OutboxStatus.DEAD.value,
+                        last_error=f"claimed {max_attempts} times, its send never finished")
+            )
         return None
     return session.get(OutboxMessage, outbox_id, populate_existing=True)
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import timedelta
@@ -31,7 +30,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import db, fields, ledger, profiles, requests
+from shared import db, fields, healing, ledger, profiles, requests
 from shared.config import Settings
 from shared.errors import InsufficientFunds, InvalidAmount, InvalidInput, StripeRequestFailed
 from shared.ledger import Entry, Line
@@ -199,42 +198,47 @@ def _refused(sessions: sessionmaker[Session], settings: Settings, request_id: st
     return "reversed"
 
 
-def unsent(session: Session, older_than: timedelta, *, limit: int = 1000) -> list[str]:
-    """Card refunds booked more than `older_than` ago and still not sent (still `queued`)."""
+def unsent(session: Session, settings: Settings, older_than: timedelta) -> list[str]:
+    """Card refunds booked more than `older_than` ago and still not sent (still `queued`), due
+    for a try, longest due first, at most `heal_batch` (DESIGN invariant 12: one that keeps
+    failing is backed off behind the others)."""
+    now = utcnow()
     return list(session.scalars(
         select(PaymentRequest.request_id)
         .where(PaymentRequest.status == RequestStatus.QUEUED.value,
-               PaymentRequest.updated_at < utcnow() - older_than,
+               PaymentRequest.updated_at < now - older_than,
                PaymentRequest.kind == RequestKind.REFUND.value,
-               PaymentRequest.result["booked"].as_boolean().is_(True))
-        .order_by(PaymentRequest.updated_at)
-        .limit(limit)
+               PaymentRequest.result["booked"].as_boolean().is_(True),
+               healing.is_due(PaymentRequest.next_heal_at, now))
+        .order_by(healing.due_order(PaymentRequest.next_heal_at, PaymentRequest.updated_at))
+        .limit(settings.heal_batch)
     ))
 
 
 def reconcile(
     sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, older_than: timedelta,
-    *, budget_seconds: float = 120.0,
+    *, budget_seconds: float | None = None,
 ) -> tuple[int, int]:
     """Send every card refund booked but not sent after `older_than` (SPEC 5: swept up by the
-    reconciler). Each on its own: one that fails is logged and left `queued` for the next run
-    (never reversed without Stripe's answer), and the others go on. Starts no new refund once
-    `budget_seconds` are spent (the rest wait for the next run). Returns (sent, failed)."""
+    reconciler). Each on its own: one that fails is logged, counted and backed off, left
+    `queued` for a later run (never reversed without Stripe's answer, so never given up), and
+    the others go on. Returns (sent, not sent)."""
     with sessions.begin() as session:
-        due = unsent(session, older_than)
-    deadline = time.monotonic() + budget_seconds
-    sent = failed = 0
-    for request_id in due:
-        if time.monotonic() > deadline:
-            break
-        try:
-            outcome = send_to_card(sessions, gateway, settings, request_id)
-        except Exception:
-            log.exception("card refund %s: not sent; the reconciler tries again", request_id)
-            failed += 1
-            continue
-        sent += outcome in ("paid", "reversed")
-    return sent, failed
+        due = unsent(session, settings, older_than)
+    sent: list[str] = []
+    not_sent: list[str] = []
+
+    def send(request_id: str) -> None:
+        if send_to_card(sessions, gateway, settings, request_id) in ("paid", "reversed"):
+            sent.append(request_id)
+
+    def failed(request_id: str, exc: Exception) -> None:
+        not_sent.append(request_id)
+        with sessions.begin() as session:
+            requests.back_off(session, request_id, settings)
+
+    healing.each(due, send, failed, what="send card refund", budget_seconds=budget_seconds)
+    return len(sent), len(not_sent)
 
 
 def _refusal(card: CardPayment | None, order: RefundOrder, settings: Settings) -> str | None:

@@ -9,6 +9,8 @@ The same id with a different payload is a `Conflict`. `finish` sets the outcome 
 terminal outcome of a request with a route code, writes its one callback to the outbox in the
 same transaction. Its reason (often an error's text) is fitted to the column, so no message,
 however long, can strand a request.
+`take_stale` is the redrive's side (DESIGN invariant 12): stuck requests, each
+counted and backed off, ended `failed` after the last try.
 
 These run on every payment, so they use prebuilt Core statements: one round trip each.
 """
@@ -25,10 +27,11 @@ from sqlalchemy import String, Table, bindparam, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from shared import fields, outbox
+from shared import fields, healing, outbox
+from shared.config import Settings
 from shared.db import dialect_name
 from shared.errors import Conflict, NotFound
-from shared.models import PaymentRequest, RequestKind, RequestStatus, utcnow
+from shared.models import CardPayment, CardPaymentStatus, PaymentRequest, RequestKind, RequestStatus, utcnow
 from shared.money import format_cents
 
 REASON_LENGTH = cast(String, PaymentRequest.__table__.c.reason.type).length or 300
@@ -252,15 +255,75 @@ def status_document(row: Request) -> dict[str, Any]:
     return document
 
 
-def stale_queued(session: Session, older_than: timedelta, *, limit: int = 1000) -> list[Request]:
-    """Requests still `queued` well after they arrived: their task may never have been sent."""
-    rows = session.connection().execute(
-        select(*_COLUMNS)
-        .where(_TABLE.c.status == RequestStatus.QUEUED.value, _TABLE.c.updated_at < utcnow() - older_than)
-        .order_by(_TABLE.c.updated_at)
-        .limit(limit)
+@dataclass(frozen=True)
+class Redrive:
+    """A stuck request to send again: its task and the request as stored."""
+
+    request_id: str
+    task: str
+    payload: dict[str, Any]
+
+
+def take_stale(session: Session, settings: Settings, older_than: timedelta) -> list[Redrive]:
+    """Requests still `queued` past `older_than` (their task may never have been sent, or keeps
+    failing), due, longest due first, at most `heal_batch`; rows another redrive holds are
+    skipped. Each is counted a try and backed off before it is sent again (DESIGN invariant
+    12), so the requests behind a thousand stuck ones are still redriven. One past its last
+    try ends `failed` with its callback instead, unless card money is still moving for it (an
+    open card attempt, whose reconciler ends the request, or a booked card refund)."""
+    now = utcnow()
+    found = session.execute(
+        select(*_COLUMNS, _TABLE.c.heal_tries)
+        .where(_TABLE.c.status == RequestStatus.QUEUED.value, _TABLE.c.updated_at < now - older_than,
+               healing.is_due(_TABLE.c.next_heal_at, now))
+        .order_by(healing.due_order(_TABLE.c.next_heal_at, _TABLE.c.updated_at), _TABLE.c.request_id)
+        .limit(settings.heal_batch)
+        .with_for_update(skip_locked=True)
+    ).all()
+    redrives: list[Redrive] = []
+    tried: dict[int, list[str]] = {}  # tries after this one -> request ids
+    for found_row in found:
+        values = dict(found_row._mapping)
+        tries = values.pop("heal_tries")
+        row = Request(**values)
+        if tries < settings.heal_max_tries:
+            tried.setdefault(tries + 1, []).append(row.request_id)
+            redrives.append(Redrive(row.request_id, TASK_FOR_KIND[row.kind], row.payload))
+        elif _money_moving(session, row):
+            tried.setdefault(tries, []).append(row.request_id)  # not ours to end; look again later
+        else:
+            healing.log.error("request %s: still queued after %s redrives; it fails", row.request_id, tries)
+            finish(session, row, RequestStatus.FAILED,
+                   reason=f"not decided after {tries} redrives: the request was given up")
+    for tries, ids in tried.items():
+        session.execute(
+            update(_TABLE).where(_TABLE.c.request_id.in_(ids))
+            .values(heal_tries=tries, next_heal_at=healing.next_try(tries, settings, now))
+        )
+    return redrives
+
+
+def back_off(session: Session, request_id: str, settings: Settings) -> None:
+    """Count a failed healing try of the request and put it back by the backoff."""
+    tries = session.connection().execute(
+        update(_TABLE).where(_TABLE.c.request_id == request_id)
+        .values(heal_tries=_TABLE.c.heal_tries + 1).returning(_TABLE.c.heal_tries)
+    ).scalar_one()
+    session.connection().execute(
+        update(_TABLE).where(_TABLE.c.request_id == request_id)
+        .values(next_heal_at=healing.next_try(tries, settings))
     )
-    return [Request(**found._mapping) for found in rows]
+
+
+def _money_moving(session: Session, row: Request) -> bool:
+    if (row.result or {}).get("booked"):
+        return True
+    return session.scalar(
+        select(CardPayment.id).where(
+            CardPayment.request_id == row.request_id,
+            CardPayment.status.in_([CardPaymentStatus.PENDING.value, CardPaymentStatus.AWAITING_CARD.value]),
+        ).limit(1)
+    ) is not None
 
 
 def _new_row(

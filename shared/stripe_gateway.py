@@ -256,6 +256,13 @@ class StripeGateway:
             intent = self._v1().payment_intents.retrieve(payment_intent_id)
         return _intent_info(intent)
 
+    def cancel_payment_intent(self, payment_intent_id: str) -> PaymentIntentInfo:
+        """Cancel a PaymentIntent nobody may pay any more (an expired checkout); returns it
+        `canceled`. Stripe refuses (`StripeRequestFailed`) once it succeeded or is processing."""
+        with self._errors(f"PaymentIntent {payment_intent_id}: cancel"):
+            intent = self._v1().payment_intents.cancel(payment_intent_id)
+        return _intent_info(intent)
+
     def find_payment_intent(self, *, customer_id: str | None, attempt_key: str) -> PaymentIntentInfo | None:
         """The PaymentIntent we created for `attempt_key` (its id never recorded), or None.
 

@@ -22,8 +22,6 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from datetime import timedelta
-
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -393,17 +391,3 @@ def members_due_for_topup(session: Session, settings: Settings) -> list[str]:
         )
     )
 
-
-def stale_attempts(session: Session, older_than: timedelta) -> list[CardPayment]:
-    """Attempts still open well after they began: a lost webhook, or a crash mid-charge."""
-    return list(
-        session.scalars(
-            select(CardPayment)
-            .where(
-                CardPayment.status.in_([CardPaymentStatus.PENDING.value, CardPaymentStatus.AWAITING_CARD.value]),
-                CardPayment.updated_at < utcnow() - older_than,
-            )
-            .order_by(CardPayment.id)
-            .limit(1000)
-        )
-    )

@@ -49,8 +49,9 @@ def _broker_ok() -> bool:
 
 @blueprint.get("/metrics")
 def metrics() -> ResponseReturnValue:
+    depths = _queue_depths()  # Redis first: no network call inside the transaction
     with context.transaction() as session:
-        text_body = render(session, _queue_depths())
+        text_body = render(session, depths, context.settings())
     return Response(text_body, mimetype="text/plain; version=0.0.4")
 
 

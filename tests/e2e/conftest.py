@@ -30,6 +30,7 @@ ROUTES = f"EVT=events.payment_done@{CALLBACK_QUEUE}"
 
 
 WEBHOOK_SECRET = "whsec_e2e_not_a_secret"
+HEAL_MAX_TRIES = 20
 PUBLISHABLE_KEY = "pk_test_e2e"
 # Where the session's localstripe listens; set by the `worker` fixture, which starts it first.
 STRIPE_BASE: list[str] = []
@@ -47,6 +48,11 @@ def worker_env(database_url: str, **extra: str) -> dict[str, str]:
         "PAYMENTS_OUTBOX_MAX_ATTEMPTS": "3",
         "PAYMENTS_OUTBOX_BACKOFF_SECONDS": "0.2",
         "PAYMENTS_REDRIVE_AFTER_SECONDS": "0.5",
+        # Healing backs a row off by 1 s, doubling up to 10 s, and gives it up after 20 tries
+        # (about 3 minutes): quick for tests, slower than any backlog a test makes.
+        "PAYMENTS_HEAL_BACKOFF_SECONDS": "1",
+        "PAYMENTS_HEAL_BACKOFF_MAX_SECONDS": "10",
+        "PAYMENTS_HEAL_MAX_TRIES": str(HEAL_MAX_TRIES),
         **extra,
     }
 

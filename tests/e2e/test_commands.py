@@ -122,4 +122,5 @@ def test_reconcile_runs_the_reconciler_now(sessions, database_url, stripe_api) -
 
     env = {**worker_env(database_url, PAYMENTS_STRIPE_API_BASE=stripe_api), "PATH": "/usr/bin:/bin"}
     done = subprocess.run([PAYMENTS, "reconcile"], env=env, capture_output=True, text=True, timeout=60)
-    assert (done.returncode, done.stdout.strip()) == (0, "reconcile: 0 top-ups retried, 0 card refunds sent, 0 not sent"), done.stderr
+    assert (done.returncode, done.stdout.strip()) == (
+        0, "reconcile: 0 card attempts reconciled, 0 card refunds sent, 0 not sent"), done.stderr

@@ -8,9 +8,10 @@ import redis
 from freezegun import freeze_time
 from sqlalchemy import update
 
-from shared import inbox, outbox
-from shared.models import OutboxMessage
+from shared import inbox, outbox, requests, topups
+from shared.models import CardPaymentKind, OutboxMessage, PaymentRequest, RequestKind
 from tests.conftest import REDIS_URL
+from tests.integration.helpers import add_member
 
 
 def samples(text: str) -> dict[str, float]:
@@ -41,3 +42,31 @@ def test_metrics_show_inbox_lag_outbox_dead_rows_requests_and_queue_depth(client
     assert values['payments_requests{kind="payment",status="queued"}'] == 1
     assert values['payments_queue_depth{queue="payments"}'] == depth >= 1
     assert "# TYPE payments_card_payments gauge" in answer.get_data(as_text=True)
+
+
+def test_metrics_show_the_rows_the_healing_jobs_are_stuck_on_their_tries_and_what_they_gave_up(
+    client, auth, sessions
+) -> None:
+    with freeze_time("2026-11-26 10:00:00"):
+        with sessions.begin() as session:
+            add_member(session, "ann")
+            for request_id, status, tries in (("r1", "queued", 2), ("r2", "queued", 0), ("r3", "failed", 12)):
+                row, _ = requests.record(session, RequestKind.PAYMENT, request_id, {"n": request_id}, amount=100)
+                session.execute(update(PaymentRequest).where(PaymentRequest.request_id == request_id)
+                                .values(status=status, heal_tries=tries))
+            attempt = topups.open_attempt(session, key="k1", kind=CardPaymentKind.CHECKOUT, member_id="ann",
+                                          amount=100)
+            assert attempt is not None
+            attempt.heal_tries = 4
+            inbox.accept(session, {"id": "evt_1", "type": "x", "data": {"object": {}}})
+    with freeze_time("2026-11-26 10:05:00"):  # past the redrive threshold (60 s), not the reconcile one (600 s)
+        values = samples(client.get("/metrics").get_data(as_text=True))
+    assert values['payments_stuck_rows{kind="request"}'] == 2
+    assert values['payments_stuck_row_tries{kind="request"}'] == 2
+    assert values['payments_stuck_rows{kind="inbox_event"}'] == 1
+    assert values['payments_stuck_rows{kind="card_attempt"}'] == 0
+    assert values['payments_healing_gave_up_rows{kind="request"}'] == 1
+    with freeze_time("2026-11-26 10:15:00"):
+        values = samples(client.get("/metrics").get_data(as_text=True))
+    assert values['payments_stuck_rows{kind="card_attempt"}'] == 1
+    assert values['payments_stuck_row_tries{kind="card_attempt"}'] == 4

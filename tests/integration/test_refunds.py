@@ -175,7 +175,7 @@ def test_a_refund_stripe_made_before_a_crash_is_found_and_not_made_twice(session
     assert (outcome, row.status, row.result["stripe_refund_id"]) == ("paid", "paid", made.id)
 
 
-def test_the_reconciler_sends_booked_refunds_each_on_its_own_and_leaves_recent_ones_to_their_task(
+def test_the_reconciler_sends_booked_refunds_each_on_its_own_backs_off_a_failing_one_and_leaves_recent_ones_to_their_task(
     sessions, gateway, config, card_payment
 ) -> None:
     for request_id in ("rf-old", "rf-broken", "rf-new"):
@@ -192,7 +192,12 @@ def test_the_reconciler_sends_booked_refunds_each_on_its_own_and_leaves_recent_o
     assert status_of(sessions, "rf-broken").status == "queued"  # logged, still booked, tried again next run
     assert status_of(sessions, "rf-new").status == "queued"  # younger than the threshold: its task sends it
     assert refunded_at_stripe(card_payment["browser"], card_payment["intent"]) == 10_00
-    assert refunds.reconcile(sessions, gateway, config, timedelta(minutes=10)) == (0, 1)  # nothing sent twice
+    # Nothing is sent twice, and the broken one is counted and backed off behind the others.
+    assert refunds.reconcile(sessions, gateway, config, timedelta(minutes=10)) == (0, 0)
+    with sessions.begin() as session:
+        tries, next_try = session.execute(text(
+            "SELECT heal_tries, next_heal_at FROM payment_requests WHERE request_id = 'rf-broken'")).one()
+    assert tries == 1 and next_try > utcnow()
 
 
 def test_a_member_refund_whose_fee_takes_it_all_is_declined_and_books_nothing(sessions, gateway, config, card_payment) -> None:

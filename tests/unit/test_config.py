@@ -4,6 +4,7 @@ from decimal import Decimal
 
 import pytest
 
+from shared import healing
 from shared.config import CallbackRoute, Settings
 from shared.errors import ConfigError
 
@@ -58,6 +59,11 @@ def test_variables_override_the_defaults() -> None:
         ("PAYMENTS_AUTO_TOPUP_DEFAULT_AMOUNT", "10.00"),
         ("PAYMENTS_AUTO_TOPUP_MAX_CHARGE", "49.99"),
         ("PAYMENTS_AUTO_TOPUP_MAX_CHARGE", "lots"),
+        ("PAYMENTS_HEAL_MAX_TRIES", "many"),
+        ("PAYMENTS_HEAL_BACKOFF_SECONDS", "0"),
+        ("PAYMENTS_HEAL_BACKOFF_MAX_SECONDS", "a day"),
+        ("PAYMENTS_HEAL_BATCH", "-5"),
+        ("PAYMENTS_INBOX_MAX_ATTEMPTS", "1.5"),
     ],
 )
 def test_a_bad_value_names_its_variable(name: str, value: str) -> None:
@@ -79,3 +85,14 @@ def test_secrets_never_appear_in_the_settings_repr() -> None:
     shown = repr(settings)
     for secret in ("tok-123-secret", "sk_test_secret", "whsec_secret", "pw-secret"):
         assert secret not in shown
+
+
+def test_healing_limits_default_to_twelve_tries_backed_off_from_a_minute_to_an_hour() -> None:
+    settings = Settings.from_env({})
+    assert (settings.heal_max_tries, settings.heal_batch, settings.inbox_max_attempts) == (12, 500, 50)
+    assert [healing.backoff(tries, settings).total_seconds() for tries in (1, 2, 3, 6, 7, 12)] == [
+        60, 120, 240, 1920, 3600, 3600]
+    changed = Settings.from_env({"PAYMENTS_HEAL_MAX_TRIES": "5", "PAYMENTS_HEAL_BACKOFF_SECONDS": "2",
+                                 "PAYMENTS_HEAL_BACKOFF_MAX_SECONDS": "10", "PAYMENTS_HEAL_BATCH": "50"})
+    assert (changed.heal_max_tries, changed.heal_batch) == (5, 50)
+    assert [healing.backoff(tries, changed).total_seconds() for tries in (1, 3, 4, 40)] == [2, 8, 10, 10]
