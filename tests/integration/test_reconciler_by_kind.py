@@ -24,14 +24,6 @@ def config(database_url: str, stripe_api: str) -> Settings:
     return Settings(database_url=database_url, stripe_api_key=STRIPE_TEST_KEY, stripe_api_base=stripe_api)
 
 
-def carry_out(sessions: sessionmaker[Session], gateway: StripeGateway, config: Settings, effects: charges.Effects) -> None:
-    """What the worker does after the reconciler's commit (worker.tasks.carry_out, card work only)."""
-    for attempt_id in effects.charges:
-        charges.charge(sessions, gateway, config, attempt_id)
-    for attempt_id in effects.checkouts:
-        charges.start_checkout(sessions, gateway, config, attempt_id)
-
-
 @pytest.mark.parametrize("kind", ["payment", "new-card top-up"])
 def test_a_checkout_whose_creation_never_reached_stripe_gets_its_checkout_from_the_reconciler_not_a_charge(
     sessions: sessionmaker[Session], config: Settings, stripe_api: str, kind: str
@@ -57,7 +49,7 @@ def test_a_checkout_whose_creation_never_reached_stripe_gets_its_checkout_from_t
         session.execute(update(CardPayment).where(CardPayment.id == attempt_id)
                         .values(tries=1, updated_at=utcnow() - timedelta(hours=1)))
 
-    carry_out(sessions, gateway, config, charges.reconcile(sessions, gateway, config, timedelta(minutes=10)))
+    charges.reconcile(sessions, gateway, config, timedelta(minutes=10))  # it makes the card calls itself
 
     charged = [pi.amount for pi in browser.v1.payment_intents.list({"limit": 100}).auto_paging_iter()
                if pi.customer == customer and pi.status == "succeeded"]
