@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import charges, db, ledger, outbox, profiles, settlements, topups
 from shared.config import Settings, parse_routes
 from shared.ledger import Entry, Line
-from shared.models import CardPaymentKind, EntryType, Member, SystemAccount, utcnow
+from shared.models import EntryType, Member, SystemAccount, utcnow
 from shared.profiles import OrganisationDetails
 from shared.stripe_gateway import StripeGateway
 from tests.integration.helpers import add_member
@@ -83,16 +83,20 @@ def test_an_open_card_attempt_healed_by_two_callers_at_once_is_charged_once(
     browser = browser_for(stripe_api)
     keys = []
     for n in range(8):
-        member_id, key = f"heal-{n}", f"heal-attempt-{n}-{utcnow():%H%M%S%f}"
+        member_id, request_id = f"heal-{n}", f"heal-{n}-{utcnow():%H%M%S%f}"
         customer = customer_with_card(gateway, browser, member_id)
         with sessions.begin() as session:
             add_member(session, member_id)
             session.get(Member, member_id).stripe_customer_id = customer
-            # What a worker killed after committing the attempt, before Stripe answered, leaves.
-            attempt = topups.open_attempt(session, key=key, kind=CardPaymentKind.MANUAL_TOP_UP,
-                                          member_id=member_id, amount=60_00)
+            # What a worker killed after committing a saved-card top-up's attempt, before Stripe
+            # answered, leaves.
+            order = topups.parse_topup({"request_id": request_id, "member_id": member_id, "amount": "60.00",
+                                        "use_saved_card": True}, config)
+            topups.topup(session, order, config)
+            [attempt_id] = session.info.pop("charges")
+            attempt = topups.lock_attempt(session, attempt_id)
             attempt.tries = 1
-            attempt_id = attempt.id
+            key = attempt.attempt_key
         heal = lambda attempt_id=attempt_id: charges.charge(sessions, gateway, config, attempt_id)  # noqa: E731
         assert at_once(heal, heal) == []
         keys.append(key)

@@ -60,3 +60,27 @@ def test_a_checkout_whose_creation_never_reached_stripe_gets_its_checkout_from_t
         assert (attempt.status, row.status) == ("awaiting_card", "awaiting_card")
         intent = gateway.retrieve_payment_intent(attempt.payment_intent_id)
     assert (intent.status, intent.amount_cents) == ("requires_payment_method", 30_00 if kind == "payment" else 60_00)
+
+
+def test_a_checkout_attempt_handed_to_charge_is_not_charged_to_the_saved_card(
+    sessions: sessionmaker[Session], config: Settings, stripe_api: str
+) -> None:
+    """The charge itself checks the kind, whoever hands it an attempt (a reconciler, a redrive)."""
+    gateway, browser = StripeGateway(config), browser_for(stripe_api)
+    member_id = f"guard-{utcnow():%H%M%S%f}"
+    customer = customer_with_card(gateway, browser, member_id)
+    with sessions.begin() as session:
+        add_member(session, member_id)
+        session.get(Member, member_id).stripe_customer_id = customer
+        order = payments.parse({"request_id": f"r-{member_id}", "member_id": member_id, "amount": "30.00",
+                                "description": "Congress entry", "allow_checkout": True}, config)
+        payments.pay(session, order, config)
+        [attempt_id] = session.info.pop("checkouts")
+
+    charges.charge(sessions, gateway, config, attempt_id)
+
+    charged = [pi.amount for pi in browser.v1.payment_intents.list({"limit": 100}).auto_paging_iter()
+               if pi.customer == customer]
+    assert charged == []
+    with sessions.begin() as session:
+        assert (session.get(CardPayment, attempt_id).status, session.get(CardPayment, attempt_id).tries) == ("pending", 0)
