@@ -115,6 +115,12 @@ def stripe_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop(process, timeout=10)
 
 
+@pytest.fixture
+def browser(stripe_api: str) -> stripe.StripeClient:
+    """What Stripe.js does in the member's browser (and what an admin reads at Stripe)."""
+    return browser_for(stripe_api)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _empty_stripe_after_each_module() -> Iterator[None]:
     yield

@@ -31,7 +31,7 @@ from tests.e2e.conftest import worker_env
 from tests.e2e.processes import private_redis, start, stop, wait_for
 from tests.e2e.proxy import TcpProxy
 from tests.integration.helpers import add_member, balance_of
-from tests.stripe_fixture import STRIPE_TEST_KEY, browser_for, customer_with_card
+from tests.stripe_fixture import STRIPE_TEST_KEY, customer_with_card
 
 # Request ids at which the worker's test hooks make it die (each on the task's first run only).
 CRASH_AFTER_BOOKING = "refund-dies-after-booking"
@@ -78,12 +78,6 @@ def refund_worker(
 def settings(settings: Settings, stripe_api: str, private_broker: str) -> Settings:
     """The Flask app (`client`) enqueues on the private broker."""
     return replace(settings, broker_url=private_broker, stripe_api_key=STRIPE_TEST_KEY, stripe_api_base=stripe_api)
-
-
-@pytest.fixture
-def browser(stripe_api: str) -> stripe.StripeClient:
-    """An admin reading localstripe directly (not through the proxy)."""
-    return browser_for(stripe_api)
 
 
 @pytest.fixture

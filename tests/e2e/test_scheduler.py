@@ -31,7 +31,7 @@ from shared.stripe_gateway import StripeGateway
 from tests.e2e.conftest import BROKER, HEAL_MAX_TRIES, PUBLISHABLE_KEY, WEBHOOK_SECRET
 from tests.e2e.processes import wait_for
 from tests.integration.helpers import add_member, balance_of, top_up
-from tests.stripe_fixture import STRIPE_TEST_KEY, browser_for, customer_with_card, new_card
+from tests.stripe_fixture import STRIPE_TEST_KEY, customer_with_card, new_card
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -45,11 +45,6 @@ def settings(settings: Settings, stripe_api: str) -> Settings:
 @pytest.fixture
 def gateway(settings: Settings) -> StripeGateway:
     return StripeGateway(settings)
-
-
-@pytest.fixture
-def browser(stripe_api: str) -> stripe.StripeClient:
-    return browser_for(stripe_api)
 
 
 def member_on_auto_topup(sessions, gateway, browser, member_id: str = "ann") -> str:

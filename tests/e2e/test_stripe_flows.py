@@ -60,12 +60,6 @@ def gateway(settings: Settings) -> StripeGateway:
 
 
 @pytest.fixture
-def browser(stripe_api: str) -> stripe.StripeClient:
-    """What Stripe.js does in the member's browser (and what an admin reads at Stripe)."""
-    return browser_for(stripe_api)
-
-
-@pytest.fixture
 def world(sessions: sessionmaker[Session]) -> dict[str, int]:
     with sessions.begin() as session:
         return {"ann": add_member(session, "ann"), "club": add_organisation(session, "club")}

@@ -22,7 +22,7 @@ from shared.ledger import Entry, Line
 from shared.models import CardPayment, EntryType, Member, OutboxMessage, SystemAccount
 from shared.stripe_gateway import PaymentIntentInfo, StripeGateway
 from tests.integration.helpers import add_member, balance_of, top_up
-from tests.stripe_fixture import STRIPE_TEST_KEY, browser_for, customer_with_card, new_card
+from tests.stripe_fixture import STRIPE_TEST_KEY, customer_with_card, new_card
 
 
 @pytest.fixture
@@ -33,11 +33,6 @@ def config(database_url: str, stripe_api: str) -> Settings:
 @pytest.fixture
 def gateway(config: Settings) -> StripeGateway:
     return StripeGateway(config)
-
-
-@pytest.fixture
-def browser(stripe_api: str) -> stripe.StripeClient:
-    return browser_for(stripe_api)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import stripe
 from freezegun import freeze_time
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -29,7 +28,7 @@ from shared.models import (
 from shared.stripe_gateway import StripeGateway
 from tests.e2e.processes import free_port
 from tests.integration.helpers import add_member
-from tests.stripe_fixture import STRIPE_TEST_KEY, browser_for
+from tests.stripe_fixture import STRIPE_TEST_KEY
 
 T0 = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
@@ -43,11 +42,6 @@ def settings(settings: Settings, stripe_api: str) -> Settings:
 @pytest.fixture
 def gateway(settings: Settings) -> StripeGateway:
     return StripeGateway(settings)
-
-
-@pytest.fixture
-def browser(stripe_api: str) -> stripe.StripeClient:
-    return browser_for(stripe_api)
 
 
 def store_payment(sessions: sessionmaker[Session], settings: Settings, request_id: str, **extra: object) -> None:

@@ -42,12 +42,6 @@ def gateway(stripe_api: str) -> StripeGateway:
     return StripeGateway(Settings(stripe_api_key=STRIPE_TEST_KEY, stripe_api_base=stripe_api))
 
 
-@pytest.fixture
-def browser(stripe_api: str) -> stripe.StripeClient:  # noqa: F811
-    """What Stripe.js does in the member's browser: make cards and confirm intents."""
-    return stripe.StripeClient(STRIPE_TEST_KEY, base_addresses={"api": stripe_api}, max_network_retries=0)
-
-
 _members = iter(range(1, 1_000_000))
 
 
