@@ -26,7 +26,6 @@ from shared.stripe_gateway import StripeGateway
 from tests.e2e.processes import wait_for
 from tests.e2e.proxy import TcpProxy
 from tests.e2e.test_refund_delivery import (  # noqa: F401 - the module's worker, broker, proxy and settings
-    browser,
     private_broker,
     refund_worker,
     request_row,
