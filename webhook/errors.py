@@ -16,11 +16,13 @@ log = logging.getLogger(__name__)
 
 _HTTP_CODES = {
     400: "bad_request",
-    401: "unauthorized",
+    401: "unauthenticated",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    429: "too_many_requests",
 }
 
 
