@@ -489,7 +489,7 @@ def check_request(client: FlaskClient, engine: Engine, method: str, request: dic
     if status >= 400:
         error = assert_error_shape(response)
         if status == 401:
-            assert error["code"] == "unauthorized", where
+            assert error["code"] == "unauthenticated", where
         assert row_counts(engine) == before, f"a rejected request stored something: {where}"
     else:
         assert response.is_json, where
