@@ -10,7 +10,7 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import PaymentsError
+from shared.errors import PaymentsError, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,8 @@ def error(status: int, code: str, message: str, field: str | None = None) -> Res
 def register(app: Flask) -> None:
     @app.errorhandler(PaymentsError)
     def _payments_error(exc: PaymentsError) -> ResponseReturnValue:
+        if isinstance(exc, Unauthenticated):  # RFC 6750: say which scheme is wanted
+            return jsonify(exc.as_dict()), exc.status, {"WWW-Authenticate": 'Bearer realm="payments"'}
         return jsonify(exc.as_dict()), exc.status
 
     @app.errorhandler(HTTPException)

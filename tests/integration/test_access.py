@@ -186,6 +186,7 @@ def test_a_missing_unknown_revoked_or_expired_token_is_401_and_changes_nothing(
     before = rows(engine)
     response = client.open(path, method=method, json=None if method == "GET" else PAYMENT, headers=headers)
     assert_error(response, 401, "unauthenticated")
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
     assert rows(engine) == before
 
 
