@@ -44,6 +44,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     verbs.add_parser("reconcile", help="send booked card refunds and finish open card payments from Stripe's state now")
 
+    clients = verbs.add_parser("clients", help="who may call the API, with which scopes and bindings")
+    client_verbs = clients.add_subparsers(dest="action", required=True)
+    add = client_verbs.add_parser("add", help="store a client; prints its token and callback key once")
+    add.add_argument("name")
+    add.add_argument("--scopes", required=True, help="comma-separated: payments,profiles,clubs,reports,admin,ops")
+    add.add_argument("--route-codes", help="comma-separated route codes it may use")
+    add.add_argument("--request-prefix", help="the prefix its request ids must start with")
+    add.add_argument("--organisations", help="comma-separated organisations it may act on")
+    client_verbs.add_parser("list", help="every client (never a token)")
+    rotate = client_verbs.add_parser("rotate", help="a new token; the old ones work for --grace seconds")
+    rotate.add_argument("name")
+    rotate.add_argument("--grace", type=int, default=86400, help="seconds the old tokens keep working")
+    revoke = client_verbs.add_parser("revoke", help="refuse every token of the client from now on")
+    revoke.add_argument("name")
+
     run = verbs.add_parser("run", help="the whole stack locally; Ctrl-C stops it")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
@@ -66,6 +81,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _reconcile()
     if args.verb == "outbox":
         return _outbox_replay(args.id)
+    if args.verb == "clients":
+        return _clients(args)
     if args.verb == "run":
         return _run(args.host, args.port)
     if args.verb == "demo":
@@ -182,6 +199,54 @@ def _outbox_replay(outbox_id: int) -> int:
     return 1
 
 
+def _clients(args: argparse.Namespace) -> int:
+    """`payments clients add|list|rotate|revoke` (CONTRACT): add and rotate print, as their last
+    line, one JSON object with the name, the token and the callback key (shown once)."""
+    from datetime import timedelta
+
+    from shared import access
+    from shared.config import Settings
+    from shared.db import make_engine, make_sessions
+    from shared.errors import PaymentsError
+
+    def listed(value: str | None) -> list[str] | None:
+        return None if value is None else [item.strip() for item in value.split(",") if item.strip()]
+
+    try:
+        settings = Settings.from_env()
+    except PaymentsError as exc:
+        print(exc.message, file=sys.stderr)
+        return 2
+    engine = make_engine(settings.database_url)
+    try:
+        with make_sessions(engine).begin() as session:
+            if args.action == "add":
+                issued = access.add(session, args.name, listed(args.scopes) or [],
+                                    route_codes=listed(args.route_codes), request_prefix=args.request_prefix,
+                                    organisations=listed(args.organisations))
+            elif args.action == "rotate":
+                issued = access.rotate(session, args.name, timedelta(seconds=args.grace))
+            elif args.action == "revoke":
+                access.revoke(session, args.name)
+                print(f"client {args.name}: revoked")
+                return 0
+            else:
+                for row in access.listing(session):
+                    print(json.dumps(row))
+                return 0
+    except PaymentsError as exc:
+        print(exc.message, file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+    if args.action == "add":
+        print(f"client {issued.name} added; keep the token and callback key: they are not shown again")
+    else:
+        print(f"client {issued.name}: new token; the old ones work for {args.grace} more seconds")
+    print(json.dumps(issued.as_json()), flush=True)
+    return 0
+
+
 RUN_FILE = Path("var/run.json")
 LOCAL_STRIPE_KEY = "sk_test_localstripe"  # localstripe takes any sk_ key; not a secret
 
@@ -200,7 +265,7 @@ def _run(host: str, port: int) -> int:
     run_info: dict[str, str] = {"api": api}
     children: list[subprocess.Popen[bytes]] = []
     if not settings.api_token:
-        env["PAYMENTS_API_TOKEN"] = run_info["api_token"] = secrets.token_urlsafe(24)
+        env["PAYMENTS_API_TOKEN"] = run_info["api_token"] = secrets.token_urlsafe(32)
     if not settings.stripe_api_key:
         stripe_url, process = _start_localstripe()
         children.append(process)

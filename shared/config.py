@@ -17,6 +17,8 @@ from shared.money import parse_cents
 
 DEFAULT_DATABASE_URL = "sqlite:///var/payments.db"
 DEFAULT_BROKER_URL = "sqla+sqlite:///var/broker.db"
+# PAYMENTS_API_TOKEN is the bootstrap client `admin` (every scope): refused when shorter.
+MIN_API_TOKEN_LENGTH = 32
 
 
 @dataclass(frozen=True)
@@ -133,10 +135,18 @@ class Settings:
             ) from None
 
         notify = text("PAYMENTS_NOTIFY_TASK")
+        api_token = text("PAYMENTS_API_TOKEN")
+        if api_token is not None and len(api_token) < MIN_API_TOKEN_LENGTH:
+            # The bootstrap client has every scope: a guessable token would open everything.
+            raise ConfigError(
+                f"PAYMENTS_API_TOKEN: shorter than {MIN_API_TOKEN_LENGTH} characters; make one with "
+                "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'`",
+                field="PAYMENTS_API_TOKEN",
+            )
         settings = cls(
             database_url=text("PAYMENTS_DATABASE_URL") or DEFAULT_DATABASE_URL,
             broker_url=text("PAYMENTS_BROKER_URL") or DEFAULT_BROKER_URL,
-            api_token=text("PAYMENTS_API_TOKEN"),
+            api_token=api_token,
             stripe_api_key=text("PAYMENTS_STRIPE_API_KEY"),
             stripe_api_base=text("PAYMENTS_STRIPE_API_BASE"),
             stripe_webhook_secret=text("PAYMENTS_STRIPE_WEBHOOK_SECRET"),

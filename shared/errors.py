@@ -4,6 +4,8 @@
     ├── InvalidInput      400     a value is malformed, of the wrong type, or missing
     │   ├── InvalidAmount 400     an amount is not exact cents or is outside its limits
     │   └── BadSignature  400     a Stripe webhook's signature is missing, wrong or stale
+    ├── Unauthenticated   401     no token, or one that is unknown, revoked or expired
+    ├── Forbidden         403     the client lacks the scope, or a binding refuses the request
     ├── NotFound          404     a member, organisation, entry or request does not exist
     ├── Conflict          409     a key is reused with a different payload
     ├── RuleViolation     422     well-formed, but a money rule forbids it
@@ -51,6 +53,21 @@ class InvalidAmount(InvalidInput):
     """Raised when an amount is not an exact number of cents or is outside its limits."""
 
     code = "invalid_amount"
+
+
+class Unauthenticated(PaymentsError):
+    """Raised when a request carries no client token, or one that is unknown, revoked or expired."""
+
+    code = "unauthenticated"
+    status = 401
+
+
+class Forbidden(PaymentsError):
+    """Raised when an authenticated client lacks the scope for an action, or one of its bindings
+    (route codes, request-id prefix, organisations) refuses it; the message names which."""
+
+    code = "forbidden"
+    status = 403
 
 
 class NotFound(PaymentsError):

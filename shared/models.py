@@ -255,6 +255,8 @@ class PaymentRequest(Base):
     route_code: Mapped[str | None] = mapped_column(String(64))
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # The client (shared/access.py) that made the request; None for a task sent by name.
+    client: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[Timestamp]
     updated_at: Mapped[Timestamp]
     # Healing jobs (DESIGN invariant 12): tries so far, and not before this time (None: due).
@@ -393,3 +395,36 @@ class CardPayment(Base):
     # Healing jobs (DESIGN invariant 12): tries so far, and not before this time (None: due).
     heal_tries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     next_heal_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Client(Base):
+    """A calling module, portal, staff tool or monitor (CONTRACT "Clients and scopes"): its
+    scopes and bindings, and the key its callbacks are signed with. Its tokens are kept only as
+    SHA-256 hashes, in `client_tokens`. The bootstrap client `admin` (PAYMENTS_API_TOKEN) is not
+    stored."""
+
+    __tablename__ = "clients"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    # Bindings; None: not bound.
+    route_codes: Mapped[list[str] | None] = mapped_column(JSON)
+    request_prefix: Mapped[str | None] = mapped_column(String(64))
+    organisations: Mapped[list[str] | None] = mapped_column(JSON)
+    callback_key: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[Timestamp]
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ClientToken(Base):
+    """One token of a client, as the hex SHA-256 of the token; several live during a rotation,
+    the old ones until `expires_at`."""
+
+    __tablename__ = "client_tokens"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    client_id: Mapped[int] = mapped_column(ForeignKey("clients.id"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[Timestamp]
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

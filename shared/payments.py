@@ -184,8 +184,9 @@ def pay_at_once(engine: Engine, order: PaymentOrder, settings: Settings) -> list
     return [] if row.outbox_id is None else [row.outbox_id]
 
 
-def record(session: Session, order: PaymentOrder) -> tuple[requests.Request, bool]:
-    return requests.record(session, RequestKind.PAYMENT, order.request_id, order.payload(), **_request_columns(order))
+def record(session: Session, order: PaymentOrder, *, client: str | None = None) -> tuple[requests.Request, bool]:
+    return requests.record(session, RequestKind.PAYMENT, order.request_id, order.payload(), client=client,
+                           **_request_columns(order))
 
 
 def pay(session: Session, order: PaymentOrder, settings: Settings) -> requests.Request:

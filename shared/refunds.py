@@ -89,8 +89,9 @@ def fee(amount: int, percent: Decimal) -> int:
     return int((Decimal(amount) * percent / 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def record(session: Session, order: RefundOrder) -> tuple[requests.Request, bool]:
-    return requests.record(session, RequestKind.REFUND, order.request_id, order.payload(), amount=order.amount or 0)
+def record(session: Session, order: RefundOrder, *, client: str | None = None) -> tuple[requests.Request, bool]:
+    return requests.record(session, RequestKind.REFUND, order.request_id, order.payload(), amount=order.amount or 0,
+                           client=client)
 
 
 def book(session: Session, order: RefundOrder, settings: Settings) -> requests.Request:

@@ -65,6 +65,7 @@ class Request:
     attempts: int
     created_at: datetime
     updated_at: datetime
+    client: str | None  # who made it (shared/access.py); None when sent by task name
 
     @property
     def queued(self) -> bool:
@@ -76,7 +77,7 @@ _COLUMNS = [_TABLE.c[f.name] for f in dataclass_fields(Request)]
 _NEW_ROW: dict[str, Any] = {
     name: bindparam(name)
     for name in ("request_id", "kind", "payload_hash", "payload", "status", "member_id", "amount",
-                 "route_code", "attempts", "created_at", "updated_at")
+                 "route_code", "attempts", "created_at", "updated_at", "client")
 }
 
 
@@ -113,14 +114,19 @@ def record(
     amount: int,
     member_id: str | None = None,
     route_code: str | None = None,
+    client: str | None = None,
 ) -> tuple[Request, bool]:
-    """Store the request as `queued` unless its id is known; returns it and whether it is new."""
-    params = _new_row(kind, request_id, payload, amount, member_id, route_code, attempts=0)
+    """Store the request as `queued` unless its id is known; returns it and whether it is new.
+
+    `client` is who makes it (recorded, not hashed: the same request from its maker replays);
+    a request id another client made is a `Conflict`, so one client cannot read another's
+    outcome by replaying its request."""
+    params = _new_row(kind, request_id, payload, amount, member_id, route_code, attempts=0, client=client)
     statement = _STATEMENTS[dialect_name(session)][0]
     found = session.connection().execute(statement, params).one_or_none()
     created = found is not None
     row = Request(**found._mapping) if found else get(session, request_id)
-    _same_payload(row, params["payload_hash"])
+    _same_payload(row, params["payload_hash"], client)
     return row, created
 
 
@@ -133,15 +139,17 @@ def claim(
     amount: int,
     member_id: str | None = None,
     route_code: str | None = None,
+    client: str | None = None,
 ) -> Request:
     """Store the request if new, lock its row, count the attempt; one statement.
 
     Concurrent duplicates wait on the row lock; each then finds the outcome of the first.
+    A stored request keeps the client that made it; `client` names the maker of a new one.
     """
-    params = _new_row(kind, request_id, payload, amount, member_id, route_code, attempts=1)
+    params = _new_row(kind, request_id, payload, amount, member_id, route_code, attempts=1, client=client)
     statement = _STATEMENTS[dialect_name(session)][1]
     row = Request(**session.connection().execute(statement, params).one()._mapping)
-    _same_payload(row, params["payload_hash"])
+    _same_payload(row, params["payload_hash"], client)
     return row
 
 
@@ -247,6 +255,7 @@ def status_document(row: Request) -> dict[str, Any]:
         "kind": row.kind,
         "status": row.status,
         "amount": format_cents(row.amount),
+        "client": row.client,
     }
     if row.reason:
         document["reason"] = row.reason
@@ -335,17 +344,20 @@ def _new_row(
     route_code: str | None,
     *,
     attempts: int,
+    client: str | None = None,
 ) -> dict[str, Any]:
     now = utcnow()
     return {
         "request_id": request_id, "kind": kind.value, "payload_hash": payload_hash(kind, payload),
         "payload": payload, "status": RequestStatus.QUEUED.value, "member_id": member_id,
         "amount": amount, "route_code": route_code, "attempts": attempts,
-        "created_at": now, "updated_at": now,
+        "created_at": now, "updated_at": now, "client": client,
     }
 
 
-def _same_payload(row: Request, digest: str) -> None:
+def _same_payload(row: Request, digest: str, client: str | None = None) -> None:
+    if client is not None and row.client is not None and row.client != client:
+        raise Conflict(f"request {row.request_id}: already used by another client", field="request_id")
     if row.payload_hash != digest:
         raise Conflict(
             f"request {row.request_id}: already used for a different {row.kind} request", field="request_id"

@@ -117,9 +117,10 @@ def parse(body: Mapping[str, Any], settings: Settings, *, now: datetime | None =
     )
 
 
-def record(session: Session, order: SettlementOrder) -> tuple[requests.Request, bool]:
+def record(session: Session, order: SettlementOrder, *, client: str | None = None) -> tuple[requests.Request, bool]:
     # The amount is only known once settled.
-    return requests.record(session, RequestKind.SETTLEMENT, order.request_id, order.payload(), amount=0)
+    return requests.record(session, RequestKind.SETTLEMENT, order.request_id, order.payload(), amount=0,
+                           client=client)
 
 
 def settle(session: Session, order: SettlementOrder, settings: Settings) -> requests.Request:

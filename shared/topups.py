@@ -308,9 +308,9 @@ def parse_topup(body: Mapping[str, Any], settings: Settings) -> TopupOrder:
     )
 
 
-def record_topup(session: Session, order: TopupOrder) -> tuple[requests.Request, bool]:
+def record_topup(session: Session, order: TopupOrder, *, client: str | None = None) -> tuple[requests.Request, bool]:
     return requests.record(session, RequestKind.TOPUP, order.request_id, order.payload(), amount=order.amount,
-                           member_id=order.member_id)
+                           member_id=order.member_id, client=client)
 
 
 def topup(session: Session, order: TopupOrder, settings: Settings) -> requests.Request:

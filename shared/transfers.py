@@ -57,10 +57,10 @@ def parse(body: Mapping[str, Any], settings: Settings) -> TransferOrder:
     return order
 
 
-def record(session: Session, order: TransferOrder) -> tuple[requests.Request, bool]:
+def record(session: Session, order: TransferOrder, *, client: str | None = None) -> tuple[requests.Request, bool]:
     return requests.record(
         session, RequestKind.TRANSFER, order.request_id, order.payload(), amount=order.amount,
-        member_id=order.from_member_id,
+        member_id=order.from_member_id, client=client,
     )
 
 

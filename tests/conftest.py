@@ -27,7 +27,7 @@ pytest_plugins = ["tests.stripe_fixture"]  # the `stripe_api` fixture: localstri
 
 PG_ADMIN_URL = os.environ.get("PAYMENTS_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("PAYMENTS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-API_TOKEN = "test-token-not-a-secret"
+API_TOKEN = "test-token-not-a-secret-but-long-enough-for-the-check"
 
 
 def _admin() -> psycopg.Connection:
@@ -74,10 +74,11 @@ def engine(database_url: str) -> Iterator[Engine]:
 def empty_database(engine: Engine) -> None:
     """Empty every table and put back the system accounts, as the first migration made them.
 
-    TRUNCATE, because the ledger's tables (and accounts) refuse DELETE.
+    TRUNCATE, because the ledger's tables (and accounts) refuse DELETE. Stored clients go too;
+    the bootstrap client `admin` (`API_TOKEN`) is not stored, so it keeps working.
     """
     with engine.begin() as conn:
-        conn.execute(text("TRUNCATE accounts, postings, journal_entries, members, organisations, payment_requests, outbox, stripe_events, card_payments"))
+        conn.execute(text("TRUNCATE accounts, postings, journal_entries, members, organisations, payment_requests, outbox, stripe_events, card_payments, clients, client_tokens"))
         conn.execute(
             text("INSERT INTO accounts (kind, owner, created_at) SELECT 'system', name, now() FROM unnest(CAST(:names AS text[])) AS name"),
             {"names": [s.value for s in SystemAccount]},

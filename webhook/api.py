@@ -1,49 +1,36 @@
 """The `/api/*` endpoints of CONTRACT: profiles, balances, statements, summaries and
-adjustments. Every request needs `Authorization: Bearer <PAYMENTS_API_TOKEN>`; without a
-configured token the API answers 503 rather than run open."""
+adjustments. Every request needs `Authorization: Bearer <a client's token>` (401 without one)
+and a client allowed the route's declared action (403): `webhook.auth` asks `shared.access`."""
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from shared import fields, ledger, profiles, statements
+from shared import access, fields, ledger, profiles, statements
 from shared.adjustments import Adjustment, book_adjustment
-from shared.errors import InvalidInput, PaymentsError, ServiceUnavailable
+from shared.errors import InvalidInput
 from shared.models import Member, Organisation
 from shared.money import format_cents, parse_cents
 from shared.profiles import KEEP, Keep, MemberDetails, OrganisationDetails
-from webhook import context
+from webhook import auth, context
+from webhook.auth import action
 
 blueprint = Blueprint("api", __name__, url_prefix="/api")
 T = TypeVar("T")
 
 
-class Unauthorized(PaymentsError):
-    """Raised when the bearer token is missing or wrong."""
-
-    code = "unauthorized"
-    status = 401
-
-
-@blueprint.before_request
-def _authenticate() -> None:
-    token = context.settings().api_token
-    if not token:
-        raise ServiceUnavailable("the API is disabled: PAYMENTS_API_TOKEN is not set")
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise Unauthorized("a valid Authorization: Bearer token is required")
+blueprint.before_request(auth.authorise_request)
 
 
 # Members ----------------------------------------------------------------------------------
 
 
 @blueprint.put("/members/<member_id>")
+@action(access.MEMBERS_WRITE)
 def put_member(member_id: str) -> ResponseReturnValue:
     member_id = fields.identifier(member_id, "member_id")
     body = context.json_body()
@@ -65,12 +52,14 @@ def put_member(member_id: str) -> ResponseReturnValue:
 
 
 @blueprint.get("/members/<member_id>")
+@action(access.MEMBERS_READ)
 def get_member(member_id: str) -> ResponseReturnValue:
     with context.transaction() as session:
         return jsonify(_member_json(profiles.get_member(session, fields.identifier(member_id, "member_id"))))
 
 
 @blueprint.get("/members/<member_id>/balance")
+@action(access.MEMBERS_BALANCE)
 def member_balance(member_id: str) -> ResponseReturnValue:
     member_id = fields.identifier(member_id, "member_id")
     day = request.args.get("date")
@@ -93,6 +82,7 @@ def member_balance(member_id: str) -> ResponseReturnValue:
 
 
 @blueprint.get("/members/<member_id>/statement")
+@action(access.MEMBERS_STATEMENT)
 def member_statement(member_id: str) -> ResponseReturnValue:
     member_id = fields.identifier(member_id, "member_id")
     with context.transaction() as session:
@@ -105,6 +95,7 @@ def member_statement(member_id: str) -> ResponseReturnValue:
 
 
 @blueprint.put("/organisations/<org_id>")
+@action(access.ORGANISATIONS_WRITE)
 def put_organisation(org_id: str) -> ResponseReturnValue:
     org_id = fields.identifier(org_id, "organisation_id")
     body = context.json_body()
@@ -125,6 +116,7 @@ def put_organisation(org_id: str) -> ResponseReturnValue:
 
 
 @blueprint.get("/organisations/<org_id>")
+@action(access.ORGANISATIONS_PROFILE)
 def get_organisation(org_id: str) -> ResponseReturnValue:
     org_id = fields.identifier(org_id, "organisation_id")
     with context.transaction() as session:
@@ -132,6 +124,7 @@ def get_organisation(org_id: str) -> ResponseReturnValue:
 
 
 @blueprint.get("/organisations/<org_id>/balance")
+@action(access.ORGANISATIONS_READ)
 def organisation_balance(org_id: str) -> ResponseReturnValue:
     org_id = fields.identifier(org_id, "organisation_id")
     day = request.args.get("date")
@@ -145,6 +138,7 @@ def organisation_balance(org_id: str) -> ResponseReturnValue:
 
 
 @blueprint.get("/organisations/<org_id>/statement")
+@action(access.ORGANISATIONS_READ)
 def organisation_statement(org_id: str) -> ResponseReturnValue:
     org_id = fields.identifier(org_id, "organisation_id")
     with context.transaction() as session:
@@ -154,6 +148,7 @@ def organisation_statement(org_id: str) -> ResponseReturnValue:
 
 
 @blueprint.get("/organisations/<org_id>/summary")
+@action(access.ORGANISATIONS_READ)
 def organisation_summary(org_id: str) -> ResponseReturnValue:
     org_id = fields.identifier(org_id, "organisation_id")
     days = statements.summary_days(request.args.get("days"))
@@ -167,6 +162,7 @@ def organisation_summary(org_id: str) -> ResponseReturnValue:
 
 
 @blueprint.post("/adjustments")
+@action(access.ADJUSTMENTS_CREATE)
 def post_adjustment() -> ResponseReturnValue:
     body = context.json_body()
     target = fields.only_one(body, "member_id", "organisation_id")
@@ -194,6 +190,7 @@ def post_adjustment() -> ResponseReturnValue:
 
 
 @blueprint.get("/admin/summary")
+@action(access.ADMIN_SUMMARY)
 def admin_summary() -> ResponseReturnValue:
     with context.transaction() as session:
         return jsonify(statements.admin_summary(session))
@@ -262,7 +259,7 @@ def _statement_response(rows: list[statements.StatementRow], filename: str) -> R
 
 
 # Money movements (webhook/movements.py) and saved cards (webhook/cards.py) are nested under
-# /api, so the bearer-token check above guards them too. Nested here, once per process: Flask
+# /api, so the client check above guards them too. Nested here, once per process: Flask
 # refuses to change a blueprint after it has been registered, so doing it in create_app broke
 # every app after the first.
 from webhook import cards, movements  # noqa: E402

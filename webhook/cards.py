@@ -6,14 +6,16 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from shared import charges, fields, topups
+from shared import access, charges, fields, topups
 from shared.money import format_cents
 from webhook import context
+from webhook.auth import action
 
 blueprint = Blueprint("cards", __name__)
 
 
 @blueprint.post("/members/<member_id>/auto-topup/setup")
+@action(access.AUTO_TOPUP_SETUP)
 def setup(member_id: str) -> ResponseReturnValue:
     member_id = fields.identifier(member_id, "member_id")
     info = charges.setup_auto_topup(context.sessions(), context.gateway(), context.settings(), member_id)
@@ -22,6 +24,7 @@ def setup(member_id: str) -> ResponseReturnValue:
 
 
 @blueprint.put("/members/<member_id>/auto-topup")
+@action(access.AUTO_TOPUP_CHANGE)
 def change_amount(member_id: str) -> ResponseReturnValue:
     member_id = fields.identifier(member_id, "member_id")
     amount = context.json_body().get("amount")
@@ -32,6 +35,7 @@ def change_amount(member_id: str) -> ResponseReturnValue:
 
 
 @blueprint.delete("/members/<member_id>/auto-topup")
+@action(access.AUTO_TOPUP_CANCEL)
 def cancel(member_id: str) -> ResponseReturnValue:
     member_id = fields.identifier(member_id, "member_id")
     charges.cancel_auto_topup(context.sessions(), context.gateway(), member_id)

@@ -10,17 +10,19 @@ from flask.typing import ResponseReturnValue
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from werkzeug.exceptions import HTTPException
 
-from shared.errors import PaymentsError
+from shared.errors import PaymentsError, Unauthenticated
 
 log = logging.getLogger(__name__)
 
 _HTTP_CODES = {
     400: "bad_request",
-    401: "unauthorized",
+    401: "unauthenticated",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
     415: "unsupported_media_type",
+    429: "too_many_requests",
 }
 
 
@@ -34,6 +36,8 @@ def error(status: int, code: str, message: str, field: str | None = None) -> Res
 def register(app: Flask) -> None:
     @app.errorhandler(PaymentsError)
     def _payments_error(exc: PaymentsError) -> ResponseReturnValue:
+        if isinstance(exc, Unauthenticated):  # RFC 6750: say which scheme is wanted
+            return jsonify(exc.as_dict()), exc.status, {"WWW-Authenticate": 'Bearer realm="payments"'}
         return jsonify(exc.as_dict()), exc.status
 
     @app.errorhandler(HTTPException)

@@ -15,56 +15,63 @@ from typing import Any
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from kombu.exceptions import OperationalError as BrokerError
-from sqlalchemy.orm import Session
 
-from shared import client, fields, payments, refunds, requests, settlements, topups, transfers
-from webhook import context
+from shared import access, client, fields, payments, refunds, requests, settlements, topups, transfers
+from webhook import auth, context
+from webhook.auth import action
 
 log = logging.getLogger(__name__)
 
 blueprint = Blueprint("movements", __name__)
 
 @blueprint.post("/payments")
+@action(access.PAYMENTS_CREATE)
 def post_payment() -> ResponseReturnValue:
     return _accept(payments.parse, payments.record)
 
 
 @blueprint.post("/transfers")
+@action(access.TRANSFERS_CREATE)
 def post_transfer() -> ResponseReturnValue:
     return _accept(transfers.parse, transfers.record)
 
 
 @blueprint.post("/settlements")
+@action(access.SETTLEMENTS_CREATE)
 def post_settlement() -> ResponseReturnValue:
     return _accept(settlements.parse, settlements.record)
 
 
 @blueprint.post("/refunds")
+@action(access.REFUNDS_CREATE)
 def post_refund() -> ResponseReturnValue:
     return _accept(refunds.parse, refunds.record)
 
 
 @blueprint.post("/members/<member_id>/topups")
+@action(access.TOPUPS_CREATE)
 def post_topup(member_id: str) -> ResponseReturnValue:
     body = {**context.json_body(), "member_id": member_id}
     return _accept(topups.parse_topup, topups.record_topup, body)
 
 
 @blueprint.get("/payments/<request_id>")
+@action(access.REQUESTS_READ, in_view=True)
 def get_request(request_id: str) -> ResponseReturnValue:
     with context.transaction() as session:
         row = requests.get(session, fields.identifier(request_id, "request_id"))
-        return jsonify(requests.status_document(row))
+    access.authorise(auth.principal(), access.REQUESTS_READ, {"request_id": row.request_id, "client": row.client})
+    return jsonify(requests.status_document(row))
 
 
 def _accept(
     parse: Callable[..., Any],
-    record: Callable[[Session, Any], tuple[requests.Request, bool]],
+    record: Callable[..., tuple[requests.Request, bool]],
     body: dict[str, Any] | None = None,
 ) -> ResponseReturnValue:
     order = parse(context.json_body() if body is None else body, context.settings())
     with context.transaction() as session:
-        row, created = record(session, order)
+        row, created = record(session, order, client=auth.principal().name)
         document = requests.status_document(row)
         kind = row.kind
     if row.queued:

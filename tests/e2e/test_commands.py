@@ -63,7 +63,7 @@ def _worker_consumes(broker_url: str, log: Path) -> None:
 def test_run_serves_the_api_on_sqlite_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "run.log"
-    stack = start(["run", "--port", str(port)], {"PAYMENTS_API_TOKEN": "t0ken"}, log, cwd=tmp_path)
+    stack = start(["run", "--port", str(port)], {"PAYMENTS_API_TOKEN": "t0ken-for-the-run-command-test-only"}, log, cwd=tmp_path)
     try:
         def ready() -> dict | None:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as response:
@@ -74,7 +74,7 @@ def test_run_serves_the_api_on_sqlite_and_ctrl_c_stops_everything(tmp_path: Path
             "checks": {"database": True, "broker": True},
         }
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/api/admin/summary", headers={"Authorization": "Bearer t0ken"}
+            f"http://127.0.0.1:{port}/api/admin/summary", headers={"Authorization": "Bearer t0ken-for-the-run-command-test-only"}
         )
         with urllib.request.urlopen(request, timeout=5) as response:
             assert json.load(response)["members"] == 0
@@ -91,7 +91,7 @@ def test_run_serves_the_api_on_sqlite_and_ctrl_c_stops_everything(tmp_path: Path
     assert "payments stopped" in output
     run_info = json.loads((tmp_path / "var" / "run.json").read_text())
     assert (tmp_path / "var" / "run.json").stat().st_mode & 0o077 == 0
-    for secret in ("t0ken", run_info["stripe_webhook_secret"]):
+    for secret in ("t0ken-for-the-run-command-test-only", run_info["stripe_webhook_secret"]):
         assert secret not in output
 
 

@@ -61,7 +61,8 @@ def test_a_payment_posted_over_http_is_paid_by_the_worker_and_called_back(client
     answer = client.post("/api/payments", json=payment(route_code="EVT", route_payload={"entry": 12}), headers=auth)
     assert answer.status_code == 202
     assert answer.get_json()["status"] == "queued"
-    assert outcome(client, auth, "r1") == {"request_id": "r1", "kind": "payment", "status": "paid", "amount": "30.00"}
+    assert outcome(client, auth, "r1") == {"request_id": "r1", "kind": "payment", "status": "paid", "amount": "30.00",
+                                            "client": "admin"}
     assert (balance_of(sessions, world["ann"]), balance_of(sessions, world["club"])) == (70_00, 30_00)
     assert wait_for(received, "the callback") == [
         {"request_id": "r1", "route_code": "EVT", "route_payload": {"entry": 12},

@@ -7,6 +7,9 @@
 2. Hypothesis-generated bodies and path ids for every `/api/*` endpoint that takes a JSON body,
    and hostile path ids and query strings for the rest: never a 500, every 4xx in CONTRACT's
    error shape, and nothing stored by a rejected request.
+3. The wrong client: every `/api/*` endpoint with no token, a revoked token, a token with the
+   wrong scope, and (where a binding applies) one with the right scope but a broken binding:
+   never a 2xx, and no table changes.
 
 Deterministic: the webhook deliveries come from a seeded `random.Random`, hypothesis runs
 derandomized. Run with `make test-faults` (`pytest tests/faults`); `-s` shows the summaries.
@@ -48,7 +51,7 @@ GOOD_DELIVERIES = 50
 # 405: a path id with "%2F" can land on another route (Flask's 405, in the error shape).
 ALLOWED_STATUSES = {200, 201, 202, 400, 401, 404, 405, 409, 413, 422, 503}
 STORED_TABLES = ("payment_requests", "journal_entries", "postings", "members", "organisations", "accounts",
-                 "card_payments", "outbox", "stripe_events")
+                 "card_payments", "outbox", "stripe_events", "clients", "client_tokens")
 COUNT_ROWS = text("SELECT " + ", ".join(f"(SELECT count(*) FROM {t}) AS {t}" for t in STORED_TABLES))
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
@@ -489,7 +492,7 @@ def check_request(client: FlaskClient, engine: Engine, method: str, request: dic
     if status >= 400:
         error = assert_error_shape(response)
         if status == 401:
-            assert error["code"] == "unauthorized", where
+            assert error["code"] == "unauthenticated", where
         assert row_counts(engine) == before, f"a rejected request stored something: {where}"
     else:
         assert response.is_json, where
@@ -557,3 +560,98 @@ def test_hostile_path_ids_and_queries_never_500(api, engine, capsys) -> None:
     run()
     with capsys.disabled():
         print(f"\n{key}: {sum(TALLY[key].values())} requests, statuses {dict(sorted(TALLY[key].items()))}")
+
+
+# 3. The wrong client -----------------------------------------------------------------------
+# Every endpoint, with a request the bootstrap admin could make, tried with no token, a revoked
+# token, a token with the wrong scope, and a token with the right scope but a broken binding:
+# never a 2xx, always CONTRACT's error shape, and no table changes.
+
+WRONG_CLIENTS: dict[str, tuple[list[str], dict[str, Any]]] = {
+    "revoked": (["admin"], {}),
+    "monitor": (["ops"], {}),
+    "people": (["profiles"], {}),
+    "reporter": (["reports"], {}),
+    "portal": (["payments"], {}),
+    "portal-bound": (["payments"], {"route_codes": ["OTHER"], "request_prefix": "elsewhere-"}),
+    "people-bound": (["profiles"], {"organisations": ["other-club"]}),
+    "reporter-bound": (["reports"], {"organisations": ["other-club"]}),
+    "club-bound": (["clubs"], {"organisations": ["other-club"]}),
+    "staff-bound": (["admin"], {"organisations": ["other-club"], "request_prefix": "elsewhere-"}),
+}
+PAYMENT_BODY = {"request_id": "wc-pay", "member_id": "ann", "amount": "5.00", "description": "Entry",
+                "organisation_id": "club", "route_code": "EVT"}
+MEMBER_BODY = {"email": "ann@example.org", "first_name": "Ann", "last_name": "Lee"}
+
+# (method, path, body, a client with the wrong scope, a client with the right scope but a
+# broken binding; None where no binding applies to the endpoint)
+WRONG_CLIENT_ENDPOINTS: list[tuple[str, str, dict[str, Any] | None, str, str | None]] = [
+    ("PUT", "/api/members/ann", MEMBER_BODY, "portal", None),
+    ("GET", "/api/members/ann", None, "portal", None),
+    ("GET", "/api/members/ann/balance", None, "people", None),
+    ("GET", "/api/members/ann/statement", None, "portal", None),
+    ("PUT", "/api/organisations/club", {"name": "Club"}, "reporter", "people-bound"),
+    ("PUT", "/api/organisations/club", {"name": "Club", "settlement_fee_percent": "1.00"}, "people", "staff-bound"),
+    ("GET", "/api/organisations/club", None, "portal", "reporter-bound"),
+    ("GET", "/api/organisations/club/balance", None, "people", "club-bound"),
+    ("GET", "/api/organisations/club/statement", None, "portal", "club-bound"),
+    ("GET", "/api/organisations/club/summary", None, "people", "club-bound"),
+    ("POST", "/api/adjustments", {"request_id": "wc-adj", "member_id": "ann", "amount": "10.00",
+                                  "description": "Gift", "admin_id": "admin"}, "portal", "staff-bound"),
+    ("GET", "/api/admin/summary", None, "portal", None),
+    ("POST", "/api/payments", PAYMENT_BODY, "reporter", "portal-bound"),
+    ("POST", "/api/transfers", {"request_id": "wc-tr", "from_member_id": "ann", "to_member_id": "bob",
+                                "amount": "1.00", "description": "Lunch"}, "club-bound", "portal-bound"),
+    ("POST", "/api/transfers", {"request_id": "wc-ctr", "from_organisation_id": "club", "to_member_id": "ann",
+                                "amount": "1.00", "description": "Prize"}, "portal", "club-bound"),
+    ("POST", "/api/settlements", {"request_id": "wc-set", "reference_date": "2026-01-31",
+                                  "organisations": [{"organisation_id": "club"}]}, "portal", "club-bound"),
+    ("POST", "/api/refunds", {"request_id": "wc-ref", "payment_intent_id": "pi_1", "by": "member"},
+     "reporter", "portal-bound"),
+    ("POST", "/api/refunds", {"request_id": "wc-aref", "payment_intent_id": "pi_1", "by": "admin",
+                              "admin_id": "admin"}, "portal", "staff-bound"),
+    ("POST", "/api/members/ann/topups", {"request_id": "wc-top", "amount": "50.00"}, "people", "portal-bound"),
+    ("POST", "/api/members/ann/auto-topup/setup", None, "reporter", None),
+    ("PUT", "/api/members/ann/auto-topup", {"amount": "60.00"}, "people", None),
+    ("DELETE", "/api/members/ann/auto-topup", None, "reporter", None),
+    ("GET", "/api/payments/seed-pay", None, "club-bound", "portal-bound"),  # a request made by admin
+]
+
+
+@pytest.fixture
+def wrong_clients(api, sessions) -> dict[str, str]:
+    from shared import access
+
+    tokens: dict[str, str] = {}
+    with sessions.begin() as session:
+        for name, (scopes, bindings) in WRONG_CLIENTS.items():
+            tokens[name] = access.add(session, name, scopes, **bindings).token
+        access.revoke(session, "revoked")
+    seed = {**PAYMENT_BODY, "request_id": "seed-pay"}
+    assert api.post("/api/payments", json=seed, headers=AUTH).status_code == 202
+    return tokens
+
+
+def test_every_endpoint_refuses_the_wrong_client_and_changes_nothing(api, engine, wrong_clients, capsys) -> None:
+    served = {(m, rule.rule) for rule in api.application.url_map.iter_rules() if rule.rule.startswith("/api/")
+              for m in rule.methods - {"HEAD", "OPTIONS"}}
+    tried = {(m, p.replace("/ann", "/<member_id>").replace("/club", "/<org_id>").replace("seed-pay", "<request_id>"))
+             for m, p, *_ in WRONG_CLIENT_ENDPOINTS}
+    assert tried == served, "every /api route is tried"
+    statuses: collections.Counter[tuple[str, int]] = collections.Counter()
+    for method, path, body, wrong_scope, wrong_binding in WRONG_CLIENT_ENDPOINTS:
+        callers = {"no token": {}, "revoked token": {"Authorization": f"Bearer {wrong_clients['revoked']}"},
+                   "wrong scope": {"Authorization": f"Bearer {wrong_clients[wrong_scope]}"}}
+        if wrong_binding is not None:
+            callers["wrong binding"] = {"Authorization": f"Bearer {wrong_clients[wrong_binding]}"}
+        for case, headers in callers.items():
+            before = row_counts(engine)
+            response = api.open(path, method=method, json=body, headers=headers)
+            where = f"{case}: {method} {path}: {response.status_code} {response.get_data()[:300]!r}"
+            expected = (401, "unauthenticated") if case in ("no token", "revoked token") else (403, "forbidden")
+            assert response.status_code == expected[0], where
+            assert assert_error_shape(response)["code"] == expected[1], where
+            assert row_counts(engine) == before, f"a refused request changed a table: {where}"
+            statuses[(case, response.status_code)] += 1
+    with capsys.disabled():
+        print(f"\nwrong client: {sum(statuses.values())} requests, {dict(sorted(statuses.items()))}")

@@ -18,6 +18,7 @@ from shared import ledger, payments, profiles, settlements, topups
 from shared.config import Settings
 from shared.ledger import Entry, Line
 from shared.models import AutoTopUpStatus, CardPaymentKind, EntryType, JournalEntry, Member, SystemAccount
+from tests.conftest import API_TOKEN
 from tests.integration.helpers import top_up
 
 # Every route of webhook/api.py, with a path that exists once `existing` has run.
@@ -149,10 +150,10 @@ def test_the_route_list_of_these_tests_covers_every_route_of_webhook_api(app) ->
         "Bearer wrong-token",
         "Bearer ",
         "Bearer",
-        "Basic test-token-not-a-secret",
-        "Token test-token-not-a-secret",
-        "test-token-not-a-secret",
-        "Bearer test-token-not-a-secret-and-more",
+        f"Basic {API_TOKEN}",
+        f"Token {API_TOKEN}",
+        API_TOKEN,
+        f"Bearer {API_TOKEN}-and-more",
     ],
     ids=["missing", "wrong", "empty", "scheme-only", "basic", "token-scheme", "no-scheme", "longer"],
 )
@@ -165,21 +166,22 @@ def test_every_api_route_answers_401_without_the_right_bearer_token(
     response = client.open(
         path, method=method, headers=headers, json=None if method == "GET" else {"name": "x"}
     )
-    assert_error(response, 401, "unauthorized")
+    assert_error(response, 401, "unauthenticated")
     assert entry_count(sessions) == before
 
 
 def test_the_bearer_scheme_is_case_insensitive(client, existing) -> None:
-    response = client.get("/api/admin/summary", headers={"Authorization": "bearer test-token-not-a-secret"})
+    response = client.get("/api/admin/summary", headers={"Authorization": f"bearer {API_TOKEN}"})
     assert response.status_code == 200
 
 
 @pytest.mark.parametrize(("method", "path"), API_ROUTES, ids=[f"{m} {p}" for m, p in API_ROUTES])
-def test_every_api_route_answers_503_when_no_token_is_configured(app_with, auth, method, path) -> None:
+def test_without_a_bootstrap_token_configured_its_old_value_is_401_on_every_route(
+    app_with, auth, method, path
+) -> None:
     client = app_with(api_token=None).test_client()
     response = client.open(path, method=method, headers=auth, json=None if method == "GET" else {})
-    error = assert_error(response, 503, "unavailable")
-    assert "PAYMENTS_API_TOKEN" in error["message"]
+    assert_error(response, 401, "unauthenticated")
 
 
 def test_an_unknown_api_route_is_a_404_with_the_error_shape(client, auth) -> None:

@@ -60,3 +60,22 @@ def test_no_configured_secret_is_written_to_the_logs_or_answers(app_with, writte
     for name, secret in SECRETS.items():
         value = urlsplit(secret).password if name == "smtp_url" else secret
         assert value not in text, f"{name} leaked"
+
+
+def test_no_client_token_is_written_to_the_logs_or_answers(app_with, sessions, written) -> None:
+    from shared import access
+
+    with sessions.begin() as session:
+        token = access.add(session, "portal", ["payments"], request_prefix="portal-").token
+        revoked = access.add(session, "gone", ["admin"]).token
+        access.revoke(session, "gone")
+    client = app_with().test_client()
+    answers = [
+        client.get("/api/admin/summary", headers={"Authorization": f"Bearer {token}"}),  # 403
+        client.post("/api/payments", headers={"Authorization": f"Bearer {token}"}, json={"request_id": "x"}),
+        client.get("/api/admin/summary", headers={"Authorization": f"Bearer {token}x"}),  # 401
+        client.get("/api/admin/summary", headers={"Authorization": f"Bearer {revoked}"}),  # 401
+    ]
+    assert [a.status_code for a in answers] == [403, 403, 401, 401]
+    text = written.getvalue() + "".join(a.get_data(as_text=True) for a in answers)
+    assert token not in text and revoked not in text

@@ -76,14 +76,14 @@ def test_a_bad_value_names_its_variable(name: str, value: str) -> None:
 def test_secrets_never_appear_in_the_settings_repr() -> None:
     settings = Settings.from_env(
         {
-            "PAYMENTS_API_TOKEN": "tok-123-secret",
+            "PAYMENTS_API_TOKEN": "tok-123-secret-long-enough-for-the-bootstrap",
             "PAYMENTS_STRIPE_API_KEY": "sk_test_secret",
             "PAYMENTS_STRIPE_WEBHOOK_SECRET": "whsec_secret",
             "PAYMENTS_SMTP_URL": "smtp://user:pw-secret@mail",
         }
     )
     shown = repr(settings)
-    for secret in ("tok-123-secret", "sk_test_secret", "whsec_secret", "pw-secret"):
+    for secret in ("tok-123-secret-long-enough-for-the-bootstrap", "sk_test_secret", "whsec_secret", "pw-secret"):
         assert secret not in shown
 
 
@@ -96,3 +96,15 @@ def test_healing_limits_default_to_twelve_tries_backed_off_from_a_minute_to_an_h
                                  "PAYMENTS_HEAL_BACKOFF_MAX_SECONDS": "10", "PAYMENTS_HEAL_BATCH": "50"})
     assert (changed.heal_max_tries, changed.heal_batch) == (5, 50)
     assert [healing.backoff(tries, changed).total_seconds() for tries in (1, 3, 4, 40)] == [2, 8, 10, 10]
+
+
+@pytest.mark.parametrize("token", ["s3cr3t", "dev-token", "x" * 31, " " + "y" * 31 + " "])
+def test_a_bootstrap_token_shorter_than_32_characters_is_refused_without_showing_it(token: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"PAYMENTS_API_TOKEN": token})
+    assert caught.value.field == "PAYMENTS_API_TOKEN"
+    assert token.strip() not in caught.value.message
+
+
+def test_a_bootstrap_token_of_32_characters_is_accepted() -> None:
+    assert Settings.from_env({"PAYMENTS_API_TOKEN": "z" * 32}).api_token == "z" * 32
