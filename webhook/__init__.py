@@ -1,4 +1,5 @@
-"""The HTTP edge: a Flask app factory for the Stripe webhook, the API and health checks.
+"""The HTTP edge: a Flask app factory for the Stripe webhook, the API and health checks, and
+one for the internal operations listener (`/metrics`, `webhook.ops`).
 
 Views are thin: they check fields, open one transaction, call `shared`, and shape JSON.
 """
@@ -8,22 +9,63 @@ from __future__ import annotations
 import uuid
 from urllib.parse import urlsplit
 
+from typing import Any
+
 from flask import Flask, request
 
 from shared import logs
 
+from shared.cache import Recent
 from shared.config import Settings
 from shared.db import make_engine, make_sessions
+from shared.rejections import Rejections
 from shared.stripe_gateway import StripeGateway
 
 MAX_BODY_BYTES = 1024 * 1024
 
 
-def create_app(settings: Settings | None = None) -> Flask:
+def create_app(settings: Settings | None = None, *, resources: dict[str, Any] | None = None) -> Flask:
+    """The public app: the API, the Stripe webhook, `/healthz` and `/readyz`; no `/metrics`."""
     from webhook import api, errors, health, stripe
 
     settings = settings or Settings.from_env()
-    logs.add_secrets(settings.api_token, settings.stripe_api_key, settings.stripe_webhook_secret,
+    app = _base(settings, resources)
+    errors.register(app)
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(stripe.blueprint)
+    app.register_blueprint(api.blueprint)
+    return app
+
+
+def create_ops_app(settings: Settings | None = None, *, resources: dict[str, Any] | None = None) -> Flask:
+    """The internal app: `/metrics`, `/healthz` and `/readyz`, for the metrics listener only."""
+    from webhook import errors, health, ops
+
+    settings = settings or Settings.from_env()
+    app = _base(settings, resources)
+    errors.register(app)
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(ops.blueprint)
+    return app
+
+
+def create_server(settings: Settings | None = None) -> Any:
+    """What gunicorn serves (`payments webhook`): the public app, and when
+    PAYMENTS_METRICS_ADDRESS is set the internal app for requests accepted on that port (bind
+    both addresses). They share one engine, one Redis client and the cached answers."""
+    from webhook.ops import ByListener, metrics_port
+
+    settings = settings or Settings.from_env()
+    public = create_app(settings)
+    port = metrics_port(settings)
+    if port is None:
+        return public
+    ops = create_ops_app(settings, resources=public.extensions["payments"])
+    return ByListener(public, ops, port)
+
+
+def _base(settings: Settings, resources: dict[str, Any] | None) -> Flask:
+    logs.add_secrets(settings.api_token, settings.stripe_api_key, *settings.webhook_secrets,
                      *_smtp_password(settings.smtp_url))
     app = Flask(__name__)
 
@@ -36,19 +78,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     # An id of "%2F" makes "//" in the path; merging it answered a 308 to another resource (an
     # HTML redirect, e.g. PUT /api/members/%2F/auto-topup to PUT /api/members/auto-topup).
     app.url_map.merge_slashes = False
-    # No pre-ping (a round trip per request): a connection lost with the database fails one
-    # request with 503 (Stripe retries it) and the pool replaces it.
-    engine = make_engine(settings.database_url, pool_pre_ping=False)
-    app.extensions["payments"] = {
-        "settings": settings,
-        "engine": engine,
-        "sessions": make_sessions(engine),
-        "gateway": StripeGateway(settings),
-    }
-    errors.register(app)
-    app.register_blueprint(health.blueprint)
-    app.register_blueprint(stripe.blueprint)
-    app.register_blueprint(api.blueprint)
+    if resources is None:
+        # No pre-ping (a round trip per request): a connection lost with the database fails one
+        # request with 503 (Stripe retries it) and the pool replaces it.
+        engine = make_engine(settings.database_url, pool_pre_ping=False)
+        resources = {
+            "settings": settings,
+            "engine": engine,
+            "sessions": make_sessions(engine),
+            "gateway": StripeGateway(settings),
+            "rejections": Rejections(settings.broker_url),
+            # Per process (each gunicorn worker keeps its own), shared by the two apps.
+            "recent": {name: Recent[Any](settings.ops_cache_seconds) for name in ("readyz", "metrics")},
+        }
+    app.extensions["payments"] = resources
     return app
 
 

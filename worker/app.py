@@ -61,7 +61,7 @@ def create_celery(config: Settings | None = None) -> Celery:
         # Longer than any retry countdown, so Redis never redelivers a task still waiting.
         app.conf.broker_transport_options = {"visibility_timeout": 3600}
     app.conf.payments_settings = config
-    logs.add_secrets(config.api_token, config.stripe_api_key, config.stripe_webhook_secret)
+    logs.add_secrets(config.api_token, config.stripe_api_key, *config.webhook_secrets)
     return app
 
 
