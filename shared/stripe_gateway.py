@@ -356,7 +356,7 @@ def verify_webhook(
     is parsed later). Raises `BadSignature` (400) for a missing, wrong or stale signature.
 
     `secret` may be several secrets (a rotation): the delivery verifies if any of them signed
-    it. The error reported is the first secret's."""
+    it. The error reported is a matching secret's (a stale timestamp), else the first one's."""
     secrets = (secret,) if isinstance(secret, str) else tuple(secret or ())
     secrets = tuple(s for s in secrets if s)
     if not secrets:
@@ -376,7 +376,9 @@ def verify_webhook(
             with _stripe_errors("webhook signature", secrets=secrets):
                 stripe.WebhookSignature.verify_header(text, signature_header, candidate, tolerance)
         except BadSignature as exc:
-            first_error = first_error or exc
+            # The SDK checks the age only of a signature that matched: that error says more.
+            if first_error is None or "tolerance" in exc.message.lower():
+                first_error = exc
             continue
         break
     else:
