@@ -25,6 +25,7 @@ ROUTES = {
     "payments.relay_outbox": {"queue": "outbox"},
     "payments.redrive_requests": {"queue": "payments"},
     "payments.redrive_inbox": {"queue": "webhooks"},
+    "payments.prune_event_payloads": {"queue": "webhooks"},
     "payments.sweep_auto_topups": {"queue": "topups"},
     "payments.reconcile": {"queue": "topups"},
     "payments.expire_checkouts": {"queue": "topups"},
