@@ -18,6 +18,7 @@ from flask.typing import ResponseReturnValue
 from shared.config import Settings, parse_address
 from shared.metrics import render
 from webhook import context
+from webhook.health import queue_depths
 
 blueprint = Blueprint("metrics", __name__)
 
@@ -29,8 +30,6 @@ def metrics() -> ResponseReturnValue:
 
 
 def _render() -> str:
-    from webhook.health import queue_depths
-
     depths = queue_depths()  # Redis first: no network call inside the transaction
     rejected = context.rejections().totals()
     with context.transaction() as session:

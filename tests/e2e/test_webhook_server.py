@@ -105,3 +105,17 @@ def test_refused_deliveries_are_counted_once_each_across_the_worker_processes(se
         refused.value.close()
     for _ in range(4):  # whichever process answers the scrape
         assert rejected(get(server["metrics"], "/metrics")[1])["bad_signature"] == before + 40
+
+
+def test_the_metrics_address_can_come_from_the_environment_as_in_compose(database_url: str, tmp_path: Path) -> None:
+    port, metrics_port = free_port(), free_port()
+    log = tmp_path / "webhook.log"
+    env = {"PAYMENTS_DATABASE_URL": database_url, "PAYMENTS_BROKER_URL": "redis://127.0.0.1:1/0",
+           "PAYMENTS_METRICS_ADDRESS": f"127.0.0.1:{metrics_port}"}
+    process = start(["webhook", "--port", str(port), "--workers", "1"], env, log)
+    try:
+        wait_for(lambda: get(metrics_port, "/healthz")[0] == 200, "the metrics listener", 30)
+        assert get(metrics_port, "/metrics")[0] == 200
+        assert get(port, "/metrics")[0] == 404
+    finally:
+        stop(process)
