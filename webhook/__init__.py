@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import io
 import uuid
-from urllib.parse import urlsplit
-
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask, request
 
