@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -28,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     web.add_argument("--host", default="127.0.0.1")
     web.add_argument("--port", type=int, default=8000)
     web.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
+    web.add_argument("--metrics-port", type=int,
+                     help="serve /metrics on this internal port only (default: PAYMENTS_METRICS_ADDRESS; unset: not served)")
+    web.add_argument("--metrics-host", default=None, help="the metrics listener's address (default 127.0.0.1)")
 
     verbs.add_parser("worker", help="a Celery worker on every queue", add_help=False)
     verbs.add_parser("beat", help="the scheduler", add_help=False)
@@ -70,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb == "db":
         return _db_upgrade()
     if args.verb == "webhook":
-        return _webhook(args.host, args.port, args.workers)
+        return _webhook(args.host, args.port, args.workers, args.metrics_host, args.metrics_port)
     if args.verb == "worker":
         return _worker(rest)
     if args.verb == "beat":
@@ -103,14 +107,35 @@ def _db_upgrade() -> int:
     return 0
 
 
-def _webhook(host: str, port: int, workers: int) -> int:
+def _webhook(host: str, port: int, workers: int, metrics_host: str | None = None,
+             metrics_port: int | None = None) -> int:
+    """gunicorn on the public address, and on the internal metrics address when one is set: the
+    same workers serve both, each request going to the app of the socket it arrived on."""
+    import dataclasses
+
     from gunicorn.app.base import BaseApplication
 
-    from webhook import create_app
+    from shared.config import Settings, parse_address
+    from webhook import create_server
+
+    settings = Settings.from_env()
+    if metrics_port is not None or metrics_host is not None:
+        default_host, default_port = (parse_address("PAYMENTS_METRICS_ADDRESS", settings.metrics_address)
+                                      if settings.metrics_address else ("127.0.0.1", None))
+        chosen_port = metrics_port if metrics_port is not None else default_port
+        if chosen_port is None:
+            raise SystemExit("--metrics-host needs --metrics-port (or PAYMENTS_METRICS_ADDRESS)")
+        settings = dataclasses.replace(settings, metrics_address=f"{metrics_host or default_host}:{chosen_port}")
+    binds = [_bind(host, port)]
+    if settings.metrics_address:
+        metrics = parse_address("PAYMENTS_METRICS_ADDRESS", settings.metrics_address)
+        if metrics[1] == port:
+            raise SystemExit(f"the metrics port {port} must differ from the public port")
+        binds.append(_bind(*metrics))
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
-            self.cfg.set("bind", f"{host}:{port}")
+            self.cfg.set("bind", binds)
             self.cfg.set("workers", workers)
             self.cfg.set("accesslog", "-")
             self.cfg.set("logconfig_dict", {"version": 1, "disable_existing_loggers": False, "root": {"level": "INFO"}})
@@ -119,11 +144,17 @@ def _webhook(host: str, port: int, workers: int) -> int:
             from shared import logs
 
             logs.configure()
-            return create_app()
+            return create_server(settings)
 
     print(f"webhook and API listening on http://{host}:{port}", flush=True)
+    if len(binds) > 1:
+        print(f"metrics listening on http://{binds[1]}/metrics", flush=True)
     Server().run()
     return 0
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _worker(extra: Sequence[str]) -> int:
@@ -274,9 +305,7 @@ def _run(host: str, port: int) -> int:
                    PAYMENTS_STRIPE_WEBHOOK_SECRET=secret, PAYMENTS_STRIPE_PUBLISHABLE_KEY="pk_test_localstripe")
         _register_webhook(stripe_url, f"{api}/stripe/webhook", secret)
         run_info.update(stripe=stripe_url, stripe_webhook_secret=secret)
-    RUN_FILE.parent.mkdir(parents=True, exist_ok=True)
-    RUN_FILE.touch(mode=0o600)
-    RUN_FILE.write_text(json.dumps(run_info, indent=2))
+    write_private(RUN_FILE, json.dumps(run_info, indent=2))
 
     me = [sys.executable, "-m", "payments_cli"]
     children += [
@@ -312,6 +341,24 @@ def _run(host: str, port: int) -> int:
                 child.kill()
     print("payments stopped", flush=True)
     return 0 if stopping else 1
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write `path` readable by its owner only (0600), in a directory only they can enter (0700),
+    whatever modes they had: the run file holds the run's API token and webhook secret. The text
+    goes to a new file made 0600 from the start and then replaces the old one, so there is no
+    moment when it sits in a file others can read (an existing 0644 file is replaced, not
+    reused)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)  # mkdir's mode is not applied to a directory that exists
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mode 0600
+    try:
+        with os.fdopen(descriptor, "w") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
 
 
 def _start_localstripe() -> tuple[str, subprocess.Popen[bytes]]:

@@ -5,6 +5,7 @@ jobs (redrives, reconcile, expiry) treat each row on its own (`shared.healing`).
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 
 from kombu.exceptions import BatchPublishError
@@ -95,6 +96,22 @@ def expire_checkouts() -> int:
     effects = charges.expire_checkouts(sessions(), gateway(), settings(), budget_seconds=240)
     carry_out(effects)
     return len(effects.outbox)
+
+
+@app.task(name="payments.prune_event_payloads", soft_time_limit=300, time_limit=330, **RETRY)
+def prune_event_payloads() -> int:
+    """Stripe events processed or ignored more than PAYMENTS_EVENT_PAYLOAD_RETENTION_DAYS ago
+    keep only their audit form (`shared.inbox.prune_payloads`): a batch per transaction, so
+    no lock is held long, until none is left or the time budget is spent."""
+    config = settings()
+    pruned, started = 0, time.monotonic()
+    while time.monotonic() - started < 240:
+        with sessions().begin() as session:
+            done = inbox.prune_payloads(session, config)
+        pruned += done
+        if done == 0:
+            break
+    return pruned
 
 
 def _counted(row: object, exc: Exception) -> None:

@@ -31,4 +31,6 @@ def beat_schedule() -> dict[str, dict[str, Any]]:
         "redrive-requests": {"task": "payments.redrive_requests", "schedule": _every("redrive_requests", 60)},
         "reconcile": {"task": "payments.reconcile", "schedule": _every("reconcile", 300)},
         "expire-checkouts": {"task": "payments.expire_checkouts", "schedule": _every("expire_checkouts", 3600)},
+        "prune-event-payloads": {"task": "payments.prune_event_payloads",
+                                 "schedule": _every("prune_event_payloads", 86400)},
     }

@@ -75,6 +75,22 @@ class Settings:
     heal_batch: int = 500
     # A Stripe event is redriven until it has been tried this often (each task run is one try).
     inbox_max_attempts: int = 50
+    # `/metrics` is served only on this internal listener (`[host:]port`, host 127.0.0.1 unless
+    # given), never on the public one; None: not served at all.
+    metrics_address: str | None = None
+    # `/metrics` and `/readyz` reuse their answer this long (per process), so a flood of calls
+    # costs the database and the broker one check per period; 0 recomputes every time.
+    ops_cache_seconds: float = 5.0
+    # A processed or ignored Stripe event keeps its full payload this long; then only its audit
+    # form (`shared.inbox.audit_form`) is kept.
+    event_payload_retention_days: int = 90
+
+    @property
+    def webhook_secrets(self) -> tuple[str, ...]:
+        """Every webhook signing secret accepted now: PAYMENTS_STRIPE_WEBHOOK_SECRET holds a
+        comma-separated list, so a new secret can be added before Stripe switches to it and the
+        old one removed after (rotation without refusing a delivery)."""
+        return tuple(s for s in (part.strip() for part in (self.stripe_webhook_secret or "").split(",")) if s)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -178,6 +194,9 @@ class Settings:
             heal_backoff_max_seconds=seconds("PAYMENTS_HEAL_BACKOFF_MAX_SECONDS", 3600.0),
             heal_batch=max(1, whole("PAYMENTS_HEAL_BATCH", 500)),
             inbox_max_attempts=max(1, whole("PAYMENTS_INBOX_MAX_ATTEMPTS", 50)),
+            metrics_address=_address("PAYMENTS_METRICS_ADDRESS", text("PAYMENTS_METRICS_ADDRESS")),
+            ops_cache_seconds=_cache_seconds(text("PAYMENTS_OPS_CACHE_SECONDS")),
+            event_payload_retention_days=max(1, whole("PAYMENTS_EVENT_PAYLOAD_RETENTION_DAYS", 90)),
         )
         if not settings.auto_topup_min_amount <= settings.auto_topup_default_amount <= settings.auto_topup_max_amount:
             raise ConfigError(
@@ -192,6 +211,35 @@ class Settings:
                 field="PAYMENTS_AUTO_TOPUP_MAX_CHARGE",
             )
         return settings
+
+
+def parse_address(name: str, value: str) -> tuple[str, int]:
+    """`host:port` or `port` (host 127.0.0.1: internal unless an operator says otherwise)."""
+    host, sep, port = value.strip().rpartition(":")
+    host = host.strip("[]") if sep else "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ConfigError(f"{name}: {value!r} is not of the form [host:]port", field=name)
+    return host, int(port)
+
+
+def _address(name: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    host, port = parse_address(name, value)
+    return f"{host}:{port}"
+
+
+def _cache_seconds(value: str | None) -> float:
+    name = "PAYMENTS_OPS_CACHE_SECONDS"
+    if value is None:
+        return 5.0
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f"{name}: {value!r} is not a number of seconds", field=name) from None
+    if not 0 <= number <= 300:
+        raise ConfigError(f"{name}: {value!r} is not between 0 and 300 seconds", field=name)
+    return number
 
 
 def parse_route(name: str, value: str) -> CallbackRoute:

@@ -4,6 +4,10 @@ The webhook stores each verified event once, keyed by Stripe's event id, and com
 answers 200; processing happens in a worker. An event moves received -> processing ->
 processed, ignored or failed, keeping its attempts and last error; a stored event can be
 processed again at any time (`payments events replay`), since every handler is idempotent.
+
+A processed or ignored event keeps Stripe's whole payload (card details, billing addresses,
+e-mail addresses, client secrets) for `event_payload_retention_days`; then `prune_payloads`
+keeps only its audit form: what the handlers read and what an auditor asks (ISSUE 12, item 7).
 """
 
 from __future__ import annotations
@@ -165,3 +169,43 @@ def stale(session: Session, older_than: timedelta, settings: Settings | None = N
             .execution_options(synchronize_session=False)
         )
     return [event_id for event_id, _ in taken]
+
+
+# What the handlers (shared.stripe_events) and an audit read from an event's object; the rest
+# of Stripe's payload is dropped after the retention.
+AUDIT_FIELDS = ("id", "object", "status", "amount", "amount_received", "amount_refunded", "currency", "customer",
+                "payment_intent", "reason", "metadata")
+
+
+def audit_form(event: dict[str, Any]) -> dict[str, Any]:
+    """The event as kept after its retention: id, type, created and the object's identity,
+    status, amounts, currency and metadata (`"pruned": true` marks it)."""
+    obj = (event.get("data") or {}).get("object") or {}
+    kept: dict[str, Any] = {}
+    for key in AUDIT_FIELDS:
+        value = obj.get(key)
+        if isinstance(value, dict) and key != "metadata":
+            value = value.get("id")  # an expanded object (a customer, say): its id only
+        if key in obj:
+            kept[key] = value
+    return {"id": event.get("id"), "object": "event", "type": event.get("type"), "created": event.get("created"),
+            "livemode": event.get("livemode"), "data": {"object": kept}, "pruned": True}
+
+
+def prune_payloads(session: Session, settings: Settings, *, batch: int = 500) -> int:
+    """Replace the payload of up to `batch` events processed or ignored more than the retention
+    ago (and not pruned yet) by their audit form; rows another pruner holds are skipped."""
+    cutoff = utcnow() - timedelta(days=settings.event_payload_retention_days)
+    rows = session.execute(
+        select(StripeEvent.event_id, StripeEvent.payload)
+        .where(StripeEvent.status.in_([EventStatus.PROCESSED.value, EventStatus.IGNORED.value]),
+               StripeEvent.updated_at < cutoff, StripeEvent.payload["pruned"].as_boolean().is_(None))
+        .order_by(StripeEvent.updated_at)
+        .limit(batch)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for event_id, payload in rows:
+        # updated_at is left alone: it says when the event was processed.
+        session.execute(update(StripeEvent).where(StripeEvent.event_id == event_id)
+                        .values(payload=audit_form(payload)).execution_options(synchronize_session=False))
+    return len(rows)

@@ -1,6 +1,7 @@
 """`/metrics` in Prometheus' text format: what an operator watches at 3 a.m. Every figure is
-read from the database (and the broker's queue lengths from Redis) when scraped, so it is
-always true and needs no counters kept in memory across gunicorn processes."""
+read from the database (and the broker's queue lengths and the refused webhook deliveries from
+Redis) when scraped, so it is true across gunicorn processes with no counters kept in memory.
+The webhook serves it on its internal listener only, reusing an answer for a few seconds."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from shared.models import (
 )
 
 
-def render(session: Session, queue_depths: dict[str, int] | None, settings: Settings | None = None) -> str:
+def render(session: Session, queue_depths: dict[str, int] | None, settings: Settings | None = None,
+           rejected: dict[str, int] | None = None) -> str:
     lines: list[str] = []
 
     def metric(name: str, kind: str, help_text: str, samples: Iterable[tuple[dict[str, str], float]]) -> None:
@@ -60,6 +62,11 @@ def render(session: Session, queue_depths: dict[str, int] | None, settings: Sett
     ).all()
     metric("payments_requests", "gauge", "Requests by kind and outcome", [({"kind": k, "status": s}, n) for k, s, n in reqs])
     _stuck_rows(session, settings or Settings(), metric)
+    if rejected is not None:
+        metric("payments_webhook_rejected_total", "counter",
+               "Stripe webhook deliveries refused, by reason (bad_signature or stale_signature rising: a forger, "
+               "a secret Stripe does not use, or a clock off)",
+               [({"reason": reason}, n) for reason, n in sorted(rejected.items())])
     if queue_depths is not None:
         metric("payments_queue_depth", "gauge", "Messages waiting in each broker queue",
                [({"queue": q}, n) for q, n in sorted(queue_depths.items())])

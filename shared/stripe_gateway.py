@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,7 +101,7 @@ class StripeGateway:
     so the service can start (and verify webhooks) before Stripe is configured."""
 
     def __init__(self, settings: Settings) -> None:
-        self._secrets = tuple(s for s in (settings.stripe_api_key, settings.stripe_webhook_secret) if s)
+        self._secrets = tuple(s for s in (settings.stripe_api_key, *settings.webhook_secrets) if s)
         self._client: stripe.StripeClient | None = None
         if settings.stripe_api_key:
             self._client = stripe.StripeClient(
@@ -317,7 +317,8 @@ class StripeGateway:
 
     @staticmethod
     def verify_webhook(
-        payload: bytes, signature_header: str | None, *, secret: str | None, tolerance: int = WEBHOOK_TOLERANCE
+        payload: bytes, signature_header: str | None, *, secret: str | Sequence[str] | None,
+        tolerance: int = WEBHOOK_TOLERANCE,
     ) -> None:
         verify_webhook(payload, signature_header, secret=secret, tolerance=tolerance)
 
@@ -348,11 +349,17 @@ class StripeGateway:
 
 
 def verify_webhook(
-    payload: bytes, signature_header: str | None, *, secret: str | None, tolerance: int = WEBHOOK_TOLERANCE
+    payload: bytes, signature_header: str | None, *, secret: str | Sequence[str] | None,
+    tolerance: int = WEBHOOK_TOLERANCE,
 ) -> None:
     """Check a webhook's `Stripe-Signature` against the raw body (HMAC and age only; the event
-    is parsed later). Raises `BadSignature` (400) for a missing, wrong or stale signature."""
-    if not secret:
+    is parsed later). Raises `BadSignature` (400) for a missing, wrong or stale signature.
+
+    `secret` may be several secrets (a rotation): the delivery verifies if any of them signed
+    it. The error reported is a matching secret's (a stale timestamp), else the first one's."""
+    secrets = (secret,) if isinstance(secret, str) else tuple(secret or ())
+    secrets = tuple(s for s in secrets if s)
+    if not secrets:
         raise ServiceUnavailable("Stripe webhooks are not configured: PAYMENTS_STRIPE_WEBHOOK_SECRET is not set")
     if not signature_header:
         raise BadSignature("Stripe-Signature header is missing")
@@ -363,8 +370,20 @@ def verify_webhook(
         text = payload.decode("utf-8")
     except UnicodeDecodeError:
         raise BadSignature("webhook body is not UTF-8") from None
-    with _stripe_errors("webhook signature", secrets=(secret,)):
-        stripe.WebhookSignature.verify_header(text, signature_header, secret, tolerance)
+    first_error: BadSignature | None = None
+    for candidate in secrets:
+        try:
+            with _stripe_errors("webhook signature", secrets=secrets):
+                stripe.WebhookSignature.verify_header(text, signature_header, candidate, tolerance)
+        except BadSignature as exc:
+            # The SDK checks the age only of a signature that matched: that error says more.
+            if first_error is None or "tolerance" in exc.message.lower():
+                first_error = exc
+            continue
+        break
+    else:
+        assert first_error is not None
+        raise first_error
     # The SDK refuses only old timestamps; one beyond the clock skew ahead is refused too.
     if _signed_at(signature_header) > time.time() + tolerance:
         raise BadSignature("webhook signature: timestamp is in the future")

@@ -97,7 +97,9 @@ def sessions(engine: Engine, clean_db: None) -> sessionmaker[Session]:
 
 @pytest.fixture
 def settings(database_url: str) -> Settings:
-    return Settings(database_url=database_url, broker_url=REDIS_URL, api_token=API_TOKEN)
+    # No cached /metrics and /readyz answers: tests read them right after a change. The cache
+    # has tests of its own (tests/integration/test_ops_endpoints.py).
+    return Settings(database_url=database_url, broker_url=REDIS_URL, api_token=API_TOKEN, ops_cache_seconds=0)
 
 
 @pytest.fixture
@@ -129,6 +131,14 @@ def app_with(settings: Settings, clean_db: None) -> Iterator[Callable[..., Flask
 @pytest.fixture
 def client(app: Flask) -> FlaskClient:
     return app.test_client()
+
+
+@pytest.fixture
+def ops_client(app: Flask) -> FlaskClient:
+    """The internal listener's app (`/metrics`), sharing the public app's engine and caches."""
+    from webhook import create_ops_app
+
+    return create_ops_app(app.extensions["payments"]["settings"], resources=app.extensions["payments"]).test_client()
 
 
 @pytest.fixture

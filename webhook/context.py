@@ -11,8 +11,10 @@ from flask import current_app, request
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.cache import Recent
 from shared.config import Settings
 from shared.errors import InvalidInput
+from shared.rejections import Rejections
 from shared.stripe_gateway import StripeGateway
 
 
@@ -52,3 +54,13 @@ def gateway() -> StripeGateway:
 
 def sessions() -> sessionmaker[Session]:
     return current_app.extensions["payments"]["sessions"]
+
+
+def recent(name: str) -> Recent[Any]:
+    """The app's cache of one operations answer (`readyz`, `metrics`)."""
+    caches: dict[str, Recent[Any]] = current_app.extensions["payments"]["recent"]
+    return caches[name]
+
+
+def rejections() -> Rejections:
+    return current_app.extensions["payments"]["rejections"]

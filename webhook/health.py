@@ -1,16 +1,16 @@
 """Liveness and readiness: `/healthz` says the process is up, `/readyz` that the database and
-the broker answer; `/metrics` is for Prometheus."""
+the broker answer. `/readyz` reuses its answer for `PAYMENTS_OPS_CACHE_SECONDS`, so calling it
+in a loop cannot load the database or the broker."""
 
 from __future__ import annotations
 
 import redis
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from kombu import Connection
 from sqlalchemy import text
 
 from shared.client import QUEUES
-from shared.metrics import render
 from webhook import context
 
 blueprint = Blueprint("health", __name__)
@@ -23,7 +23,7 @@ def healthz() -> ResponseReturnValue:
 
 @blueprint.get("/readyz")
 def readyz() -> ResponseReturnValue:
-    checks = {"database": _database_ok(), "broker": _broker_ok()}
+    checks = context.recent("readyz").get(lambda: {"database": _database_ok(), "broker": _broker_ok()})
     ready = all(checks.values())
     body = {"status": "ready" if ready else "not_ready", "checks": checks}
     return jsonify(body), 200 if ready else 503
@@ -47,23 +47,18 @@ def _broker_ok() -> bool:
         return False
 
 
-@blueprint.get("/metrics")
-def metrics() -> ResponseReturnValue:
-    depths = _queue_depths()  # Redis first: no network call inside the transaction
-    with context.transaction() as session:
-        text_body = render(session, depths, context.settings())
-    return Response(text_body, mimetype="text/plain; version=0.0.4")
-
-
-def _queue_depths() -> dict[str, int] | None:
+def queue_depths() -> dict[str, int] | None:
     url = context.settings().broker_url
     if not url.startswith(("redis://", "rediss://")):
         return None
     try:
         client = redis.Redis.from_url(url, socket_timeout=2)
-        with client.pipeline() as pipe:
-            for queue in QUEUES:
-                pipe.llen(queue)
-            return dict(zip(QUEUES, pipe.execute(), strict=True))
+        try:
+            with client.pipeline() as pipe:
+                for queue in QUEUES:
+                    pipe.llen(queue)
+                return dict(zip(QUEUES, pipe.execute(), strict=True))
+        finally:
+            client.close()
     except redis.RedisError:
         return None

@@ -25,6 +25,7 @@ ROUTES = {
     "payments.relay_outbox": {"queue": "outbox"},
     "payments.redrive_requests": {"queue": "payments"},
     "payments.redrive_inbox": {"queue": "webhooks"},
+    "payments.prune_event_payloads": {"queue": "webhooks"},
     "payments.sweep_auto_topups": {"queue": "topups"},
     "payments.reconcile": {"queue": "topups"},
     "payments.expire_checkouts": {"queue": "topups"},
@@ -61,7 +62,7 @@ def create_celery(config: Settings | None = None) -> Celery:
         # Longer than any retry countdown, so Redis never redelivers a task still waiting.
         app.conf.broker_transport_options = {"visibility_timeout": 3600}
     app.conf.payments_settings = config
-    logs.add_secrets(config.api_token, config.stripe_api_key, config.stripe_webhook_secret)
+    logs.add_secrets(config.api_token, config.stripe_api_key, *config.webhook_secrets)
     return app
 
 

@@ -91,6 +91,7 @@ def test_run_serves_the_api_on_sqlite_and_ctrl_c_stops_everything(tmp_path: Path
     assert "payments stopped" in output
     run_info = json.loads((tmp_path / "var" / "run.json").read_text())
     assert (tmp_path / "var" / "run.json").stat().st_mode & 0o077 == 0
+    assert (tmp_path / "var").stat().st_mode & 0o077 == 0
     for secret in ("t0ken-for-the-run-command-test-only", run_info["stripe_webhook_secret"]):
         assert secret not in output
 

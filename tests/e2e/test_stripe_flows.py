@@ -446,7 +446,12 @@ def processed_event(sessions: sessionmaker[Session], type_: str, payment_intent_
 
 
 def metric(client: FlaskClient, name: str) -> float:
-    text_body = client.get("/metrics").get_data(as_text=True)
+    """A figure of `/metrics`, from the internal listener's app (the public one has none)."""
+    from webhook import create_ops_app
+
+    resources = client.application.extensions["payments"]
+    text_body = create_ops_app(resources["settings"], resources=resources).test_client().get("/metrics").get_data(
+        as_text=True)
     (value,) = [line.split()[-1] for line in text_body.splitlines() if line.startswith(f"{name} ")]
     return float(value)
 

@@ -18,7 +18,7 @@ def samples(text: str) -> dict[str, float]:
     return {m.group(1): float(m.group(2)) for m in re.finditer(r"^(\w+(?:\{[^}]*\})?) (\S+)$", text, re.M)}
 
 
-def test_metrics_show_inbox_lag_outbox_dead_rows_requests_and_queue_depth(client, auth, sessions) -> None:
+def test_metrics_show_inbox_lag_outbox_dead_rows_requests_and_queue_depth(client, ops_client, auth, sessions) -> None:
     with freeze_time("2026-11-26 10:00:00"):
         with sessions.begin() as session:
             inbox.accept(session, {"id": "evt_1", "type": "x", "data": {"object": {}}})
@@ -31,7 +31,7 @@ def test_metrics_show_inbox_lag_outbox_dead_rows_requests_and_queue_depth(client
     broker = redis.Redis.from_url(REDIS_URL)
     depth = broker.llen("payments")
     with freeze_time("2026-11-26 10:01:30"):
-        answer = client.get("/metrics")
+        answer = ops_client.get("/metrics")
     broker.close()
     assert answer.status_code == 200 and answer.mimetype == "text/plain"
     values = samples(answer.get_data(as_text=True))
@@ -45,7 +45,7 @@ def test_metrics_show_inbox_lag_outbox_dead_rows_requests_and_queue_depth(client
 
 
 def test_metrics_show_the_rows_the_healing_jobs_are_stuck_on_their_tries_and_what_they_gave_up(
-    client, auth, sessions
+    ops_client, sessions
 ) -> None:
     with freeze_time("2026-11-26 10:00:00"):
         with sessions.begin() as session:
@@ -60,13 +60,13 @@ def test_metrics_show_the_rows_the_healing_jobs_are_stuck_on_their_tries_and_wha
             attempt.heal_tries = 4
             inbox.accept(session, {"id": "evt_1", "type": "x", "data": {"object": {}}})
     with freeze_time("2026-11-26 10:05:00"):  # past the redrive threshold (60 s), not the reconcile one (600 s)
-        values = samples(client.get("/metrics").get_data(as_text=True))
+        values = samples(ops_client.get("/metrics").get_data(as_text=True))
     assert values['payments_stuck_rows{kind="request"}'] == 2
     assert values['payments_stuck_row_tries{kind="request"}'] == 2
     assert values['payments_stuck_rows{kind="inbox_event"}'] == 1
     assert values['payments_stuck_rows{kind="card_attempt"}'] == 0
     assert values['payments_healing_gave_up_rows{kind="request"}'] == 1
     with freeze_time("2026-11-26 10:15:00"):
-        values = samples(client.get("/metrics").get_data(as_text=True))
+        values = samples(ops_client.get("/metrics").get_data(as_text=True))
     assert values['payments_stuck_rows{kind="card_attempt"}'] == 1
     assert values['payments_stuck_row_tries{kind="card_attempt"}'] == 4
