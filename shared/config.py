@@ -7,6 +7,7 @@ settings object can be logged.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -28,6 +29,11 @@ class CallbackRoute:
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
+    # `payments db upgrade` connects as the schema's owner (default: database_url) and, on
+    # PostgreSQL, grants `database_runtime_role` (the role database_url logs in as) its
+    # privileges (migration 0010). Kept out of repr: the owner's URL carries its password.
+    migrate_database_url: str | None = field(default=None, repr=False)
+    database_runtime_role: str | None = None
     broker_url: str = DEFAULT_BROKER_URL
     api_token: str | None = field(default=None, repr=False)
     stripe_api_key: str | None = field(default=None, repr=False)
@@ -73,6 +79,11 @@ class Settings:
     heal_batch: int = 500
     # A Stripe event is redriven until it has been tried this often (each task run is one try).
     inbox_max_attempts: int = 50
+
+    @property
+    def owner_database_url(self) -> str:
+        """The URL migrations run with: the schema owner's."""
+        return self.migrate_database_url or self.database_url
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -135,6 +146,8 @@ class Settings:
         notify = text("PAYMENTS_NOTIFY_TASK")
         settings = cls(
             database_url=text("PAYMENTS_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            migrate_database_url=text("PAYMENTS_MIGRATE_DATABASE_URL"),
+            database_runtime_role=role_name("PAYMENTS_DATABASE_RUNTIME_ROLE", text("PAYMENTS_DATABASE_RUNTIME_ROLE")),
             broker_url=text("PAYMENTS_BROKER_URL") or DEFAULT_BROKER_URL,
             api_token=text("PAYMENTS_API_TOKEN"),
             stripe_api_key=text("PAYMENTS_STRIPE_API_KEY"),
@@ -182,6 +195,15 @@ class Settings:
                 field="PAYMENTS_AUTO_TOPUP_MAX_CHARGE",
             )
         return settings
+
+
+def role_name(name: str, value: str | None) -> str | None:
+    """A PostgreSQL role name as written unquoted (lower case, digits, `_`, at most 63)."""
+    if value is not None and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+        raise ConfigError(
+            f"{name}: {value!r} is not a plain role name (lower-case letters, digits and _)", field=name
+        )
+    return value
 
 
 def parse_route(name: str, value: str) -> CallbackRoute:
