@@ -195,3 +195,20 @@ def test_a_payment_through_ledger_post_and_pay_at_once_works_as_the_runtime_role
 def test_granting_refuses_a_superuser_as_the_runtime_role(database_url) -> None:
     with pytest.raises(DBAPIError, match="runtime role postgres is a superuser or acts as the schema owner"):
         grant_runtime(database_url, "postgres")
+
+
+def test_the_http_api_serves_as_the_runtime_role(app_with, runtime_database_url, auth) -> None:
+    client = app_with(database_url=runtime_database_url).test_client()
+    for path, body in [
+        ("/api/members/ann", {"email": "ann@example.org", "first_name": "Ann", "last_name": "Lee"}),
+        ("/api/organisations/club", {"name": "North Shore Bridge Club"}),
+    ]:
+        assert client.put(path, json=body, headers=auth).status_code in (200, 201)
+    adjustment = {"request_id": "fund-ann", "member_id": "ann", "amount": "50.00",
+                  "description": "Opening balance", "admin_id": "ops"}
+    assert client.post("/api/adjustments", json=adjustment, headers=auth).status_code == 201
+    payment = {"request_id": "pay-1", "member_id": "ann", "amount": "12.50", "description": "Table money",
+               "organisation_id": "club"}
+    assert client.post("/api/payments", json=payment, headers=auth).status_code == 202
+    assert client.get("/api/payments/pay-1", headers=auth).get_json()["status"] == "queued"
+    assert client.get("/api/members/ann/balance", headers=auth).get_json()["balance"] == "50.00"
