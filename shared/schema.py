@@ -14,6 +14,7 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import text
+from sqlalchemy.engine import make_url
 
 from shared.db import make_engine, normalise_url
 from shared.errors import ConfigError
@@ -33,6 +34,8 @@ def upgrade(database_url: str, runtime_role: str | None = None) -> None:
     """Bring the database to the newest revision, then, if `runtime_role` is given, grant it
     its privileges again (so a table added by this upgrade is covered); running it again
     changes nothing."""
+    if runtime_role and make_url(normalise_url(database_url)).get_backend_name() != "postgresql":
+        raise _no_roles()  # before migrating: the setting would do nothing
     command.upgrade(alembic_config(database_url), "head")
     if runtime_role:
         grant_runtime(database_url, runtime_role)
@@ -44,11 +47,14 @@ def grant_runtime(database_url: str, role: str) -> None:
     engine = make_engine(database_url)
     try:
         if engine.dialect.name != "postgresql":
-            raise ConfigError(
-                "PAYMENTS_DATABASE_RUNTIME_ROLE needs PostgreSQL: SQLite has no roles",
-                field="PAYMENTS_DATABASE_RUNTIME_ROLE",
-            )
+            raise _no_roles()
         with engine.begin() as connection:
             connection.execute(text("SELECT payments_grant_runtime(:role)"), {"role": role})
     finally:
         engine.dispose()
+
+
+def _no_roles() -> ConfigError:
+    return ConfigError(
+        "PAYMENTS_DATABASE_RUNTIME_ROLE needs PostgreSQL: SQLite has no roles", field="PAYMENTS_DATABASE_RUNTIME_ROLE"
+    )

@@ -212,3 +212,22 @@ def test_the_http_api_serves_as_the_runtime_role(app_with, runtime_database_url,
     assert client.post("/api/payments", json=payment, headers=auth).status_code == 202
     assert client.get("/api/payments/pay-1", headers=auth).get_json()["status"] == "queued"
     assert client.get("/api/members/ann/balance", headers=auth).get_json()["balance"] == "50.00"
+
+
+def test_temporary_tables_named_like_the_ledger_do_not_fool_ledger_post(runtime_engine, accounts) -> None:
+    """PostgreSQL searches a session's temporary tables first unless pg_temp is named: ledger_post
+    names it last, so a caller's own `postings` cannot lend it a balance."""
+    with runtime_engine.begin() as conn:
+        conn.execute(text("CREATE TEMP TABLE postings (account_id bigint, amount bigint, entry_id bigint, id bigint)"
+                          " ON COMMIT DROP"))
+        conn.execute(text("INSERT INTO postings VALUES (:ann, 1000000, 0, 0)"), {"ann": accounts["ann"]})
+        assert _ledger_post(conn, [accounts["ann"], accounts["club"]], [-500_00, 500_00]) == "insufficient"
+
+
+def test_db_upgrade_refuses_a_runtime_role_on_sqlite_before_migrating(tmp_path) -> None:
+    from shared.errors import ConfigError
+    from shared.schema import upgrade
+
+    with pytest.raises(ConfigError, match="needs PostgreSQL"):
+        upgrade(f"sqlite:///{tmp_path}/p.db", runtime_role="payments_runtime")
+    assert not (tmp_path / "p.db").exists()
