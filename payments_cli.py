@@ -102,8 +102,10 @@ def _db_upgrade() -> int:
     from shared.schema import upgrade
 
     settings = Settings.from_env()
-    upgrade(settings.database_url)
-    print("database schema is up to date", flush=True)
+    # As the schema's owner; the service itself may run as a runtime role (migration 0010).
+    upgrade(settings.owner_database_url, runtime_role=settings.database_runtime_role)
+    granted = f", privileges of {settings.database_runtime_role} granted" if settings.database_runtime_role else ""
+    print(f"database schema is up to date{granted}", flush=True)
     return 0
 
 
@@ -248,7 +250,8 @@ def _clients(args: argparse.Namespace) -> int:
     except PaymentsError as exc:
         print(exc.message, file=sys.stderr)
         return 2
-    engine = make_engine(settings.database_url)
+    # The owner's URL when one is given: the runtime role may only read clients (migration 0010).
+    engine = make_engine(settings.owner_database_url)
     try:
         with make_sessions(engine).begin() as session:
             if args.action == "add":

@@ -7,6 +7,7 @@ settings object can be logged.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -30,6 +31,11 @@ class CallbackRoute:
 @dataclass(frozen=True)
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
+    # `payments db upgrade` connects as the schema's owner (default: database_url) and, on
+    # PostgreSQL, grants `database_runtime_role` (the role database_url logs in as) its
+    # privileges (migration 0010). Kept out of repr: the owner's URL carries its password.
+    migrate_database_url: str | None = field(default=None, repr=False)
+    database_runtime_role: str | None = None
     broker_url: str = DEFAULT_BROKER_URL
     api_token: str | None = field(default=None, repr=False)
     stripe_api_key: str | None = field(default=None, repr=False)
@@ -91,6 +97,11 @@ class Settings:
         comma-separated list, so a new secret can be added before Stripe switches to it and the
         old one removed after (rotation without refusing a delivery)."""
         return tuple(s for s in (part.strip() for part in (self.stripe_webhook_secret or "").split(",")) if s)
+
+    @property
+    def owner_database_url(self) -> str:
+        """The URL migrations run with: the schema owner's."""
+        return self.migrate_database_url or self.database_url
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -161,6 +172,8 @@ class Settings:
             )
         settings = cls(
             database_url=text("PAYMENTS_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            migrate_database_url=text("PAYMENTS_MIGRATE_DATABASE_URL"),
+            database_runtime_role=role_name("PAYMENTS_DATABASE_RUNTIME_ROLE", text("PAYMENTS_DATABASE_RUNTIME_ROLE")),
             broker_url=text("PAYMENTS_BROKER_URL") or DEFAULT_BROKER_URL,
             api_token=api_token,
             stripe_api_key=text("PAYMENTS_STRIPE_API_KEY"),
@@ -240,6 +253,15 @@ def _cache_seconds(value: str | None) -> float:
     if not 0 <= number <= 300:
         raise ConfigError(f"{name}: {value!r} is not between 0 and 300 seconds", field=name)
     return number
+
+
+def role_name(name: str, value: str | None) -> str | None:
+    """A PostgreSQL role name as written unquoted (lower case, digits, `_`, at most 63)."""
+    if value is not None and not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", value):
+        raise ConfigError(
+            f"{name}: {value!r} is not a plain role name (lower-case letters, digits and _)", field=name
+        )
+    return value
 
 
 def parse_route(name: str, value: str) -> CallbackRoute:

@@ -22,7 +22,9 @@ Keys are namespaced by the kind of booking (`payment:`, `transfer:`, `adjustment
 books under, so no caller-chosen id can take the key another booking needs.
 
 On PostgreSQL these steps run inside the `ledger_post` function (migration 0003): one round
-trip per booking. Elsewhere (SQLite, the embedded default) `_post_portable` runs the same
+trip per booking. Since migration 0010 it runs as the schema's owner (SECURITY DEFINER) and
+checks its arguments as `_validate` does, because the service's runtime role may write the
+ledger only through it (DESIGN invariant 10). Elsewhere (SQLite, the embedded default) `_post_portable` runs the same
 steps from Python.
 """
 

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.config import Settings
 from shared.db import make_engine, make_sessions
 from shared.models import SystemAccount
-from shared.schema import upgrade
+from shared.schema import grant_runtime, upgrade
 
 pytest_plugins = ["tests.stripe_fixture"]  # the `stripe_api` fixture: localstripe over HTTP
 
@@ -50,6 +50,39 @@ def database_url() -> Iterator[str]:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture(scope="session")
+def runtime_database_url(database_url: str) -> Iterator[str]:
+    """The service's runtime role (migration 0010): a LOGIN role of its own for this run, given
+    its privileges as `payments db upgrade` gives them (`grant_runtime`), and the URL that
+    connects as it. Dropped after the run (its grants first, with DROP OWNED)."""
+    role = f"payments_runtime_{uuid.uuid4().hex[:10]}"
+    password = uuid.uuid4().hex
+    with _admin() as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+    try:
+        grant_runtime(database_url, role)
+        yield make_url(database_url).set(username=role, password=password).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", [role])
+            conn.execute(f"DROP OWNED BY {role}")
+        with _admin() as conn:
+            conn.execute(f"DROP ROLE {role}")
+
+
+@pytest.fixture(scope="session")
+def runtime_engine(runtime_database_url: str) -> Iterator[Engine]:
+    engine = make_engine(runtime_database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def runtime_sessions(runtime_engine: Engine, clean_db: None) -> sessionmaker[Session]:
+    """Sessions as the runtime role, on a database emptied before the test."""
+    return make_sessions(runtime_engine)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _empty_broker_database() -> Iterator[None]:
     """The apps of the integration tests enqueue tasks on REDIS_URL that no worker takes: empty
@@ -74,10 +107,15 @@ def engine(database_url: str) -> Iterator[Engine]:
 def empty_database(engine: Engine) -> None:
     """Empty every table and put back the system accounts, as the first migration made them.
 
-    TRUNCATE, because the ledger's tables (and accounts) refuse DELETE. Stored clients go too;
-    the bootstrap client `admin` (`API_TOKEN`) is not stored, so it keeps working.
+    TRUNCATE, because the ledger's tables (and accounts) refuse DELETE. They refuse TRUNCATE too
+    (a trigger, migration 0010), so the cleanup runs, as the superuser it is, with
+    session_replication_role = replica, in which triggers do not fire; only a superuser may
+    set it, so the runtime role cannot do the same. SET LOCAL: it ends with this transaction.
+    Stored clients go too; the bootstrap client `admin` (`API_TOKEN`) is not stored, so it keeps
+    working.
     """
     with engine.begin() as conn:
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
         conn.execute(text("TRUNCATE accounts, postings, journal_entries, members, organisations, payment_requests, outbox, stripe_events, card_payments, clients, client_tokens"))
         conn.execute(
             text("INSERT INTO accounts (kind, owner, created_at) SELECT 'system', name, now() FROM unnest(CAST(:names AS text[])) AS name"),

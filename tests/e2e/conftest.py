@@ -68,12 +68,15 @@ def broker() -> Iterator[redis.Redis]:
 
 @pytest.fixture(scope="session")
 def worker(
-    database_url: str, broker: redis.Redis, stripe_api: str, tmp_path_factory: pytest.TempPathFactory
+    runtime_database_url: str, broker: redis.Redis, stripe_api: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Path]:
-    """A real `payments worker` with two processes, on localstripe; yields its log file."""
+    """A real `payments worker` with two processes, on localstripe; yields its log file. It logs
+    in as the runtime role (migration 0010), as in production: no UPDATE, DELETE or TRUNCATE of
+    the ledger, bookings only through `ledger_post`."""
     STRIPE_BASE[:] = [stripe_api]
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    process = start(["worker", "--concurrency", "2", "--hostname", f"e2e-{REDIS_DB}@%h"], worker_env(database_url), log)
+    process = start(["worker", "--concurrency", "2", "--hostname", f"e2e-{REDIS_DB}@%h"],
+                    worker_env(runtime_database_url), log)
     sender = Celery(broker=BROKER)
     wait_for(lambda: sender.control.ping(timeout=0.5) or process.poll() is not None, "the worker to start", 60)
     assert process.poll() is None, log.read_text()[-3000:]
@@ -111,12 +114,15 @@ def received(broker: redis.Redis, callback_consumer: None):
 # Per module: once its tests are done the server stops, so a late localstripe delivery cannot
 # write into the shared database while later tests count its rows.
 @pytest.fixture(scope="module")
-def webhook_url(database_url: str, worker: Path, stripe_api: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The real webhook server (`payments webhook`, gunicorn), registered with localstripe, which
-    delivers its payment_intent.* events to it about a second after each API call."""
+def webhook_url(
+    runtime_database_url: str, worker: Path, stripe_api: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The real webhook server (`payments webhook`, gunicorn, as the runtime role), registered
+    with localstripe, which delivers its payment_intent.* events to it about a second after each
+    API call."""
     port = free_port()
     log = tmp_path_factory.mktemp("webhook") / "webhook.log"
-    process = start(["webhook", "--port", str(port), "--workers", "1"], worker_env(database_url), log)
+    process = start(["webhook", "--port", str(port), "--workers", "1"], worker_env(runtime_database_url), log)
     base = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:

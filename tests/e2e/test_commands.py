@@ -11,9 +11,12 @@ import uuid
 from pathlib import Path
 
 from celery import Celery
+import psycopg
 from sqlalchemy import inspect, text
+from sqlalchemy.engine import make_url
 
 from shared.db import make_engine
+from tests.conftest import PG_ADMIN_URL
 from tests.e2e.processes import PAYMENTS, free_port, private_redis, start, stop, wait_for
 
 
@@ -32,6 +35,45 @@ def test_db_upgrade_creates_the_schema_and_running_it_again_changes_nothing(tmp_
     engine.dispose()
     assert {"accounts", "members", "organisations", "journal_entries", "postings"} <= tables
     assert systems == ["adjustments", "bank", "fees", "stripe"]
+
+
+def test_db_upgrade_migrates_as_the_owner_and_grants_the_runtime_role_only_its_privileges() -> None:
+    """Migration 0010: the runtime role of PAYMENTS_DATABASE_URL never migrates; the owner's URL
+    does, and grants it its privileges; a second run leaves the same grants."""
+    name, role = f"payments_cmd_{uuid.uuid4().hex[:8]}", f"payments_cmd_rt_{uuid.uuid4().hex[:8]}"
+    admin = make_url(PG_ADMIN_URL)
+    owner_url = admin.set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        env = {"PAYMENTS_DATABASE_URL": admin.set(database=name, username=role).render_as_string(hide_password=False),
+               "PAYMENTS_MIGRATE_DATABASE_URL": owner_url, "PAYMENTS_DATABASE_RUNTIME_ROLE": role,
+               "PATH": "/usr/bin:/bin"}
+        for _ in range(2):
+            done = subprocess.run([PAYMENTS, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            assert f"privileges of {role} granted" in done.stdout
+        with psycopg.connect(owner_url) as conn:
+            privileges = dict(conn.execute(
+                "SELECT t, array_to_string(ARRAY(SELECT p FROM unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE',"
+                " 'TRUNCATE']) AS p WHERE CASE WHEN p IN ('DELETE', 'TRUNCATE') THEN has_table_privilege(%s, t, p)"
+                " ELSE has_any_column_privilege(%s, t, p) END), ',')"
+                " FROM unnest(ARRAY['journal_entries', 'postings', 'payment_requests', 'alembic_version']) AS t",
+                [role, role],
+            ).fetchall())
+            key_updatable = conn.execute("SELECT has_column_privilege(%s, 'payment_requests', 'request_id', 'UPDATE')",
+                                         [role]).fetchone()
+            may_book = conn.execute("SELECT has_function_privilege(%s, 'ledger_post(text, text, text, text, text,"
+                                    " timestamptz, text, text, text, boolean, bigint[], bigint[])', 'EXECUTE')",
+                                    [role]).fetchone()
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f"DROP ROLE IF EXISTS {role}")
+    assert privileges == {"journal_entries": "SELECT", "postings": "SELECT",
+                          "payment_requests": "SELECT,INSERT,UPDATE", "alembic_version": ""}
+    assert may_book == (True,) and key_updatable == (False,)
 
 
 def test_worker_consumes_its_named_queues_and_celerys_default_queue(tmp_path: Path) -> None:

@@ -108,3 +108,20 @@ def test_a_bootstrap_token_shorter_than_32_characters_is_refused_without_showing
 
 def test_a_bootstrap_token_of_32_characters_is_accepted() -> None:
     assert Settings.from_env({"PAYMENTS_API_TOKEN": "z" * 32}).api_token == "z" * 32
+
+
+def test_migrations_run_with_the_owners_url_when_given_and_else_with_the_service_url() -> None:
+    plain = Settings.from_env({"PAYMENTS_DATABASE_URL": "postgresql://svc:pw@db/payments"})
+    assert (plain.owner_database_url, plain.database_runtime_role) == ("postgresql://svc:pw@db/payments", None)
+    split = Settings.from_env({"PAYMENTS_DATABASE_URL": "postgresql://payments_runtime:pw@db/payments",
+                               "PAYMENTS_MIGRATE_DATABASE_URL": "postgresql://owner:owner-secret@db/payments",
+                               "PAYMENTS_DATABASE_RUNTIME_ROLE": "payments_runtime"})
+    assert split.owner_database_url == "postgresql://owner:owner-secret@db/payments"
+    assert split.database_runtime_role == "payments_runtime"
+    assert "owner-secret" not in repr(split)
+
+
+@pytest.mark.parametrize("role", ["Payments", "payments-runtime", "x; DROP TABLE postings", "r" * 64, "1role"])
+def test_a_runtime_role_that_is_not_a_plain_role_name_is_refused(role: str) -> None:
+    with pytest.raises(ConfigError, match="PAYMENTS_DATABASE_RUNTIME_ROLE"):
+        Settings.from_env({"PAYMENTS_DATABASE_RUNTIME_ROLE": role})
