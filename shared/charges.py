@@ -38,7 +38,7 @@ from shared import db, healing, ledger, payments, profiles, topups
 from shared.config import Settings
 from shared.errors import AuthenticationRequired, CardDeclined, NotFound, StripeRequestFailed
 from shared.models import (
-    AutoTopUpStatus, CardPayment, CardPaymentKind, CardPaymentStatus, Member, PaymentRequest, utcnow,
+    AutoTopUpStatus, CardPayment, CardPaymentKind, CardPaymentStatus, Member, utcnow,
 )
 from shared.money import format_cents
 from shared.stripe_gateway import CURRENCY, PaymentIntentInfo, StripeGateway
@@ -325,7 +325,7 @@ def card_saved(
 
 # SPEC 3: a checkout nobody paid is given up 24 h after it was opened.
 CHECKOUT_LIFETIME = timedelta(hours=24)
-OPEN = (CardPaymentStatus.PENDING.value, CardPaymentStatus.AWAITING_CARD.value)
+OPEN = topups.OPEN_STATUSES
 
 
 def reconcile(

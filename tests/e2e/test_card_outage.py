@@ -11,20 +11,17 @@ is taken once.
 
 from __future__ import annotations
 
-from typing import Any
-
 import stripe
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import client as payments_client
-from shared import ledger, profiles, requests
+from shared import ledger, profiles
 from shared.config import Settings
 from shared.ledger import Entry, Line
 from shared.models import CardPayment, EntryType, Member, SystemAccount
 from shared.stripe_gateway import StripeGateway
 from tests.e2e.processes import wait_for
-from tests.e2e.proxy import TcpProxy
 from tests.e2e.test_refund_delivery import (  # noqa: F401 - the module's worker, broker, proxy and settings
     private_broker,
     refund_worker,

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import ledger, profiles
@@ -45,3 +50,28 @@ def pay(session: Session, payer: int, payee: int, cents: int, key: str, **extra:
 def balance_of(sessions: sessionmaker[Session], account_id: int) -> int:
     with sessions.begin() as session:
         return ledger.balance(session, account_id)
+
+
+def at_once(*calls: Callable[[], Any]) -> list[BaseException]:
+    """Run the calls in threads released together; the exceptions they raised."""
+    gate, errors = threading.Barrier(len(calls)), []
+
+    def run(call: Callable[[], Any]) -> None:
+        gate.wait()
+        try:
+            call()
+        except BaseException as exc:  # noqa: BLE001 - reported to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return errors
+
+
+def deadlocks(database_url: str) -> int:
+    """PostgreSQL's count of deadlocks in the database so far."""
+    with psycopg.connect(database_url) as conn:
+        return conn.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]

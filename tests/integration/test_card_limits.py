@@ -10,7 +10,6 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-import psycopg
 import pytest
 import stripe
 from sqlalchemy import func, select
@@ -21,7 +20,7 @@ from shared.config import Settings
 from shared.ledger import Entry, Line
 from shared.models import CardPayment, EntryType, Member, OutboxMessage, SystemAccount
 from shared.stripe_gateway import PaymentIntentInfo, StripeGateway
-from tests.integration.helpers import add_member, balance_of, top_up
+from tests.integration.helpers import add_member, at_once, balance_of, deadlocks, top_up
 from tests.stripe_fixture import STRIPE_TEST_KEY, customer_with_card, new_card
 
 
@@ -361,24 +360,3 @@ def test_cancels_and_charges_of_pending_auto_top_ups_at_once_never_deadlock_and_
     assert deadlocks(database_url) == before
 
 
-def deadlocks(database_url: str) -> int:
-    with psycopg.connect(database_url) as conn:
-        return conn.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
-
-
-def at_once(*calls: Any) -> list[BaseException]:
-    gate, errors = threading.Barrier(len(calls)), []
-
-    def run(call: Any) -> None:
-        gate.wait()
-        try:
-            call()
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return errors

@@ -4,11 +4,9 @@ open card attempt healed by two callers at once (a double charge)."""
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import timedelta
 
-import psycopg
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import charges, db, ledger, outbox, profiles, settlements, topups
@@ -17,32 +15,10 @@ from shared.ledger import Entry, Line
 from shared.models import EntryType, Member, SystemAccount, utcnow
 from shared.profiles import OrganisationDetails
 from shared.stripe_gateway import StripeGateway
-from tests.integration.helpers import add_member
+from tests.integration.helpers import add_member, at_once, deadlocks
 from tests.stripe_fixture import STRIPE_TEST_KEY, browser_for, customer_with_card
 
 
-def at_once(*calls) -> list[BaseException]:
-    """Run the calls in threads released together; the exceptions they raised."""
-    gate, errors = threading.Barrier(len(calls)), []
-
-    def run(call) -> None:
-        gate.wait()
-        try:
-            call()
-        except BaseException as exc:  # noqa: BLE001 - reported to the test
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(call,)) for call in calls]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return errors
-
-
-def deadlocks(database_url: str) -> int:
-    with psycopg.connect(database_url) as conn:
-        return conn.execute("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
 
 
 def test_settlements_of_the_same_organisations_in_opposite_orders_never_deadlock(

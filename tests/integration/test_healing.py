@@ -23,7 +23,6 @@ from shared.models import (
     OutboxMessage,
     PaymentRequest,
     StripeEvent,
-    utcnow,
 )
 from shared.stripe_gateway import StripeGateway
 from tests.e2e.processes import free_port
