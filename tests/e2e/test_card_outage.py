@@ -15,7 +15,7 @@ import stripe
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import client as payments_client
+from shared import messages
 from shared import ledger, profiles
 from shared.config import Settings
 from shared.ledger import Entry, Line
@@ -113,7 +113,7 @@ def test_the_top_up_after_a_payment_cut_off_by_a_stripe_outage_is_charged_once_b
         stripe_link.restore()
 
     def topped_up() -> bool:
-        payments_client.send("payments.reconcile", {}, queue="topups", settings=settings)
+        messages.send("payments.reconcile", {}, queue="topups", settings=settings)
         with sessions.begin() as session:
             return session.scalar(select(CardPayment.status)) == "succeeded"
 

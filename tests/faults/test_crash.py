@@ -41,7 +41,6 @@ from typing import Any
 
 import pytest
 import redis
-from celery import Celery
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -52,7 +51,8 @@ from shared import ledger, profiles
 from shared.models import EntryType, Member, SystemAccount
 from shared.stripe_gateway import StripeGateway
 from tests.e2e.conftest import worker_env
-from tests.e2e.processes import PAYMENTS, start, stop, wait_for
+from tests.e2e.processes import PAYMENTS, readies, start, stop, wait_for
+from tests.e2e.processes import idle as queues_idle
 from tests.e2e.processes import private_redis as private_redis_server  # the fixture below is `private_redis`
 from tests.faults.invariants import attempt_key_of, check_invariants, succeeded_intents
 from tests.integration.helpers import add_member, add_organisation
@@ -143,11 +143,7 @@ class Group:
 
 def start_worker(broker: str, env: dict[str, str], log: Path) -> Group:
     worker = Group(["worker", "--concurrency", "3", "--hostname", f"crash-{uuid.uuid4().hex[:8]}@%h"], env, log)
-    sender = Celery(broker=broker)
-    try:
-        wait_for(lambda: sender.control.ping(timeout=0.5) or worker.process.poll() is not None, "the worker", 60)
-    finally:
-        sender.close()
+    wait_for(lambda: readies(log) or worker.process.poll() is not None, "the worker", 60)
     assert worker.process.poll() is None, log.read_text()[-3000:]
     return worker
 
@@ -220,14 +216,7 @@ def decided(engine: Engine) -> int:
 
 def idle(broker_url: str, broker: redis.Redis) -> bool:
     """No task waiting in any queue, and none running in the worker."""
-    if sum(broker.llen(queue) for queue in QUEUES):
-        return False
-    inspector = Celery(broker=broker_url)
-    try:
-        active = inspector.control.inspect(timeout=1).active()
-    finally:
-        inspector.close()
-    return active is not None and not any(active.values())
+    return queues_idle(broker, QUEUES)
 
 
 def scalar(engine: Engine, sql: str) -> int:
