@@ -163,8 +163,9 @@ def _worker(extra: Sequence[str]) -> int:
     from worker.app import QUEUES, app
 
     _needs_service_key(app, "worker")
-    # No mingle: it asks the other workers through remote control, which is off (worker/app.py).
-    argv = ["worker", "--queues", ",".join(QUEUES), "--loglevel", "INFO", "--without-mingle", *extra]
+    # No mingle (it asks the other workers through remote control, which is off: worker/app.py)
+    # and no gossip (workers watching each other's events): the broker user reads no events.
+    argv = ["worker", "--queues", ",".join(QUEUES), "--loglevel", "INFO", "--without-mingle", "--without-gossip", *extra]
     app.worker_main(argv)
     return 0
 

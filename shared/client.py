@@ -57,7 +57,11 @@ def send(task: str, kwargs: dict[str, Any], *, queue: str = QUEUE, settings: Set
     if not token:
         raise ConfigError(f"{TOKEN_ENV}: not set, and no token= given: the worker refuses a task without one",
                           field=TOKEN_ENV)
-    celery_for(settings.broker_url).send_task(task, kwargs=kwargs, queue=queue, headers={TOKEN_HEADER: token})
+    # On Redis the worker has declared the queues: a calling module's broker user may only push
+    # to them and read their bindings (README "Security model"), so it declares nothing.
+    declare = [] if settings.broker_url.startswith(("redis://", "rediss://")) else None
+    celery_for(settings.broker_url).send_task(task, kwargs=kwargs, queue=queue, headers={TOKEN_HEADER: token},
+                                              declare=declare)
 
 
 def pay(settings: Settings | None = None, *, token: str | None = None, **fields: Any) -> str:
