@@ -59,7 +59,7 @@ def send(task: str, kwargs: dict[str, Any], *, queue: str = QUEUE, settings: Set
                           field=TOKEN_ENV)
     # On Redis the worker has declared the queues: a calling module's broker user may only push
     # to them and read their bindings (README "Security model"), so it declares nothing.
-    declare = [] if settings.broker_url.startswith(("redis://", "rediss://")) else None
+    declare: list[Any] | None = [] if settings.broker_url.startswith(("redis://", "rediss://")) else None
     celery_for(settings.broker_url).send_task(task, kwargs=kwargs, queue=queue, headers={TOKEN_HEADER: token},
                                               declare=declare)
 
