@@ -4,6 +4,7 @@ internal task only for the service's own signature. A refused message moves noth
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,8 @@ from shared.config import Settings
 from shared.errors import NotFound
 from shared.models import CardPayment, OutboxMessage
 from tests.conftest import API_TOKEN
-from tests.e2e.conftest import BROKER
-from tests.e2e.processes import wait_for
+from tests.e2e.conftest import BROKER, worker_env
+from tests.e2e.processes import start, stop, wait_for
 from tests.integration.helpers import add_member, add_organisation, balance_of, top_up
 
 pytestmark = pytest.mark.usefixtures("worker")
@@ -196,3 +197,21 @@ def test_a_message_asking_for_linked_tasks_is_refused(sessions, world, worker) -
         with pytest.raises(NotFound):
             requests.get(session, "portal-linked")
     assert money(sessions, world) == (100_00, 0, 50_00, 50_00)
+
+
+def test_beats_periodic_messages_are_signed_and_run(runtime_database_url, worker, tmp_path) -> None:
+    """`payments beat` signs what it sends (shared.messages.SigningAMQP), so the worker runs it."""
+    refused = "payments.relay_outbox: message refused"
+
+    def ran() -> int:  # relays the worker ran to the end (returning how many it sent)
+        return len(re.findall(r"payments\.relay_outbox\[[^\]]+\] succeeded in [0-9.]+s: \d", worker.read_text()))
+
+    before = (ran(), logged(worker, refused))
+    beat = start(["beat", "--schedule", str(tmp_path / "beat-schedule")],
+                 worker_env(runtime_database_url, PAYMENTS_RELAY_OUTBOX_SECONDS="0.5"), tmp_path / "beat.log")
+    try:
+        wait_for(lambda: ran() >= before[0] + 2 or beat.poll() is not None, "two relays from beat", 60)
+        assert beat.poll() is None, (tmp_path / "beat.log").read_text()[-2000:]
+    finally:
+        stop(beat)
+    assert logged(worker, refused) == before[1]
