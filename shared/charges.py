@@ -102,14 +102,16 @@ def _charge(sessions: sessionmaker[Session], gateway: StripeGateway, settings: S
     if customer is None:
         return _declined(sessions, settings, attempt_id, "no card is saved", effects)
 
-    intent = gateway.find_payment_intent(customer_id=customer, attempt_key=key) if looked_up_first else None
+    intent = gateway.find_payment_intent(
+        customer_id=customer, attempt_key=key, belongs=lambda metadata: topups.made_for(metadata, attempt_id, member_id)
+    ) if looked_up_first else None
     if intent is None and cancelled:  # an earlier try may have charged; it did not: charge no more
         return _declined(sessions, settings, attempt_id, CANCELLED, effects)
     if intent is None:
         try:
             intent = gateway.charge_saved_card(
                 customer_id=customer, amount_cents=amount, idempotency_key=key,
-                metadata={"attempt_key": key, "member_id": member_id, "kind": kind},
+                metadata=topups.intent_metadata(key, attempt_id, member_id, kind),
             )
         except CardDeclined as exc:
             return _declined(sessions, settings, attempt_id, exc.message, effects)
@@ -146,7 +148,7 @@ def _start_checkout(
         customer = profiles.get_member(session, member_id).stripe_customer_id
     checkout = gateway.create_checkout(
         amount_cents=amount, idempotency_key=key, customer_id=customer,
-        metadata={"attempt_key": key, "member_id": member_id, "kind": CardPaymentKind.CHECKOUT.value},
+        metadata=topups.intent_metadata(key, attempt_id, member_id, CardPaymentKind.CHECKOUT.value),
     )
     with sessions.begin() as session:
         attempt = topups.lock_attempt(session, attempt_id)

@@ -18,6 +18,7 @@ from shared.money import parse_cents
 
 DEFAULT_DATABASE_URL = "sqlite:///var/payments.db"
 DEFAULT_BROKER_URL = "sqla+sqlite:///var/broker.db"
+DEFAULT_RATE_LIMIT = "100/second;3000/minute"
 # PAYMENTS_API_TOKEN is the bootstrap client `admin` (every scope): refused when shorter.
 MIN_API_TOKEN_LENGTH = 32
 
@@ -90,6 +91,11 @@ class Settings:
     # A processed or ignored Stripe event keeps its full payload this long; then only its audit
     # form (`shared.inbox.audit_form`) is kept.
     event_payload_retention_days: int = 90
+    # Each client's requests to `/api/*` (flask-limiter's notation, e.g. "100/second;3000/minute");
+    # None: no limit. Counted in `rate_limit_storage_url`: the broker's Redis when the broker is
+    # Redis (shared by every webhook process), else per process.
+    rate_limit: str | None = DEFAULT_RATE_LIMIT
+    rate_limit_storage_url: str = field(default="memory://", repr=False)
 
     @property
     def webhook_secrets(self) -> tuple[str, ...]:
@@ -210,6 +216,9 @@ class Settings:
             metrics_address=_address("PAYMENTS_METRICS_ADDRESS", text("PAYMENTS_METRICS_ADDRESS")),
             ops_cache_seconds=_cache_seconds(text("PAYMENTS_OPS_CACHE_SECONDS")),
             event_payload_retention_days=max(1, whole("PAYMENTS_EVENT_PAYLOAD_RETENTION_DAYS", 90)),
+            rate_limit=_rate_limit(text("PAYMENTS_RATE_LIMIT")),
+            rate_limit_storage_url=text("PAYMENTS_RATE_LIMIT_STORAGE_URL") or _limit_storage(
+                text("PAYMENTS_BROKER_URL") or DEFAULT_BROKER_URL),
         )
         if not settings.auto_topup_min_amount <= settings.auto_topup_default_amount <= settings.auto_topup_max_amount:
             raise ConfigError(
@@ -224,6 +233,26 @@ class Settings:
                 field="PAYMENTS_AUTO_TOPUP_MAX_CHARGE",
             )
         return settings
+
+
+def _rate_limit(value: str | None) -> str | None:
+    """PAYMENTS_RATE_LIMIT: unset is the default, `off` is no limit, else limits' notation."""
+    from limits import parse_many
+
+    if value is None:
+        return DEFAULT_RATE_LIMIT
+    if value.strip().lower() == "off":
+        return None
+    try:
+        parse_many(value)
+    except ValueError:
+        raise ConfigError(f"PAYMENTS_RATE_LIMIT: {value!r} is not a rate such as '100/second;3000/minute' "
+                          "(or 'off')", field="PAYMENTS_RATE_LIMIT") from None
+    return value.strip()
+
+
+def _limit_storage(broker_url: str) -> str:
+    return broker_url if broker_url.startswith(("redis://", "rediss://")) else "memory://"
 
 
 def parse_address(name: str, value: str) -> tuple[str, int]:

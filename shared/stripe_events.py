@@ -27,9 +27,8 @@ def on_payment_intent(
     sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, event: dict[str, Any]
 ) -> charges.Effects | None:
     intent = event["data"]["object"]
-    key = (intent.get("metadata") or {}).get("attempt_key")
     with sessions.begin() as session:
-        attempt = topups.by_payment_intent(session, intent["id"], key)
+        attempt = topups.by_payment_intent(session, intent["id"], intent.get("metadata"))
         attempt_id = attempt.id if attempt is not None else None
     if attempt_id is None:
         return None  # not one of ours

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -263,19 +263,22 @@ class StripeGateway:
             intent = self._v1().payment_intents.cancel(payment_intent_id)
         return _intent_info(intent)
 
-    def find_payment_intent(self, *, customer_id: str | None, attempt_key: str) -> PaymentIntentInfo | None:
+    def find_payment_intent(
+        self, *, customer_id: str | None, attempt_key: str, belongs: Callable[[Mapping[str, str]], bool] | None = None
+    ) -> PaymentIntentInfo | None:
         """The PaymentIntent we created for `attempt_key` (its id never recorded), or None.
 
         With a customer: Stripe's list by customer (consistent at once). Without: Stripe's
         search by metadata, which lags up to about a minute, so the reconciler should wait that
         long. localstripe supports neither query and is scanned whole instead. If several
         match (only possible on localstripe, which ignores idempotency keys), a succeeded one
-        wins."""
+        wins. `belongs` may refuse one by its metadata (`shared.topups.made_for`)."""
         found = (_intent_info(intent) for intent in self._intents_for(customer_id, attempt_key))
         matches = [
             info
             for info in found
             if info.metadata.get("attempt_key") == attempt_key and customer_id in (None, info.customer_id)
+            and (belongs is None or belongs(info.metadata))
         ]
         if not matches:
             return None

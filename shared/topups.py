@@ -178,14 +178,36 @@ def charges_saved_card(session: Session, attempt: CardPayment) -> bool:
     return False
 
 
-def by_payment_intent(session: Session, payment_intent_id: str, attempt_key: str | None) -> CardPayment | None:
-    """The attempt a PaymentIntent belongs to, by its id or by the attempt key in its metadata."""
+def by_payment_intent(
+    session: Session, payment_intent_id: str, metadata: Mapping[str, Any] | None
+) -> CardPayment | None:
+    """The attempt a PaymentIntent belongs to: by its id, or else by the attempt key in its
+    metadata (its id was never recorded: a crash after Stripe made it)."""
     attempt = session.scalar(
         select(CardPayment).where(CardPayment.payment_intent_id == payment_intent_id).with_for_update()
     )
-    if attempt is None and attempt_key:
-        attempt = session.scalar(select(CardPayment).where(CardPayment.attempt_key == attempt_key).with_for_update())
+    key = (metadata or {}).get("attempt_key")
+    if attempt is None and isinstance(key, str):
+        attempt = session.scalar(select(CardPayment).where(CardPayment.attempt_key == key).with_for_update())
+        if attempt is not None and not made_for(metadata or {}, attempt.id, attempt.member_id):
+            return None
     return attempt
+
+
+def intent_metadata(attempt_key: str, attempt_id: int, member_id: str, kind: str) -> dict[str, str]:
+    """What every PaymentIntent we create carries, so that it can be traced back to its attempt."""
+    return {"attempt_key": attempt_key, "attempt_id": str(attempt_id), "member_id": member_id, "kind": kind}
+
+
+def made_for(metadata: Mapping[str, Any], attempt_id: int, member_id: str) -> bool:
+    """Whether a PaymentIntent found by its attempt key was made for this very attempt. The key
+    alone is not enough: a PaymentIntent made under the same key by another life of the
+    database (rebuilt, restored, or a test run before) must never pay this attempt. Intents
+    made before `attempt_id` was added to the metadata are matched by key and member."""
+    if metadata.get("member_id") != member_id:
+        return False
+    made_by = metadata.get("attempt_id")
+    return made_by is None or made_by == str(attempt_id)
 
 
 def book_card_money(session: Session, attempt: CardPayment, *, payment_intent_id: str) -> Booking:

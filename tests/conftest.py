@@ -136,8 +136,10 @@ def sessions(engine: Engine, clean_db: None) -> sessionmaker[Session]:
 @pytest.fixture
 def settings(database_url: str) -> Settings:
     # No cached /metrics and /readyz answers: tests read them right after a change. The cache
-    # has tests of its own (tests/integration/test_ops_endpoints.py).
-    return Settings(database_url=database_url, broker_url=REDIS_URL, api_token=API_TOKEN, ops_cache_seconds=0)
+    # has tests of its own (tests/integration/test_ops_endpoints.py). No rate limit: the test
+    # client sends hundreds of requests a second; tests/integration/test_rate_limits.py has its own.
+    return Settings(database_url=database_url, broker_url=REDIS_URL, api_token=API_TOKEN, ops_cache_seconds=0,
+                    rate_limit=None)
 
 
 @pytest.fixture

@@ -26,11 +26,15 @@ MAX_BODY_BYTES = 1024 * 1024
 
 def create_app(settings: Settings | None = None, *, resources: dict[str, Any] | None = None) -> Flask:
     """The public app: the API, the Stripe webhook, `/healthz` and `/readyz`; no `/metrics`."""
-    from webhook import api, errors, health, stripe
+    from webhook import api, auth, errors, health, limits, stripe
 
     settings = settings or Settings.from_env()
     app = _base(settings, resources)
     errors.register(app)
+    # The client check runs before the rate limiter (both app-level, in this order), so that
+    # the limiter counts per authenticated client and an unknown token is a 401, never a 429.
+    app.before_request(auth.authorise_api_request)
+    limits.install(app, api.blueprint, settings)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(stripe.blueprint)
     app.register_blueprint(api.blueprint)

@@ -22,8 +22,8 @@ from webhook.auth import action
 blueprint = Blueprint("api", __name__, url_prefix="/api")
 T = TypeVar("T")
 
-
-blueprint.before_request(auth.authorise_request)
+# Every view here (and in the blueprints nested below) is checked by `webhook.auth`, which
+# create_app runs for the whole `api` blueprint before the rate limiter.
 
 
 # Members ----------------------------------------------------------------------------------

@@ -42,6 +42,13 @@ def principal() -> Principal:
     return g.principal  # type: ignore[no-any-return]
 
 
+def authorise_api_request() -> None:
+    """An app-level `before_request`: `authorise_request` for every view of the `api` blueprint
+    (nested ones included). App-level so that it runs before the rate limiter's check."""
+    if "api" in request.blueprints:
+        authorise_request()
+
+
 def authorise_request() -> None:
     """The `before_request` of the API blueprint: 401 without a valid client token, 403 when the
     client may not take the route's action on what it sends."""

@@ -56,6 +56,8 @@ def worker_env(database_url: str, **extra: str) -> dict[str, str]:
         "PAYMENTS_HEAL_BACKOFF_SECONDS": "1",
         "PAYMENTS_HEAL_BACKOFF_MAX_SECONDS": "10",
         "PAYMENTS_HEAL_MAX_TRIES": str(HEAL_MAX_TRIES),
+        # The limiter counts in Redis as in production, with room for the storm's bursts.
+        "PAYMENTS_RATE_LIMIT": "2000/second",
         **extra,
     }
 
