@@ -7,7 +7,9 @@
 #   every key, but no admin or dangerous command (CONFIG, ACL, FLUSHALL, SHUTDOWN, KEYS...) and
 #   only the task-event channels: remote control (the pidbox) is off and unreachable.
 # - beat, webhook: only publish the service's queues (and read their lengths): LPUSH, LLEN and
-#   the bindings kombu declares. They cannot read or take a message.
+#   the bindings kombu declares. They cannot read or take a message. The webhook also keeps the
+#   per-client rate limits (flask-limiter, under `LIMITS:`): a selector of its own, so what it
+#   may do there (read, write, run limits' scripts) reaches no queue.
 # - modules (the calling modules): only LPUSH onto payments/topups/celery and read the bindings.
 #   No LLEN, LRANGE or pop (a message carries its sender's token), no binding writes (which
 #   could copy every message into a queue the module reads), no internal queue.
@@ -20,7 +22,7 @@ cat > "$acl" <<ACL
 user default off
 user worker on >${REDIS_WORKER_PASSWORD} ~* resetchannels &/0.celeryev/* +@all -@dangerous
 user beat on >${REDIS_BEAT_PASSWORD} resetchannels ~webhooks* ~payments* ~topups* ~outbox* ~celery* ~_kombu.binding* -@all +ping +lpush +llen +smembers +sadd +multi +exec
-user webhook on >${REDIS_WEBHOOK_PASSWORD} resetchannels ~webhooks* ~payments* ~topups* ~outbox* ~celery* ~_kombu.binding* -@all +ping +lpush +llen +smembers +sadd +multi +exec
+user webhook on >${REDIS_WEBHOOK_PASSWORD} resetchannels ~webhooks* ~payments* ~topups* ~outbox* ~celery* ~_kombu.binding* -@all +ping +lpush +llen +smembers +sadd +multi +exec (~LIMITS:* -@all +@read +@write +@scripting -@dangerous)
 user modules on >${REDIS_MODULES_PASSWORD} resetchannels %W~payments* %W~topups* %W~celery* %R~_kombu.binding.* -@all +ping +lpush +smembers
 user flower on >${REDIS_FLOWER_PASSWORD} resetchannels &/0.celeryev/* &/0.celery.pidbox* %R~* ~_kombu.binding* ~celeryev* -@all +ping +llen +smembers +sadd +srem +zadd +zrangebyscore +zrem +time +multi +exec +evalsha +eval +script|load +script|exists +subscribe +psubscribe +unsubscribe +punsubscribe +publish +del
 ACL
