@@ -15,8 +15,7 @@ import stripe
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import messages
-from shared import ledger, profiles
+from shared import ledger, messages, profiles
 from shared.config import Settings
 from shared.ledger import Entry, Line
 from shared.models import CardPayment, EntryType, Member, SystemAccount

@@ -16,11 +16,10 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import client as payments_client
-from tests.conftest import API_TOKEN
-from shared import messages
-from shared import outbox, payments
+from shared import messages, outbox, payments
 from shared.config import Settings
 from shared.models import OutboxMessage
+from tests.conftest import API_TOKEN
 from tests.e2e.conftest import BROKER, worker_env
 from tests.e2e.processes import PAYMENTS, wait_for
 from tests.integration.helpers import add_member, add_organisation, balance_of, top_up
@@ -86,7 +85,8 @@ def test_a_declined_payment_books_nothing_and_calls_back_failure(client, auth, w
 
 def test_twenty_payments_sent_at_once_through_the_worker_pay_exactly_ten(client, auth, world, sessions, settings) -> None:
     with ThreadPoolExecutor(20) as pool:
-        list(pool.map(lambda i: payments_client.pay(token=API_TOKEN, settings=settings, **payment(request_id=f"c{i}", amount="10.00")), range(20)))
+        list(pool.map(lambda i: payments_client.pay(settings, token=API_TOKEN, **payment(request_id=f"c{i}", amount="10.00")),
+                      range(20)))
     statuses = [outcome(client, auth, f"c{i}")["status"] for i in range(20)]
     assert sorted(statuses) == ["declined"] * 10 + ["paid"] * 10
     assert (balance_of(sessions, world["ann"]), balance_of(sessions, world["club"])) == (0, 100_00)
@@ -96,7 +96,7 @@ def test_one_request_id_sent_five_times_at_once_books_once_and_calls_back_once(
     client, auth, world, sessions, settings, received
 ) -> None:
     with ThreadPoolExecutor(5) as pool:
-        list(pool.map(lambda _: payments_client.pay(token=API_TOKEN, settings=settings, **payment(route_code="EVT")), range(5)))
+        list(pool.map(lambda _: payments_client.pay(settings, token=API_TOKEN, **payment(route_code="EVT")), range(5)))
     assert outcome(client, auth, "r1")["status"] == "paid"
     wait_for(lambda: sessions_attempts(sessions) == 5, "all five deliveries to be handled")
     assert balance_of(sessions, world["ann"]) == 70_00
@@ -111,7 +111,7 @@ def sessions_attempts(sessions: sessionmaker[Session]) -> int:
 def test_a_malformed_task_sent_by_name_fails_its_request_with_a_failure_callback(
     client, auth, world, settings, received
 ) -> None:
-    payments_client.pay(token=API_TOKEN, settings=settings, **payment(amount=12.5, route_code="EVT"))
+    payments_client.pay(settings, token=API_TOKEN, **payment(amount=12.5, route_code="EVT"))
     result = outcome(client, auth, "r1")
     assert result["status"] == "failed"
     assert "amount: float 12.5 is not allowed" in result["reason"]

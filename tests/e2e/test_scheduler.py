@@ -12,8 +12,7 @@ from celery.schedules import schedule
 from freezegun import freeze_time
 from sqlalchemy import func, select, update
 
-from shared import messages
-from shared import inbox, payments, requests, topups
+from shared import inbox, messages, payments, requests, topups
 from shared.config import Settings
 from shared.models import (
     CardPayment,
