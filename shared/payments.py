@@ -159,7 +159,8 @@ def pay_at_once(
     callback = None
     if order.route_code:
         callback = requests.callback_kwargs(
-            order.request_id, order.route_code, order.route_payload, RequestStatus.PAID, order.amount, None
+            order.request_id, order.route_code, order.route_payload, RequestStatus.PAID, order.amount, None,
+            member_id=order.member_id, organisation_id=order.organisation_id,
         )
     params = {
         "request_id": order.request_id,
