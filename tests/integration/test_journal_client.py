@@ -16,10 +16,10 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import access, ledger, payments, profiles, requests, settlements, transfers
+from shared import access, ledger, payments, profiles, refunds, requests, settlements, topups, transfers
 from shared.config import Settings
 from shared.ledger import Entry, Line
-from shared.models import EntryType, SystemAccount, utcnow
+from shared.models import CardPaymentKind, EntryType, SystemAccount, utcnow
 from shared.schema import alembic_config, grant_runtime, upgrade
 from tests.conftest import API_TOKEN, PG_ADMIN_URL
 
@@ -110,6 +110,29 @@ def test_pay_at_once_records_the_client_of_a_new_request_and_leaves_another_clie
     assert payments.pay_at_once(engine, order, settings, client="staff") is None  # not the plain case: untouched
     with sessions.begin() as session:
         assert requests.get(session, "mine").status == "queued"
+
+
+def test_card_money_records_the_client_of_its_request_and_a_refund_the_client_of_its_own(sessions, tokens) -> None:
+    """No Stripe call is needed: card money is booked as the webhook reports it, and a refund
+    is booked before it is sent to the card."""
+    settings = Settings()
+    with sessions.begin() as session:
+        order = topups.parse_topup({"request_id": "top-1", "member_id": "ann", "amount": "60.00"}, settings)
+        topups.record_topup(session, order, client="portal")
+        asked = topups.open_attempt(session, key="k-top", kind=CardPaymentKind.MANUAL_TOP_UP, member_id="ann",
+                                    amount=60_00, request_id="top-1")
+        swept = topups.open_attempt(session, key="k-sweep", kind=CardPaymentKind.AUTO_TOP_UP, member_id="bob",
+                                    amount=20_00)
+        assert asked is not None and swept is not None
+        topups.book_card_money(session, asked, payment_intent_id="pi_top")
+        topups.book_card_money(session, swept, payment_intent_id="pi_sweep")
+        refund = refunds.parse({"request_id": "rf-1", "payment_intent_id": "pi_top", "by": "admin",
+                                "admin_id": "a-1", "amount": "5.00"}, settings)
+        refunds.record(session, refund, client="staff")
+        refunds.book(session, refund, settings)
+    assert client_of(sessions, "card:k-top") == "portal"
+    assert client_of(sessions, "card:k-sweep") is None  # the sweep's: no client asked for it
+    assert client_of(sessions, "refund:rf-1") == "staff"
 
 
 @pytest.fixture
