@@ -188,6 +188,12 @@ def get(session: Session, request_id: str) -> Request:
     return Request(**found._mapping)
 
 
+def client_of(session: Session, request_id: str) -> str | None:
+    """The client that made the request; None if it has none or is not stored (card money is
+    booked all the same: the money has moved)."""
+    return session.scalar(select(_TABLE.c.client).where(_TABLE.c.request_id == request_id))
+
+
 def finish(
     session: Session,
     row: Request,

@@ -194,7 +194,7 @@ def book_card_money(session: Session, attempt: CardPayment, *, payment_intent_id
     The entry records the client of the request the card paid for (a top-up, a payment's
     checkout or auto top-up); none for the sweep's auto top-ups, which no client asked for."""
     member = profiles.get_member(session, attempt.member_id)
-    client = requests.get(session, attempt.request_id).client if attempt.request_id else None
+    client = requests.client_of(session, attempt.request_id) if attempt.request_id else None
     stripe = profiles.system_account(session, SystemAccount.STRIPE)
     booking = ledger.post(
         session,
