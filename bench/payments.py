@@ -156,7 +156,7 @@ def seed_history(url: str, sent: Counter) -> int:
             """SELECT count(*) FILTER (WHERE (r.p).outcome = 'booked') FROM (
                  SELECT ledger_post('payment:history-' || i, md5(i::text), 'Club Payment', 'Table money',
                                     'history-' || i, now(), NULL, NULL, NULL, false,
-                                    ARRAY[m.account_id, o.account_id], ARRAY[-%(amount)s, %(amount)s]::bigint[]) AS p
+                                    ARRAY[m.account_id, o.account_id], ARRAY[-%(amount)s, %(amount)s]::bigint[], NULL) AS p
                  FROM generate_series(1, %(n)s) AS i
                  JOIN members m ON m.member_id = 'm' || (i %% %(m)s)
                  JOIN organisations o ON o.org_id = 'o' || (i %% %(o)s)) AS r""",

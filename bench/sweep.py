@@ -104,7 +104,7 @@ SELECT count(*) FILTER (WHERE (r).outcome = 'booked') FROM (
   SELECT ledger_post(
            'bench:{key}:' || p.member_id, md5('bench:{key}:' || p.member_id), '{entry_type}',
            '{description}', p.member_id, now(), NULL, NULL, NULL, true,
-           ARRAY[{credit}, {debit}], ARRAY[{amount}, -({amount})]) AS r
+           ARRAY[{credit}, {debit}], ARRAY[{amount}, -({amount})], NULL) AS r
     FROM plan p
     JOIN LATERAL (SELECT a.id AS account FROM accounts a
                    WHERE a.kind = 'member' AND a.owner = p.member_id) m ON true

@@ -32,7 +32,8 @@ class Adjustment:
     allow_negative: bool = False
 
 
-def book_adjustment(session: Session, adjustment: Adjustment) -> Booking:
+def book_adjustment(session: Session, adjustment: Adjustment, *, client: str | None = None) -> Booking:
+    """Book it for `client` (who is recorded on the entry; `admin_id` is only a note)."""
     if adjustment.amount == 0:
         raise InvalidInput("amount: an adjustment of 0.00 books nothing", field="amount")
     if adjustment.member_id is not None:
@@ -51,6 +52,7 @@ def book_adjustment(session: Session, adjustment: Adjustment) -> Booking:
         lines=(Line(account_id, adjustment.amount), Line(adjustments, -adjustment.amount)),
         admin_id=adjustment.admin_id,
         allow_negative=adjustment.allow_negative,
+        client=client,
     )
     legacy = _legacy_booking(session, adjustment.request_id, entry)
     return legacy if legacy is not None else ledger.post(session, entry)

@@ -21,6 +21,7 @@ from typing import Any
 
 from celery import Celery
 
+from shared import callbacks
 from shared.config import Settings
 from shared.db import make_engine, make_sessions
 from shared.errors import ConfigError
@@ -95,3 +96,26 @@ def status(request_id: str, settings: Settings | None = None) -> dict[str, Any]:
             return requests.status_document(requests.get(session, request_id))
     finally:
         engine.dispose()
+
+
+def verify_callback(kwargs: dict[str, Any], callback_key: str) -> bool:
+    """Whether a callback's kwargs are as this service signed them with your `callback_key`
+    (from `payments clients add`; for the bootstrap client `admin`, `admin_callback_key()`).
+    Call it with the kwargs exactly as received; a False is a forged or altered callback.
+
+        @app.task(name="events.payment_done")
+        def payment_done(**kwargs):
+            if not client.verify_callback(kwargs, EVENTS_CALLBACK_KEY):
+                raise ValueError("callback: bad signature")
+    """
+    return callbacks.verify(kwargs, callback_key)
+
+
+def admin_callback_key(api_token: str | None = None) -> str:
+    """The callback key of the bootstrap client `admin`, derived from PAYMENTS_API_TOKEN (the
+    environment's, unless given): it signs the callbacks of its requests and of requests with
+    no recorded client."""
+    token = api_token if api_token is not None else Settings.from_env().api_token
+    if not token:
+        raise ValueError("PAYMENTS_API_TOKEN is not set: the admin callback key is derived from it")
+    return callbacks.bootstrap_key(token)

@@ -24,8 +24,8 @@ books under, so no caller-chosen id can take the key another booking needs.
 On PostgreSQL these steps run inside the `ledger_post` function (migration 0003): one round
 trip per booking. Since migration 0010 it runs as the schema's owner (SECURITY DEFINER) and
 checks its arguments as `_validate` does, because the service's runtime role may write the
-ledger only through it (DESIGN invariant 10). Elsewhere (SQLite, the embedded default) `_post_portable` runs the same
-steps from Python.
+ledger only through it (DESIGN invariant 10). Since 0011 it also records the entry's `client`. Elsewhere (SQLite, the embedded default)
+`_post_portable` runs the same steps from Python.
 """
 
 from __future__ import annotations
@@ -65,6 +65,11 @@ class Entry:
     event_id: str | None = None
     session_id: str | None = None
     admin_id: str | None = None
+    # The client whose request made the booking (shared/access.py); None for the service's own
+    # work (card money of the auto top-up sweep, a reconciled charge with no request). Not part
+    # of the payload hash: it says who asked, not what was booked, and the request id already
+    # belongs to one client (`requests.record`).
+    client: str | None = None
     # Only an admin adjustment may take an account below zero, and only when asked to.
     allow_negative: bool = False
 
@@ -116,7 +121,8 @@ _LEDGER_POST = (
     "SELECT outcome, entry_id, created_at, short_account, short_balance, checked_accounts,"
     " balances_after FROM ledger_post("
     "%(key)s, %(hash)s, %(type)s, %(description)s, %(reference)s, %(created_at)s, %(event_id)s,"
-    " %(session_id)s, %(admin_id)s, %(allow_negative)s, %(accounts)s::bigint[], %(amounts)s::bigint[])"
+    " %(session_id)s, %(admin_id)s, %(allow_negative)s, %(accounts)s::bigint[], %(amounts)s::bigint[],"
+    " %(client)s)"
 )
 
 
@@ -138,6 +144,7 @@ def _post_postgresql(session: Session, entry: Entry, created_at: datetime) -> Bo
                 "allow_negative": entry.allow_negative,
                 "accounts": [line.account_id for line in entry.lines],
                 "amounts": [line.amount for line in entry.lines],
+                "client": entry.client,
             },
         )
         .one()
@@ -184,6 +191,7 @@ def _post_portable(session: Session, entry: Entry, created_at: datetime) -> Book
             event_id=entry.event_id,
             session_id=entry.session_id,
             admin_id=entry.admin_id,
+            client=entry.client,
         )
         .returning(JournalEntry.id)
     ).scalar_one_or_none()
@@ -272,6 +280,8 @@ def _validate(entry: Entry) -> None:
     total = sum(line.amount for line in entry.lines)
     if total != 0:
         raise UnbalancedEntry(f"entry {entry.key}: postings sum to {format_cents(total)}, not 0.00")
+    if entry.client is not None and not 1 <= len(entry.client) <= 64:
+        raise InvalidInput(f"entry {entry.key}: client must be 1 to 64 characters", field="client")
     if entry.allow_negative and not (entry.admin_id and entry.type is EntryType.MANUAL_ADJUSTMENT):
         raise InvalidInput(
             f"entry {entry.key}: only an admin adjustment may allow a negative balance",

@@ -191,6 +191,8 @@ class JournalEntry(Base):
     event_id: Mapped[str | None] = mapped_column(String(64))
     session_id: Mapped[str | None] = mapped_column(String(64))
     admin_id: Mapped[str | None] = mapped_column(String(64))
+    # The client whose request booked it (CONTRACT "Clients and scopes"); None: the service's own.
+    client: Mapped[str | None] = mapped_column(String(64))
 
 
 class Posting(Base):

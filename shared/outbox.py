@@ -7,6 +7,9 @@ open, then marks it sent. A failed send backs off exponentially with jitter and 
 error; after `max_attempts` the row is `dead` until an operator replays it. Consumers dedupe by
 `request_id`.
 
+A callback row holds its kwargs unsigned; they are signed as they are sent (`signer_for`,
+`shared.callbacks`), under the callback key of the client recorded on the request.
+
 The ids of rows added in a session are kept in `session.info["outbox"]`, so the edge that
 commits can hand them to the dispatcher at once.
 """
@@ -17,6 +20,7 @@ import logging
 import random
 import smtplib
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from email.message import EmailMessage
 from typing import Any
@@ -25,10 +29,11 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import access, callbacks
 from shared.config import Settings
 from shared.db import dialect_insert, exclusive
 from shared.errors import NotFound, PaymentsError
-from shared.models import OutboxKind, OutboxMessage, OutboxStatus, utcnow
+from shared.models import Client, OutboxKind, OutboxMessage, OutboxStatus, PaymentRequest, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +65,12 @@ def _deliver(
 ) -> tuple[str, float | None]:
     with sessions.begin() as session:
         message = claim(session, outbox_id, max_attempts=settings.outbox_max_attempts)
+        # Read with the claim, so that no transaction is open while the message is sent.
+        signer = signer_for(session, message, settings) if message is not None else None
     if message is None:
         return "skipped", None
     try:
-        where = send(message, settings, send_task)
+        where = send(message, settings, send_task, signer)
     except Exception as exc:
         with sessions.begin() as session:
             delay = record_failure(
@@ -181,14 +188,50 @@ def due(session: Session, *, limit: int = 500, now: datetime | None = None) -> l
     )
 
 
-def send(message: OutboxMessage, settings: Settings, send_task: SendTask) -> str:
-    """Send one message; no database transaction may be open. Returns where it went."""
+@dataclass(frozen=True)
+class Signer:
+    """Who asked for a callback's request, and the key its callback is signed with (None when
+    there is none to sign with: the callback is then not sent, never sent unsigned)."""
+
+    client: str | None
+    key: str | None = field(repr=False)
+    missing: str = ""
+
+    def sign(self, payload: dict[str, Any]) -> dict[str, Any]:
+        if self.key is None:
+            raise DeliveryFailed(f"callback not signed: {self.missing}")
+        return callbacks.signed({**payload, "client": self.client}, self.key)
+
+
+def signer_for(session: Session, message: OutboxMessage, settings: Settings) -> Signer | None:
+    """The signer of a callback (None for an e-mail): the client recorded on its request, so
+    that every path that writes callback rows (`requests.finish`, `pay_request`) and every
+    sender (dispatch, relay, replay) sign alike. A revoked client's key is still used: its
+    requests made before the revocation still get their callbacks. The bootstrap client
+    `admin`, and a request with no recorded client, use the key derived from
+    PAYMENTS_API_TOKEN (`callbacks.bootstrap_key`)."""
+    if message.kind != OutboxKind.CALLBACK.value:
+        return None
+    client = session.scalar(select(PaymentRequest.client).where(PaymentRequest.request_id == message.request_id))
+    if client is None or client == access.BOOTSTRAP_NAME:
+        if not settings.api_token:
+            return Signer(client, None, "PAYMENTS_API_TOKEN is not set (the admin callback key is derived from it)")
+        return Signer(client, callbacks.bootstrap_key(settings.api_token))
+    key = session.scalar(select(Client.callback_key).where(Client.name == client))
+    return Signer(client, key, f"client {client} is not known")
+
+
+def send(message: OutboxMessage, settings: Settings, send_task: SendTask, signer: Signer | None = None) -> str:
+    """Send one message; no database transaction may be open. Returns where it went. A callback
+    is sent with its client and signature (CONTRACT "Celery") from `signer`."""
     if message.kind == OutboxKind.CALLBACK.value:
         code = message.payload["route_code"]
         route = settings.callback_routes.get(code)
         if route is None:
             raise DeliveryFailed(f"no callback route for code {code!r} in PAYMENTS_CALLBACK_ROUTES")
-        send_task(route.task, message.payload, route.queue)
+        if signer is None:
+            raise DeliveryFailed("callback not signed: no signer given")
+        send_task(route.task, signer.sign(message.payload), route.queue)
         return f"{route.task}@{route.queue}"
     if settings.notify_task is not None:
         route = settings.notify_task

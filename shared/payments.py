@@ -140,12 +140,16 @@ NOT_PLAIN = "CB001"
 _PAY_REQUEST = text(
     "SELECT entry_id, balance, outbox_id FROM pay_request(:request_id, :request_hash, CAST(:payload AS json),"
     " :member_id, :amount, :route_code, :organisation_id, :other_member_id, :type, :description, :event_id,"
-    " :session_id, :now, :low_limit, CAST(:callback AS json))"
+    " :session_id, :now, :low_limit, CAST(:callback AS json), :client)"
 )
 
 
-def pay_at_once(engine: Engine, order: PaymentOrder, settings: Settings) -> list[int] | None:
+def pay_at_once(
+    engine: Engine, order: PaymentOrder, settings: Settings, *, client: str | None = None
+) -> list[int] | None:
     """Decide a plain payment as `paid` in one autocommitted statement (PostgreSQL only).
+    `client` makes a new request, as in `requests.claim`; a recorded one keeps its maker, who
+    is recorded on the journal entry.
 
     Returns the outbox rows written (its callback, if it has a route code), or None when the
     request is not the plain case: nothing was written, and `pay` must decide it."""
@@ -155,7 +159,8 @@ def pay_at_once(engine: Engine, order: PaymentOrder, settings: Settings) -> list
     callback = None
     if order.route_code:
         callback = requests.callback_kwargs(
-            order.request_id, order.route_code, order.route_payload, RequestStatus.PAID, order.amount, None
+            order.request_id, order.route_code, order.route_payload, RequestStatus.PAID, order.amount, None,
+            member_id=order.member_id, organisation_id=order.organisation_id,
         )
     params = {
         "request_id": order.request_id,
@@ -173,6 +178,7 @@ def pay_at_once(engine: Engine, order: PaymentOrder, settings: Settings) -> list
         "now": utcnow(),
         "low_limit": settings.auto_topup_low_limit,
         "callback": None if callback is None else json.dumps(callback),
+        "client": client,
     }
     with db.one_statement(engine) as connection:
         try:
@@ -229,6 +235,7 @@ def _decide(
                     lines=(Line(payer, -order.amount), Line(parties.payee_account, order.amount)),
                     event_id=order.event_id,
                     session_id=order.session_id,
+                    client=row.client,
                 ),
             )
         except InsufficientFunds as exc:  # nothing written; the member's lock is held

@@ -131,7 +131,7 @@ def book(session: Session, order: RefundOrder, settings: Settings) -> requests.R
         booking = ledger.post(session, Entry(
             key=f"refund:{order.request_id}", type=EntryType.CARD_REFUND,
             description=f"Refund to card of {order.payment_intent_id}", reference=order.request_id,
-            lines=tuple(lines), admin_id=order.admin_id,
+            lines=tuple(lines), admin_id=order.admin_id, client=row.client,
         ))
     except InsufficientFunds as exc:
         requests.finish(session, row, RequestStatus.DECLINED, reason=exc.message)
@@ -268,6 +268,7 @@ def _reverse(session: Session, request_id: str, reason: str, settings: Settings)
         key=f"refund-reversal:{request_id}", type=EntryType.CARD_REFUND,
         description=f"Refund to card of {order.payment_intent_id} not made", reference=request_id,
         lines=tuple(Line(account, -amount) for account, amount in entry), allow_negative=False,
+        client=row.client,
     ))
     if card is not None:
         card.refunded -= row.amount

@@ -188,6 +188,12 @@ def get(session: Session, request_id: str) -> Request:
     return Request(**found._mapping)
 
 
+def client_of(session: Session, request_id: str) -> str | None:
+    """The client that made the request; None if it has none or is not stored (card money is
+    booked all the same: the money has moved)."""
+    return session.scalar(select(_TABLE.c.client).where(_TABLE.c.request_id == request_id))
+
+
 def finish(
     session: Session,
     row: Request,
@@ -214,15 +220,26 @@ def finish(
          "amount": row.amount, "updated_at": row.updated_at},
     )
     if row.route_code and row.status in TERMINAL:
-        route_payload = row.payload.get("route_payload")
-        kwargs = callback_kwargs(row.request_id, row.route_code, route_payload, status, row.amount, reason)
+        kwargs = callback_kwargs(
+            row.request_id, row.route_code, row.payload.get("route_payload"), status, row.amount, reason,
+            member_id=row.member_id, organisation_id=_organisation_of(row.payload),
+        )
         outbox.add_callback(session, request_id=row.request_id, kwargs=kwargs)
 
 
 def callback_kwargs(
-    request_id: str, route_code: str, route_payload: Any, status: RequestStatus, amount: int, reason: str | None
+    request_id: str,
+    route_code: str,
+    route_payload: Any,
+    status: RequestStatus,
+    amount: int,
+    reason: str | None,
+    *,
+    member_id: str | None,
+    organisation_id: str | None,
 ) -> dict[str, Any]:
-    """The CONTRACT kwargs of a request's callback task."""
+    """The CONTRACT kwargs of a request's callback task, as the outbox keeps them: `client` and
+    `signature` are added when it is sent (`outbox.signer_for`)."""
     return {
         "request_id": request_id,
         "route_code": route_code,
@@ -230,7 +247,16 @@ def callback_kwargs(
         "status": "success" if status in SUCCESS_STATUSES else "failure",
         "amount": format_cents(amount),
         "reason": reason,
+        "member_id": member_id,
+        "organisation_id": organisation_id,
     }
+
+
+def _organisation_of(payload: dict[str, Any]) -> str | None:
+    """The organisation a request pays (a payment's `organisation_id`), if it names one that is
+    a string (a malformed request sent by task name may not)."""
+    found = payload.get("organisation_id")
+    return found if isinstance(found, str) else None
 
 
 def reject(session: Session, kind: RequestKind, raw: dict[str, Any], reason: str, *, client: str | None = None

@@ -135,7 +135,7 @@ def settle(session: Session, order: SettlementOrder, settings: Settings) -> requ
     results = []
     for org_id, override in order.organisations:
         try:  # a refusal writes nothing, so the other organisations go on
-            results.append(_settle_one(session, order, org_id, override, settings))
+            results.append(_settle_one(session, order, org_id, override, settings, client=row.client))
         except (NotFound, InsufficientFunds) as exc:
             results.append({"organisation_id": org_id, "status": "failed", "reason": exc.message})
     requests.finish(
@@ -149,7 +149,8 @@ def settle(session: Session, order: SettlementOrder, settings: Settings) -> requ
 
 
 def _settle_one(
-    session: Session, order: SettlementOrder, org_id: str, override: int | None, settings: Settings
+    session: Session, order: SettlementOrder, org_id: str, override: int | None, settings: Settings,
+    *, client: str | None,
 ) -> dict[str, Any]:
     """One organisation, under its account lock (taken by `settle`)."""
     key = f"settlement:{org_id}:{order.reference_date.isoformat()}"
@@ -194,6 +195,7 @@ def _settle_one(
                 description=f"Settlement to {order.reference_date.isoformat()}",
                 reference=order.request_id,
                 lines=tuple(lines),
+                client=client,
             ),
         )
     except Conflict:  # a concurrent request settled it first

@@ -211,8 +211,12 @@ def made_for(metadata: Mapping[str, Any], attempt_id: int, member_id: str) -> bo
 
 
 def book_card_money(session: Session, attempt: CardPayment, *, payment_intent_id: str) -> Booking:
-    """Stripe took the money: book it to the member (once per attempt) and e-mail an auto top-up."""
+    """Stripe took the money: book it to the member (once per attempt) and e-mail an auto top-up.
+
+    The entry records the client of the request the card paid for (a top-up, a payment's
+    checkout or auto top-up); none for the sweep's auto top-ups, which no client asked for."""
     member = profiles.get_member(session, attempt.member_id)
+    client = requests.client_of(session, attempt.request_id) if attempt.request_id else None
     stripe = profiles.system_account(session, SystemAccount.STRIPE)
     booking = ledger.post(
         session,
@@ -222,6 +226,7 @@ def book_card_money(session: Session, attempt: CardPayment, *, payment_intent_id
             description="Card payment" if attempt.kind == CardPaymentKind.CHECKOUT.value else "Top up by card",
             reference=payment_intent_id,
             lines=(Line(member.account_id, attempt.amount), Line(stripe, -attempt.amount)),
+            client=client,
         ),
     )
     attempt.status = CardPaymentStatus.SUCCEEDED.value

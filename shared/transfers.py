@@ -87,6 +87,7 @@ def transfer(session: Session, order: TransferOrder, settings: Settings) -> requ
         description=order.description,
         reference=order.request_id,
         lines=(Line(source, -order.amount), Line(target, order.amount)),
+        client=row.client,
     )
     try:
         ledger.post(session, entry)

@@ -177,7 +177,7 @@ def post_adjustment() -> ResponseReturnValue:
         **{target: fields.identifier(body[target], target)},
     )
     with context.transaction() as session:
-        booking = book_adjustment(session, adjustment)
+        booking = book_adjustment(session, adjustment, client=auth.principal().name)
     result = {
         "request_id": adjustment.request_id,
         "status": "booked",

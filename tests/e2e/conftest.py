@@ -48,6 +48,8 @@ def worker_env(database_url: str, **extra: str) -> dict[str, str]:
         "PAYMENTS_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "PAYMENTS_STRIPE_PUBLISHABLE_KEY": PUBLISHABLE_KEY,
         "PAYMENTS_CALLBACK_ROUTES": ROUTES,
+        # The bootstrap client's callback key is derived from it (shared.client.admin_callback_key).
+        "PAYMENTS_API_TOKEN": API_TOKEN,
         "PAYMENTS_OUTBOX_MAX_ATTEMPTS": "3",
         "PAYMENTS_OUTBOX_BACKOFF_SECONDS": "0.2",
         "PAYMENTS_REDRIVE_AFTER_SECONDS": "0.5",

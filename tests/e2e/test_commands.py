@@ -67,7 +67,7 @@ def test_db_upgrade_migrates_as_the_owner_and_grants_the_runtime_role_only_its_p
             key_updatable = conn.execute("SELECT has_column_privilege(%s, 'payment_requests', 'request_id', 'UPDATE')",
                                          [role]).fetchone()
             may_book = conn.execute("SELECT has_function_privilege(%s, 'ledger_post(text, text, text, text, text,"
-                                    " timestamptz, text, text, text, boolean, bigint[], bigint[])', 'EXECUTE')",
+                                    " timestamptz, text, text, text, boolean, bigint[], bigint[], text)', 'EXECUTE')",
                                     [role]).fetchone()
     finally:
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:

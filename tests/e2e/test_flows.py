@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import client as payments_client
-from shared import messages, outbox, payments
+from shared import access, messages, outbox, payments
 from shared.config import Settings
 from shared.models import OutboxMessage
 from tests.conftest import API_TOKEN
@@ -65,10 +65,11 @@ def test_a_payment_posted_over_http_is_paid_by_the_worker_and_called_back(client
     assert outcome(client, auth, "r1") == {"request_id": "r1", "kind": "payment", "status": "paid", "amount": "30.00",
                                             "client": "admin"}
     assert (balance_of(sessions, world["ann"]), balance_of(sessions, world["club"])) == (70_00, 30_00)
-    assert wait_for(received, "the callback") == [
-        {"request_id": "r1", "route_code": "EVT", "route_payload": {"entry": 12},
-         "status": "success", "amount": "30.00", "reason": None}
-    ]
+    [callback] = wait_for(received, "the callback")
+    assert callback == {"request_id": "r1", "route_code": "EVT", "route_payload": {"entry": 12}, "status": "success",
+                        "amount": "30.00", "reason": None, "member_id": "ann", "organisation_id": "club",
+                        "client": "admin", "signature": callback["signature"]}
+    assert payments_client.verify_callback(callback, payments_client.admin_callback_key(API_TOKEN))
     again = client.post("/api/payments", json=payment(route_code="EVT", route_payload={"entry": 12}), headers=auth)
     assert (again.status_code, again.get_json()["status"]) == (200, "paid")
     assert client.post("/api/payments", json=payment(amount="31.00"), headers=auth).status_code == 409
@@ -203,7 +204,9 @@ def test_a_callback_with_no_route_ends_dead_and_replays_once_the_route_is_fixed(
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"outbox {message.id}: sent"
-    assert [c["route_code"] for c in wait_for(received, "the replayed callback")] == ["GONE"]
+    [replayed] = wait_for(received, "the replayed callback")
+    assert replayed["route_code"] == "GONE"
+    assert payments_client.verify_callback(replayed, payments_client.admin_callback_key(API_TOKEN))
 
 
 def test_a_request_stored_while_its_task_was_lost_is_redriven_and_paid(world, sessions, settings) -> None:
@@ -224,7 +227,31 @@ def test_a_callback_whose_dispatch_was_lost_is_sent_by_the_relay(sessions, setti
         outbox.add_callback(session, request_id="lost", kwargs={"request_id": "lost", "route_code": "EVT",
                             "route_payload": None, "status": "success", "amount": "1.00", "reason": None})
     messages.send("payments.relay_outbox", {}, queue="outbox", settings=settings)
-    assert [c["request_id"] for c in wait_for(received, "the relayed callback")] == ["lost"]
+    [relayed] = wait_for(received, "the relayed callback")
+    assert relayed["request_id"] == "lost"
+    assert payments_client.verify_callback(relayed, payments_client.admin_callback_key(API_TOKEN))
+
+
+def test_a_callback_for_a_stored_clients_request_verifies_with_its_key_and_not_once_changed(
+    client, world, sessions, received
+) -> None:
+    """What a calling module does with each callback: verify it with its own callback key
+    (from `payments clients add`) before trusting it."""
+    with sessions.begin() as session:
+        events = access.add(session, "events", ["payments"], route_codes=["EVT"])
+        other = access.add(session, "portal", ["payments"])
+    headers = {"Authorization": f"Bearer {events.token}"}
+    assert client.post("/api/payments", json=payment(request_id="ev-1", route_code="EVT"), headers=headers).status_code == 202
+    [callback] = wait_for(received, "the callback")
+    assert (callback["client"], callback["member_id"], callback["organisation_id"]) == ("events", "ann", "club")
+    assert payments_client.verify_callback(callback, events.callback_key)
+    for forged in ({"amount": "3000.00"}, {"status": "failure"}, {"request_id": "ev-2"}):
+        assert not payments_client.verify_callback(callback | forged, events.callback_key)
+    assert not payments_client.verify_callback(callback, other.callback_key)
+    assert not payments_client.verify_callback(callback, payments_client.admin_callback_key(API_TOKEN))
+    with sessions.begin() as session:
+        client_of_entry = session.scalar(text("SELECT client FROM journal_entries WHERE idempotency_key = 'payment:ev-1'"))
+    assert client_of_entry == "events"
 
 
 def test_the_workers_log_is_json_and_holds_no_configured_secret(client, auth, world, worker, received) -> None:
@@ -237,5 +264,5 @@ def test_the_workers_log_is_json_and_holds_no_configured_secret(client, auth, wo
     lines = [line for line in worker.read_text().splitlines() if line.startswith("{")]
     task_lines = [json.loads(line) for line in lines if '"task": "payments.pay"' in line]
     assert any(entry.get("request_id") == "r1" for entry in task_lines)
-    for secret in (STRIPE_TEST_KEY, WEBHOOK_SECRET):
+    for secret in (STRIPE_TEST_KEY, WEBHOOK_SECRET, API_TOKEN):
         assert secret not in worker.read_text()

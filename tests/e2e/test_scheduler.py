@@ -129,9 +129,9 @@ def test_a_charge_whose_booking_never_happened_is_booked_by_the_reconciler(
                                       amount=100_00)
         attempt.tries = 1
         attempt.updated_at = datetime.now(UTC) - timedelta(hours=1)
-    # Charged at Stripe, then the worker died before booking it: no webhook will come.
-    gateway.charge_saved_card(customer_id=customer, amount_cents=100_00, idempotency_key="lost-1",
-                              metadata={"attempt_key": "lost-1"})
+        made_for = topups.intent_metadata("lost-1", attempt.id, "ann", CardPaymentKind.AUTO_TOP_UP.value)
+    # Charged at Stripe as the worker charges, then it died before booking it: no webhook will come.
+    gateway.charge_saved_card(customer_id=customer, amount_cents=100_00, idempotency_key="lost-1", metadata=made_for)
     messages.send("payments.reconcile", {}, queue="topups", settings=settings)
     wait_for(lambda: auto_top_ups(sessions) == 1, "the reconciler to book the charge")
     assert charges_at_stripe(browser, customer) == [100_00]  # found, not charged again

@@ -15,6 +15,7 @@ from shared.ledger import Entry, Line
 from shared.models import EntryType, Member, SystemAccount, utcnow
 from shared.profiles import OrganisationDetails
 from shared.stripe_gateway import StripeGateway
+from tests.conftest import API_TOKEN
 from tests.integration.helpers import add_member, at_once, deadlocks
 from tests.stripe_fixture import STRIPE_TEST_KEY, browser_for, customer_with_card
 
@@ -104,7 +105,7 @@ def test_one_outbox_row_delivered_by_two_processes_at_once_is_sent_once(sessions
         while not outcomes and time.monotonic() < deadline:
             time.sleep(0.01)
 
-    config = Settings(callback_routes=parse_routes("EVT=events.done@events"))
+    config = Settings(callback_routes=parse_routes("EVT=events.done@events"), api_token=API_TOKEN)
     deliver = lambda: outcomes.append(outbox.deliver(sessions, outbox_id, config, slow_send)[0])  # noqa: E731
     assert at_once(deliver, deliver) == []
     assert sorted(outcomes) == ["sent", "skipped"] and sent == ["r1"]

@@ -123,7 +123,7 @@ def _raw_ledger_post(session, key: str, accounts: list[int], amounts: list[int])
     session.execute(
         text(
             "SELECT * FROM ledger_post(:key, 'h', 'Miscellaneous', 'd', 'r', now(), NULL, NULL, NULL,"
-            " false, CAST(:accounts AS bigint[]), CAST(:amounts AS bigint[]))"
+            " false, CAST(:accounts AS bigint[]), CAST(:amounts AS bigint[]), NULL)"
         ),
         {"key": key, "accounts": accounts, "amounts": amounts},
     )

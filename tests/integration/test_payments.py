@@ -67,7 +67,7 @@ def test_enough_money_books_the_payment_and_calls_back_success(sessions, world) 
     assert balance_of(sessions, world["club"]) == 30_00
     assert callbacks(sessions) == [
         {"request_id": "r1", "route_code": "EVT", "route_payload": {"entry": 7},
-         "status": "success", "amount": "30.00", "reason": None}
+         "status": "success", "amount": "30.00", "reason": None, "member_id": "ann", "organisation_id": "club"}
     ]
     assert AT_ONCE["paid"] == (["r1"] if AT_ONCE["try"] else [])
 

@@ -110,12 +110,12 @@ def test_the_runtime_role_cannot_turn_the_triggers_off(runtime_sessions, account
 def _ledger_post(session: Session | Connection, accounts: list[int], amounts: list[int | None], **fields: object) -> str:
     """Call the database's ledger_post directly, past every check in shared.ledger."""
     values = {"key": "raw", "hash": "h", "type": "Miscellaneous", "description": "d", "admin_id": None,
-              "allow_negative": False, "accounts": accounts, "amounts": amounts} | fields
+              "allow_negative": False, "accounts": accounts, "amounts": amounts, "client": None} | fields
     return str(
         session.execute(
             text(
                 "SELECT outcome FROM ledger_post(:key, :hash, :type, :description, 'r', now(), NULL, NULL, :admin_id,"
-                " :allow_negative, CAST(:accounts AS bigint[]), CAST(:amounts AS bigint[]))"
+                " :allow_negative, CAST(:accounts AS bigint[]), CAST(:amounts AS bigint[]), :client)"
             ),
             values,
         ).scalar_one()
@@ -136,6 +136,8 @@ def _ledger_post(session: Session | Connection, accounts: list[int], amounts: li
                      id="long description"),
         pytest.param({"ann": 500, "stripe": -500}, {"allow_negative": None}, "allow_negative are required",
                      id="NULL allow_negative"),
+        pytest.param({"ann": 500, "stripe": -500}, {"client": ""}, "client must be 1 to 64", id="empty client"),
+        pytest.param({"ann": 500, "stripe": -500}, {"client": "c" * 65}, "client must be 1 to 64", id="long client"),
     ],
 )
 def test_ledger_post_called_directly_refuses_a_bad_entry_before_writing(
