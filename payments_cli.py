@@ -162,7 +162,10 @@ def _bind(host: str, port: int) -> str:
 def _worker(extra: Sequence[str]) -> int:
     from worker.app import QUEUES, app
 
-    argv = ["worker", "--queues", ",".join(QUEUES), "--loglevel", "INFO", *extra]
+    _needs_service_key(app, "worker")
+    # No mingle (it asks the other workers through remote control, which is off: worker/app.py)
+    # and no gossip (workers watching each other's events): the broker user reads no events.
+    argv = ["worker", "--queues", ",".join(QUEUES), "--loglevel", "INFO", "--without-mingle", "--without-gossip", *extra]
     app.worker_main(argv)
     return 0
 
@@ -171,9 +174,17 @@ def _beat(extra: Sequence[str]) -> int:
     from scheduler.schedule import beat_schedule
     from worker.app import app
 
+    _needs_service_key(app, "beat")
     app.conf.beat_schedule = beat_schedule()
     app.start(["beat", "--loglevel", "INFO", *extra])
     return 0
+
+
+def _needs_service_key(app: "Celery", verb: str) -> None:
+    """The worker and beat sign and check the service's own task messages with a key derived
+    from PAYMENTS_API_TOKEN (shared.messages): without it every internal task would be refused."""
+    if app.conf.payments_service_key is None:
+        raise SystemExit(f"payments {verb}: PAYMENTS_API_TOKEN is required (it signs the service's own task messages)")
 
 
 def _events_replay(event_id: str) -> int:

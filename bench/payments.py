@@ -60,9 +60,8 @@ from pathlib import Path
 
 import psycopg
 import redis
-from celery import Celery
 
-from shared import client, ledger, profiles, schema
+from shared import client, ledger, messages, profiles, schema
 from shared.config import Settings
 from shared.db import make_engine, make_sessions
 from shared.ledger import Entry, Line
@@ -82,6 +81,9 @@ QUEUE = "payments"
 TARGET = 0.4  # payments should reach at least this fraction of the ceiling
 WORKER_LOG = ROOT / "var" / "bench-payments-worker.log"
 HOSTNAME = "bench-payments@%h"
+# The bootstrap client for this run: the payments carry it as their token, and the worker signs
+# and checks its own messages with a key derived from it (shared.messages). Not a secret.
+TOKEN = "bench-token-not-a-secret-but-long-enough-for-the-check"
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,7 @@ def start_worker(database_url: str) -> subprocess.Popen:
         **os.environ,
         "PAYMENTS_DATABASE_URL": database_url,
         "PAYMENTS_BROKER_URL": BROKER_URL,
+        "PAYMENTS_API_TOKEN": TOKEN,
         "PYTHONUNBUFFERED": "1",
     }
     command = [str(Path(sys.executable).with_name("payments")), "worker", "--concurrency", "2",
@@ -192,22 +195,16 @@ def start_worker(database_url: str) -> subprocess.Popen:
 
 
 def wait_for_worker(process: subprocess.Popen, timeout: float = 60.0) -> None:
-    sender = Celery(broker=BROKER_URL, set_as_current=False)
+    """Until the worker logs that it is ready (its remote control is off: no ping)."""
     deadline = time.monotonic() + timeout
-    try:
-        while True:
-            if process.poll() is not None:
-                sys.exit(f"the worker exited ({process.returncode}); see {WORKER_LOG}")
-            try:
-                if sender.control.ping(timeout=0.5):
-                    return
-            except Exception:
-                pass
-            if time.monotonic() > deadline:
-                sys.exit(f"the worker did not answer control.ping within {timeout:.0f}s; see {WORKER_LOG}")
-            time.sleep(0.1)
-    finally:
-        sender.close()
+    while True:
+        if process.poll() is not None:
+            sys.exit(f"the worker exited ({process.returncode}); see {WORKER_LOG}")
+        if ' ready."' in WORKER_LOG.read_text(errors="replace"):
+            return
+        if time.monotonic() > deadline:
+            sys.exit(f"the worker was not ready within {timeout:.0f}s; see {WORKER_LOG}")
+        time.sleep(0.1)
 
 
 def stop_worker(process: subprocess.Popen, timeout: float = 30.0) -> int:
@@ -253,7 +250,7 @@ class CpuMeter:
 
 
 def run_ceiling(broker: redis.Redis, n: int) -> Row:
-    sender = client.celery_for(BROKER_URL)
+    sender = client.celery_for(BROKER_URL, messages.service_key(TOKEN))  # signed: the worker runs them
     start = time.perf_counter()
     for _ in range(n):
         sender.send_task("payments.ping", queue=QUEUE)
@@ -287,7 +284,7 @@ def run_payments(name: str, n: int, settings: Settings, database_url: str,
         count = "SELECT count(*) FROM payment_requests WHERE status = 'paid' AND request_id LIKE %s"
         start = time.perf_counter()
         for request_id, member, org in orders:
-            client.pay(settings, request_id=request_id, member_id=member, amount="1.00",
+            client.pay(settings, token=TOKEN, request_id=request_id, member_id=member, amount="1.00",
                        description="Table money", organisation_id=org, payment_type="Club Payment")
         enqueued = time.perf_counter()
         deadline = start + 300
@@ -380,7 +377,7 @@ def main() -> int:
     sent: Counter = Counter()
     print(f"booking {HISTORY} earlier payments as history ...", flush=True)
     history = seed_history(database_url, sent)
-    settings = Settings(database_url=database_url, broker_url=BROKER_URL)
+    settings = Settings(database_url=database_url, broker_url=BROKER_URL, api_token=TOKEN)
 
     print(f"starting the worker (log: {WORKER_LOG}) ...", flush=True)
     process = start_worker(database_url)

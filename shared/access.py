@@ -1,6 +1,7 @@
 """Clients, scopes and bindings: who may call the service and what each may do (CONTRACT
 "Clients and scopes"; DESIGN invariant 10). One module for both doors: `webhook/` calls it for
-every `/api/*` request, and the worker is to call it for every task sent by name.
+every `/api/*` request, and the worker (through `shared.messages`) for every money task sent
+by name.
 
 - A *client* is stored in `clients` with its scopes, optional bindings (route codes, a
   request-id prefix, organisations) and a callback key; its tokens are kept only as SHA-256

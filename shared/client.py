@@ -2,6 +2,11 @@
 enqueue the request by task name (needing only Celery and the broker URL); `status` reads the
 outcome. The kwargs are the fields of the HTTP bodies in CONTRACT.
 
+Each message carries the calling module's client token (`token=`, else PAYMENTS_CLIENT_TOKEN)
+in the message header `payments_token`, never in the kwargs, so Flower and logs do not show
+it; the worker authenticates it and checks the client's scopes and bindings
+(`shared.messages`), as the HTTP API does for the same token.
+
     from shared import client
     client.pay(request_id="evt-123-ann", member_id="ann", amount="25.00",
                description="Congress entry", organisation_id="nsw", route_code="EVT")
@@ -10,6 +15,7 @@ outcome. The kwargs are the fields of the HTTP bodies in CONTRACT.
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from typing import Any
 
@@ -18,45 +24,64 @@ from celery import Celery
 from shared import callbacks
 from shared.config import Settings
 from shared.db import make_engine, make_sessions
+from shared.errors import ConfigError
 
 QUEUE = "payments"
 # Every queue the service consumes; `celery` is Celery's default, for tasks sent with no queue.
 QUEUES = ("webhooks", "payments", "topups", "outbox", "celery")
+TOKEN_ENV = "PAYMENTS_CLIENT_TOKEN"
+TOKEN_HEADER = "payments_token"
 
 
 @cache
-def celery_for(broker_url: str) -> Celery:
+def celery_for(broker_url: str, service_key: bytes | None = None) -> Celery:
     """A bare Celery app that only sends, JSON only, and fails at once when the broker is down
     (no connection or publish retries, which took 0.6 s a message): every caller has the
     request stored already (the webhook, the HTTP edge) and the scheduler redrives it, or is a
-    calling module that gets the error at once and sends again."""
-    return Celery("payments-client", broker=broker_url, set_as_current=False,
-                  config_source={"task_serializer": "json", "accept_content": ["json"],
-                                 "task_publish_retry": False, "broker_transport_options": {"max_retries": 0}})
+    calling module that gets the error at once and sends again. With the service's own key
+    (`shared.messages.service_key`; only the service's processes have it) every message it
+    publishes is signed as the service's."""
+    config: dict[str, Any] = {"task_serializer": "json", "accept_content": ["json"],
+                              "task_publish_retry": False, "broker_transport_options": {"max_retries": 0}}
+    if service_key is None:
+        return Celery("payments-client", broker=broker_url, set_as_current=False, config_source=config)
+    config["payments_service_key"] = service_key
+    return Celery("payments-service", broker=broker_url, set_as_current=False, config_source=config,
+                  amqp="shared.messages:SigningAMQP")
 
 
-def send(task: str, kwargs: dict[str, Any], *, queue: str = QUEUE, settings: Settings | None = None) -> None:
+def send(task: str, kwargs: dict[str, Any], *, queue: str = QUEUE, settings: Settings | None = None,
+         token: str | None = None) -> None:
+    """Enqueue `task` by name as the client whose token is given (else PAYMENTS_CLIENT_TOKEN)."""
     settings = settings or Settings.from_env()
-    celery_for(settings.broker_url).send_task(task, kwargs=kwargs, queue=queue)
+    token = token or os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise ConfigError(f"{TOKEN_ENV}: not set, and no token= given: the worker refuses a task without one",
+                          field=TOKEN_ENV)
+    # On Redis the worker has declared the queues: a calling module's broker user may only push
+    # to them and read their bindings (README "Security model"), so it declares nothing.
+    declare: list[Any] | None = [] if settings.broker_url.startswith(("redis://", "rediss://")) else None
+    celery_for(settings.broker_url).send_task(task, kwargs=kwargs, queue=queue, headers={TOKEN_HEADER: token},
+                                              declare=declare)
 
 
-def pay(settings: Settings | None = None, **fields: Any) -> str:
-    send("payments.pay", fields, settings=settings)
+def pay(settings: Settings | None = None, *, token: str | None = None, **fields: Any) -> str:
+    send("payments.pay", fields, settings=settings, token=token)
     return str(fields.get("request_id"))
 
 
-def transfer(settings: Settings | None = None, **fields: Any) -> str:
-    send("payments.transfer", fields, settings=settings)
+def transfer(settings: Settings | None = None, *, token: str | None = None, **fields: Any) -> str:
+    send("payments.transfer", fields, settings=settings, token=token)
     return str(fields.get("request_id"))
 
 
-def topup(settings: Settings | None = None, **fields: Any) -> str:
-    send("payments.topup", fields, settings=settings)
+def topup(settings: Settings | None = None, *, token: str | None = None, **fields: Any) -> str:
+    send("payments.topup", fields, settings=settings, token=token)
     return str(fields.get("request_id"))
 
 
-def settle(settings: Settings | None = None, **fields: Any) -> str:
-    send("payments.settle", fields, settings=settings)
+def settle(settings: Settings | None = None, *, token: str | None = None, **fields: Any) -> str:
+    send("payments.settle", fields, settings=settings, token=token)
     return str(fields.get("request_id"))
 
 

@@ -65,7 +65,7 @@ class Request:
     attempts: int
     created_at: datetime
     updated_at: datetime
-    client: str | None  # who made it (shared/access.py); None when sent by task name
+    client: str | None  # who made it (shared/access.py); None for a request older than clients
 
     @property
     def queued(self) -> bool:
@@ -259,18 +259,36 @@ def _organisation_of(payload: dict[str, Any]) -> str | None:
     return found if isinstance(found, str) else None
 
 
-def reject(session: Session, kind: RequestKind, raw: dict[str, Any], reason: str) -> Request:
+def reject(session: Session, kind: RequestKind, raw: dict[str, Any], reason: str, *, client: str | None = None
+           ) -> Request:
     """Record a malformed request sent by task name as `failed`, with its failure callback.
 
-    Raises `InvalidInput` if it has no usable request id, so it cannot be recorded at all.
+    Raises `InvalidInput` if it has no usable request id, so it cannot be recorded at all, and
+    `Conflict` if another client made it.
     """
     request_id = fields.identifier(raw.get("request_id"), "request_id")
     route_code = raw.get("route_code")
     route_code = route_code if isinstance(route_code, str) and 0 < len(route_code) <= 64 else None
     safe = json.loads(json.dumps(raw, default=str))
-    row = claim(session, kind, request_id, safe, amount=0, route_code=route_code)
+    row = claim(session, kind, request_id, safe, amount=0, route_code=route_code, client=client)
     if row.queued:
         finish(session, row, RequestStatus.FAILED, reason=reason)
+    return row
+
+
+def refuse(session: Session, kind: RequestKind, raw: dict[str, Any], reason: str, *, client: str | None = None
+           ) -> Request | None:
+    """Record a task message that `shared.access` refused as a `failed` request, only if its id
+    is new: a stored request is never changed by a refused message (None then). No route code
+    is kept, so no callback goes out. Raises `InvalidInput` without a usable request id."""
+    request_id = fields.identifier(raw.get("request_id"), "request_id")
+    safe = json.loads(json.dumps(raw, default=str))
+    params = _new_row(kind, request_id, safe, 0, None, None, attempts=1, client=client)
+    found = session.connection().execute(_STATEMENTS[dialect_name(session)][0], params).one_or_none()
+    if found is None:
+        return None
+    row = Request(**found._mapping)
+    finish(session, row, RequestStatus.FAILED, reason=reason)
     return row
 
 

@@ -2,7 +2,8 @@
 `/api/settlements` check every field (a 4xx names the bad one), store the request as `queued`,
 enqueue its task and answer 202; `GET /api/payments/{request_id}` reads any request's outcome.
 
-A request is stored before its task is sent. If the broker is down it stays `queued` and
+A request is stored before its task is sent, as the service's own signed message (the client
+was authorised here; `shared.messages`). If the broker is down it stays `queued` and
 `payments.redrive_requests` sends it later, so an accepted request is never lost.
 """
 
@@ -16,7 +17,8 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from kombu.exceptions import OperationalError as BrokerError
 
-from shared import access, client, fields, payments, refunds, requests, settlements, topups, transfers
+from shared import access, fields, messages, payments, refunds, requests, settlements, topups, transfers
+from shared.client import QUEUE
 from webhook import auth, context
 from webhook.auth import action
 
@@ -76,7 +78,7 @@ def _accept(
         kind = row.kind
     if row.queued:
         try:
-            client.send(requests.TASK_FOR_KIND[kind], order.payload(), settings=context.settings())
+            messages.send(requests.TASK_FOR_KIND[kind], order.payload(), queue=QUEUE, settings=context.settings())
         except BrokerError:
             log.warning("request %s stored but not enqueued; it will be redriven", order.request_id)
     return jsonify(document), 202 if created else 200

@@ -19,7 +19,7 @@ from flask.typing import ResponseReturnValue
 from kombu.exceptions import OperationalError as BrokerError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from shared import client, inbox
+from shared import inbox, messages
 from shared.db import one_statement
 from shared.errors import PaymentsError, ServiceUnavailable
 from shared.rejections import reason_for
@@ -48,7 +48,7 @@ def receive() -> ResponseReturnValue:
         accepted = inbox.accept(connection, event)
     if not accepted.duplicate:
         try:
-            client.send("payments.process_stripe_event", {"event_id": accepted.event_id}, queue="webhooks",
+            messages.send("payments.process_stripe_event", {"event_id": accepted.event_id}, queue="webhooks",
                         settings=settings)
         except BrokerError:
             log.warning("event %s stored but not enqueued; the scheduler will redrive it", accepted.event_id)

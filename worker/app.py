@@ -1,21 +1,32 @@
 """The Celery app, configured as DESIGN.md asks: late acks, re-delivery of tasks whose worker
-died, one task prefetched at a time, JSON only, explicit queues and time limits."""
+died, one task prefetched at a time, JSON only, explicit queues and time limits.
+
+Trust (DESIGN invariant 10; `shared.messages`): every message this app publishes (the worker's,
+and beat's periodic ones) is signed as the service's; every task is a `PaymentsTask`, which
+runs an internal task only for a message the service signed, and lets a money task decide who
+sent it (`worker.tasks`). Remote control is off: anyone who can write to the broker could
+otherwise shut workers down or revoke tasks; Flower follows workers and tasks through their
+events (README "Security model")."""
 
 from __future__ import annotations
 
+import logging
 from functools import cache
+from typing import Any
 
-from celery import Celery, signals
+from celery import Celery, Task, signals
 from kombu import Exchange, Queue
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import logs
+from shared import logs, messages
 from shared.client import QUEUES
 from shared.config import Settings
 from shared.db import make_engine, make_sessions
 from shared.stripe_gateway import StripeGateway
 
+
+log = logging.getLogger(__name__)
 
 ROUTES = {
     "payments.pay": {"queue": "payments"},
@@ -36,9 +47,48 @@ ROUTES = {
 }
 
 
+# What a message may ask to be sent after it: nothing the service sends uses them, and the worker
+# would publish them, signed, as its own.
+LINKS = ("callbacks", "errbacks", "chain", "chord")
+
+
+class PaymentsTask(Task):  # type: ignore[misc]
+    """Every task of the service. A message asking for linked tasks is dropped; an internal task
+    (the default, so a new task is closed until it says otherwise) runs only for a message
+    signed by the service; a money task (`clients = True`) checks its sender itself, as the
+    request it records depends on who that is. A refused message is logged and dropped: no
+    money moves, and it is not retried."""
+
+    clients = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        request = self.request
+        if request.called_directly:  # a function call in this process, not a message
+            return super().__call__(*args, **kwargs)
+        linked = [name for name in LINKS if getattr(request, name, None)]
+        for name in linked:
+            setattr(request, name, None)
+        if linked:
+            log.error("%s: message refused: it asks for linked tasks (%s)", self.name, ", ".join(linked))
+            return "refused"
+        if not self.clients and not messages.from_service(
+            self.app.conf.payments_service_key, self.name, args, kwargs, headers_of(request)
+        ):
+            log.error("%s: message refused: not signed by the service", self.name)
+            return "refused"
+        # The tracer has pushed this message's request; Task.__call__ would push a bare one.
+        return self.run(*args, **kwargs)
+
+
+def headers_of(request: Any) -> dict[str, Any]:
+    """The trust headers of a task's message (Celery puts custom headers on its request)."""
+    return {name: request.get(name) for name in messages.HEADERS}
+
+
 def create_celery(config: Settings | None = None) -> Celery:
     config = config or Settings.from_env()
-    app = Celery("payments", broker=config.broker_url, include=["worker.tasks", "scheduler.jobs"])
+    app = Celery("payments", broker=config.broker_url, include=["worker.tasks", "scheduler.jobs"],
+                 task_cls=PaymentsTask, amqp="shared.messages:SigningAMQP")
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -57,6 +107,10 @@ def create_celery(config: Settings | None = None) -> Celery:
         task_time_limit=90,
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        # No remote control (shutdown, revoke, rate limits... for anyone on the broker). Workers
+        # still send heartbeat events, so Flower sees them; `-E` adds task events (compose).
+        worker_enable_remote_control=False,
+        payments_service_key=messages.service_key(config.api_token),
     )
     if config.broker_url.startswith(("redis://", "rediss://")):
         # Longer than any retry countdown, so Redis never redelivers a task still waiting.

@@ -1,5 +1,9 @@
 """Celery tasks: thin, named `payments.*`, each one step in one transaction calling `shared`.
 
+Every message is checked before it runs (`worker.app.PaymentsTask`, `shared.messages`): an
+internal task needs the service's signature; a money task sent by name needs a client token
+allowed to make that request, and records the client's name on it.
+
 Tasks take ids or plain JSON fields, never ORM objects. Transient database, broker or Stripe
 errors retry with exponential backoff and jitter; bad input is recorded as a failed request and
 never retried. Kwargs that are exactly a stored request's normal form (a redrive) are rebuilt
@@ -20,10 +24,11 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from shared import charges, outbox, payments, refunds, requests, settlements, stripe_events, topups, transfers
-from shared.errors import Conflict, InvalidInput, StripeUnavailable
+from shared import charges, messages, outbox, payments, refunds, requests, settlements, stripe_events, topups, transfers
+from shared.access import Principal
+from shared.errors import Conflict, Forbidden, InvalidInput, StripeUnavailable, Unauthenticated
 from shared.models import RequestKind, RequestStatus
-from worker.app import app, engine, gateway, sessions, settings
+from worker.app import app, engine, gateway, headers_of, sessions, settings
 
 log = logging.getLogger(__name__)
 
@@ -37,29 +42,29 @@ RETRY = {
 }
 
 
-@app.task(name="payments.pay", soft_time_limit=20, time_limit=30, **RETRY)
-def pay(**fields: Any) -> str:
-    return _decide(RequestKind.PAYMENT, fields, payments.parse, payments.pay, at_once=payments.pay_at_once)
+@app.task(name="payments.pay", bind=True, clients=True, soft_time_limit=20, time_limit=30, **RETRY)
+def pay(self: Task, **fields: Any) -> str:
+    return _decide(self, RequestKind.PAYMENT, fields, payments.parse, payments.pay, at_once=payments.pay_at_once)
 
 
-@app.task(name="payments.transfer", soft_time_limit=20, time_limit=30, **RETRY)
-def transfer(**fields: Any) -> str:
-    return _decide(RequestKind.TRANSFER, fields, transfers.parse, transfers.transfer)
+@app.task(name="payments.transfer", bind=True, clients=True, soft_time_limit=20, time_limit=30, **RETRY)
+def transfer(self: Task, **fields: Any) -> str:
+    return _decide(self, RequestKind.TRANSFER, fields, transfers.parse, transfers.transfer)
 
 
-@app.task(name="payments.settle", soft_time_limit=120, time_limit=150, **RETRY)
-def settle(**fields: Any) -> str:
-    return _decide(RequestKind.SETTLEMENT, fields, settlements.parse, settlements.settle)
+@app.task(name="payments.settle", bind=True, clients=True, soft_time_limit=120, time_limit=150, **RETRY)
+def settle(self: Task, **fields: Any) -> str:
+    return _decide(self, RequestKind.SETTLEMENT, fields, settlements.parse, settlements.settle)
 
 
-@app.task(name="payments.topup", soft_time_limit=60, time_limit=90, **RETRY)
-def topup(**fields: Any) -> str:
-    return _decide(RequestKind.TOPUP, fields, topups.parse_topup, topups.topup)
+@app.task(name="payments.topup", bind=True, clients=True, soft_time_limit=60, time_limit=90, **RETRY)
+def topup(self: Task, **fields: Any) -> str:
+    return _decide(self, RequestKind.TOPUP, fields, topups.parse_topup, topups.topup)
 
 
-@app.task(name="payments.refund", soft_time_limit=60, time_limit=90, **RETRY)
-def refund(**fields: Any) -> str:
-    return _decide(RequestKind.REFUND, fields, refunds.parse, refunds.book)
+@app.task(name="payments.refund", bind=True, clients=True, soft_time_limit=60, time_limit=90, **RETRY)
+def refund(self: Task, **fields: Any) -> str:
+    return _decide(self, RequestKind.REFUND, fields, refunds.parse, refunds.book)
 
 
 # Each kind's order rebuilt from its stored normal form, without today's limits.
@@ -69,6 +74,14 @@ FROM_PAYLOAD: dict[RequestKind, Callable[[dict[str, Any]], Any]] = {
     RequestKind.SETTLEMENT: settlements.SettlementOrder.from_payload,
     RequestKind.TOPUP: topups.TopupOrder.from_payload,
     RequestKind.REFUND: refunds.RefundOrder.from_payload,
+}
+# Each kind's `record`: a request made by a client's message is stored under its name first.
+RECORD: dict[RequestKind, Callable[..., Any]] = {
+    RequestKind.PAYMENT: payments.record,
+    RequestKind.TRANSFER: transfers.record,
+    RequestKind.SETTLEMENT: settlements.record,
+    RequestKind.TOPUP: topups.record_topup,
+    RequestKind.REFUND: refunds.record,
 }
 
 
@@ -106,21 +119,48 @@ def ping() -> str:
 
 
 def _decide(
+    task: Task,
     kind: RequestKind,
     fields: dict[str, Any],
     parse: Callable[..., Any],
     act: Callable[[Session, Any, Any], Any],
     at_once: Callable[[Engine, Any, Any], list[int] | None] | None = None,
 ) -> str:
+    """Who sent it first (`shared.messages`): a refused message moves nothing. Then the request
+    is parsed (or rebuilt from its stored form), recorded under its client, and decided."""
     config = settings()
+    order, invalid = None, None
     try:
         order = parse(fields, config)
     except InvalidInput as exc:
-        # Accepted and stored before a limit was lowered (a redrive sends the stored form)?
+        invalid = exc
+    principal: Principal | None = None
+    client: str | None = None
+    stored: requests.Request | None = None
+    try:
         with sessions().begin() as session:
-            stored = requests.accepted(session, kind, fields)
+            # A function call in this process (a command, a test) is the service's own.
+            principal = None if task.request.called_directly else messages.sender(
+                session, app.conf.payments_service_key, config.api_token, task.name, task.request.args or (), fields,
+                headers_of(task.request))
+            messages.authorise(principal, task.name, fields)
+            client = None if principal is None else principal.name
+            if order is not None and client is not None:
+                RECORD[kind](session, order, client=client)  # who asked, before anything is decided
+            if order is None:
+                stored = requests.accepted(session, kind, fields)
+    except (Unauthenticated, Forbidden) as refusal:
+        return _refuse(kind, fields, refusal, principal)
+    except Conflict as exc:
+        log.warning("%s %s refused: %s", kind.value, fields.get("request_id"), exc.message)
+        return "conflict"
+    if order is None:
+        # Accepted and stored before a limit was lowered (a redrive sends the stored form)?
         if stored is None:
-            return _reject(kind, fields, exc)
+            return _reject(kind, fields, invalid or InvalidInput("invalid"), client)
+        if client is not None and stored.client not in (None, client):
+            log.warning("%s %s refused: made by another client", kind.value, stored.request_id)
+            return "conflict"
         if not stored.queued:
             return stored.status
         order = FROM_PAYLOAD[kind](stored.payload)
@@ -157,11 +197,29 @@ def carry_out(effects: charges.Effects) -> None:
         dispatch(current.outbox)
 
 
-def _reject(kind: RequestKind, fields: dict[str, Any], exc: InvalidInput) -> str:
-    """A malformed request sent by name: fail it (with its callback) if it can be named at all."""
+def _refuse(kind: RequestKind, fields: dict[str, Any], refusal: Unauthenticated | Forbidden,
+            principal: Principal | None) -> str:
+    """A message `shared.access` refused: nothing moves. Its request, if it names one not
+    stored yet, is recorded `failed` with the refusal as its reason (`unauthenticated: ...`,
+    `forbidden: ...`), under the client when one was authenticated. A stored request, whoever
+    made it, is left as it is. No callback: a refused sender must not make the service send
+    messages to other modules (README "Security model")."""
+    reason = f"{refusal.code}: {refusal.message}"
+    log.warning("%s %s refused: %s", kind.value, fields.get("request_id"), reason)
     try:
         with sessions().begin() as session:
-            requests.reject(session, kind, fields, exc.message)
+            requests.refuse(session, kind, fields, reason, client=None if principal is None else principal.name)
+    except InvalidInput as unrecordable:
+        log.warning("%s message dropped: %s", kind.value, unrecordable.message)
+    return refusal.code
+
+
+def _reject(kind: RequestKind, fields: dict[str, Any], exc: InvalidInput, client: str | None) -> str:
+    """A malformed request sent by name: fail it (with its callback) if it can be named at all,
+    and is not another client's."""
+    try:
+        with sessions().begin() as session:
+            requests.reject(session, kind, fields, exc.message, client=client)
             outbox_ids = session.info.pop("outbox", [])
     except (InvalidInput, Conflict) as unrecordable:
         log.error("%s request dropped: %s (%s)", kind.value, exc.message, unrecordable.message)

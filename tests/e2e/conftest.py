@@ -18,7 +18,7 @@ from celery import Celery
 import urllib.request
 
 from tests.conftest import API_TOKEN
-from tests.e2e.processes import free_port, start, stop, wait_for
+from tests.e2e.processes import free_port, readies, start, stop, wait_for
 from tests.stripe_fixture import STRIPE_TEST_KEY, register_webhook
 
 # A Redis database of its own per run, so side-by-side runs do not share queues.
@@ -41,6 +41,8 @@ def worker_env(database_url: str, **extra: str) -> dict[str, str]:
     return {
         "PAYMENTS_DATABASE_URL": database_url,
         "PAYMENTS_BROKER_URL": BROKER,
+        # The bootstrap client, and the key the service signs its own task messages with.
+        "PAYMENTS_API_TOKEN": API_TOKEN,
         "PAYMENTS_STRIPE_API_KEY": STRIPE_TEST_KEY,
         "PAYMENTS_STRIPE_API_BASE": STRIPE_BASE[0] if STRIPE_BASE else "",
         "PAYMENTS_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
@@ -82,11 +84,9 @@ def worker(
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     process = start(["worker", "--concurrency", "2", "--hostname", f"e2e-{REDIS_DB}@%h"],
                     worker_env(runtime_database_url), log)
-    sender = Celery(broker=BROKER)
-    wait_for(lambda: sender.control.ping(timeout=0.5) or process.poll() is not None, "the worker to start", 60)
+    wait_for(lambda: readies(log) or process.poll() is not None, "the worker to start", 60)
     assert process.poll() is None, log.read_text()[-3000:]
     yield log
-    sender.close()
     stop(process)
 
 

@@ -52,6 +52,21 @@ def wait_for(check: Callable[[], T | None], what: str, timeout: float = 30.0) ->
         time.sleep(0.1)
 
 
+def readies(log: Path) -> int:
+    """How many times a `payments worker` logging to `log` has said it is ready to consume (its
+    remote control is off, so a test cannot ping it): note it before a start, wait for one more."""
+    try:
+        return log.read_text(errors="replace").count(' ready."')
+    except FileNotFoundError:
+        return 0
+
+
+def idle(broker: redis.Redis, queues: tuple[str, ...] = ("payments",)) -> bool:
+    """No task waiting in these queues and none delivered and unacknowledged (late acks: a task
+    running or reserved stays in Redis's `unacked` until it is done)."""
+    return sum(broker.llen(queue) for queue in queues) == 0 and broker.hlen("unacked") == 0
+
+
 def stop(process: subprocess.Popen, timeout: float = 20.0) -> int:
     if process.poll() is None:
         process.terminate()

@@ -15,8 +15,7 @@ import stripe
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import client as payments_client
-from shared import ledger, profiles
+from shared import ledger, messages, profiles
 from shared.config import Settings
 from shared.ledger import Entry, Line
 from shared.models import CardPayment, EntryType, Member, SystemAccount
@@ -113,7 +112,7 @@ def test_the_top_up_after_a_payment_cut_off_by_a_stripe_outage_is_charged_once_b
         stripe_link.restore()
 
     def topped_up() -> bool:
-        payments_client.send("payments.reconcile", {}, queue="topups", settings=settings)
+        messages.send("payments.reconcile", {}, queue="topups", settings=settings)
         with sessions.begin() as session:
             return session.scalar(select(CardPayment.status)) == "succeeded"
 

@@ -15,9 +15,11 @@ import psycopg
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
+from shared import client as payments_client
+from shared import messages
 from shared.db import make_engine
-from tests.conftest import PG_ADMIN_URL
-from tests.e2e.processes import PAYMENTS, free_port, private_redis, start, stop, wait_for
+from tests.conftest import API_TOKEN, PG_ADMIN_URL
+from tests.e2e.processes import PAYMENTS, free_port, private_redis, readies, start, stop, wait_for
 
 
 def test_db_upgrade_creates_the_schema_and_running_it_again_changes_nothing(tmp_path: Path) -> None:
@@ -85,21 +87,21 @@ def test_worker_consumes_its_named_queues_and_celerys_default_queue(tmp_path: Pa
 def _worker_consumes(broker_url: str, log: Path) -> None:
     worker = start(
         ["worker", "--concurrency", "1", "--hostname", f"test-{uuid.uuid4().hex[:6]}@%h"],
-        {"PAYMENTS_BROKER_URL": broker_url},
+        {"PAYMENTS_BROKER_URL": broker_url, "PAYMENTS_API_TOKEN": API_TOKEN},
         log,
     )
-    sender = Celery(broker=broker_url)
+    sender = payments_client.celery_for(broker_url, messages.service_key(API_TOKEN))  # pings signed as the service's
     try:
-        wait_for(lambda: sender.control.ping(timeout=0.5), "the worker to answer a ping")
+        wait_for(lambda: readies(log) or worker.poll() is not None, "the worker to start")
         sent = [
             sender.send_task("payments.ping", queue="payments").id,
             sender.send_task("payments.ping").id,  # no queue: Celery's default `celery`
         ]
         for task_id in sent:
             wait_for(lambda: f"payments.ping[{task_id}] succeeded" in log.read_text(), f"task {task_id}")
+        assert "refused" not in log.read_text()
     finally:
         assert stop(worker) == 0, log.read_text()[-2000:]
-        sender.close()
 
 
 def test_run_serves_the_api_on_sqlite_and_ctrl_c_stops_everything(tmp_path: Path) -> None:

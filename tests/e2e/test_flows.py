@@ -16,7 +16,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import client as payments_client
-from shared import access, outbox, payments
+from shared import access, messages, outbox, payments
 from shared.config import Settings
 from shared.models import OutboxMessage
 from tests.conftest import API_TOKEN
@@ -86,7 +86,8 @@ def test_a_declined_payment_books_nothing_and_calls_back_failure(client, auth, w
 
 def test_twenty_payments_sent_at_once_through_the_worker_pay_exactly_ten(client, auth, world, sessions, settings) -> None:
     with ThreadPoolExecutor(20) as pool:
-        list(pool.map(lambda i: payments_client.pay(settings, **payment(request_id=f"c{i}", amount="10.00")), range(20)))
+        list(pool.map(lambda i: payments_client.pay(settings, token=API_TOKEN, **payment(request_id=f"c{i}", amount="10.00")),
+                      range(20)))
     statuses = [outcome(client, auth, f"c{i}")["status"] for i in range(20)]
     assert sorted(statuses) == ["declined"] * 10 + ["paid"] * 10
     assert (balance_of(sessions, world["ann"]), balance_of(sessions, world["club"])) == (0, 100_00)
@@ -96,7 +97,7 @@ def test_one_request_id_sent_five_times_at_once_books_once_and_calls_back_once(
     client, auth, world, sessions, settings, received
 ) -> None:
     with ThreadPoolExecutor(5) as pool:
-        list(pool.map(lambda _: payments_client.pay(settings, **payment(route_code="EVT")), range(5)))
+        list(pool.map(lambda _: payments_client.pay(settings, token=API_TOKEN, **payment(route_code="EVT")), range(5)))
     assert outcome(client, auth, "r1")["status"] == "paid"
     wait_for(lambda: sessions_attempts(sessions) == 5, "all five deliveries to be handled")
     assert balance_of(sessions, world["ann"]) == 70_00
@@ -111,7 +112,7 @@ def sessions_attempts(sessions: sessionmaker[Session]) -> int:
 def test_a_malformed_task_sent_by_name_fails_its_request_with_a_failure_callback(
     client, auth, world, settings, received
 ) -> None:
-    payments_client.pay(settings, **payment(amount=12.5, route_code="EVT"))
+    payments_client.pay(settings, token=API_TOKEN, **payment(amount=12.5, route_code="EVT"))
     result = outcome(client, auth, "r1")
     assert result["status"] == "failed"
     assert "amount: float 12.5 is not allowed" in result["reason"]
@@ -214,7 +215,7 @@ def test_a_request_stored_while_its_task_was_lost_is_redriven_and_paid(world, se
         payments.record(session, payments.parse(payment(), settings))
 
     def paid_after_redrive() -> bool:
-        payments_client.send("payments.redrive_requests", {}, settings=settings)
+        messages.send("payments.redrive_requests", {}, queue="payments", settings=settings)
         return payments_client.status("r1", settings)["status"] == "paid"
 
     wait_for(paid_after_redrive, "the redriven request to be paid")
@@ -225,7 +226,7 @@ def test_a_callback_whose_dispatch_was_lost_is_sent_by_the_relay(sessions, setti
     with sessions.begin() as session:
         outbox.add_callback(session, request_id="lost", kwargs={"request_id": "lost", "route_code": "EVT",
                             "route_payload": None, "status": "success", "amount": "1.00", "reason": None})
-    payments_client.send("payments.relay_outbox", {}, queue="outbox", settings=settings)
+    messages.send("payments.relay_outbox", {}, queue="outbox", settings=settings)
     [relayed] = wait_for(received, "the relayed callback")
     assert relayed["request_id"] == "lost"
     assert payments_client.verify_callback(relayed, payments_client.admin_callback_key(API_TOKEN))

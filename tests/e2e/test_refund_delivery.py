@@ -19,7 +19,6 @@ from typing import Any
 
 import pytest
 import stripe
-from celery import Celery
 from flask.testing import FlaskClient
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -28,7 +27,7 @@ from shared.config import Settings
 from shared.models import CardPaymentKind
 from shared.stripe_gateway import StripeGateway
 from tests.e2e.conftest import worker_env
-from tests.e2e.processes import private_redis, start, stop, wait_for
+from tests.e2e.processes import private_redis, readies, start, stop, wait_for
 from tests.e2e.proxy import TcpProxy
 from tests.integration.helpers import add_member, balance_of
 from tests.stripe_fixture import STRIPE_TEST_KEY, customer_with_card
@@ -64,11 +63,7 @@ def refund_worker(
                      PAYMENTS_TEST_CRASH_AFTER_REFUND_SENT=CRASH_AFTER_STRIPE,
                      PAYMENTS_RECONCILE_AFTER_SECONDS="1")  # for tests that send payments.reconcile
     process = start(["worker", "--concurrency", "1", "--hostname", f"refunds-{uuid.uuid4().hex[:8]}@%h"], env, log)
-    sender = Celery(broker=private_broker)
-    try:
-        wait_for(lambda: sender.control.ping(timeout=0.5) or process.poll() is not None, "the worker to start", 60)
-    finally:
-        sender.close()
+    wait_for(lambda: readies(log) or process.poll() is not None, "the worker to start", 60)
     assert process.poll() is None, log.read_text()[-3000:]
     yield log
     stop(process)

@@ -8,13 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import stripe
-from celery import Celery
 from celery.schedules import schedule
 from freezegun import freeze_time
 from sqlalchemy import func, select, update
 
-from shared import client as payments_client
-from shared import inbox, payments, requests, topups
+from shared import inbox, messages, payments, requests, topups
 from shared.config import Settings
 from shared.models import (
     CardPayment,
@@ -29,7 +27,7 @@ from shared.models import (
 )
 from shared.stripe_gateway import StripeGateway
 from tests.e2e.conftest import BROKER, HEAL_MAX_TRIES, PUBLISHABLE_KEY, WEBHOOK_SECRET
-from tests.e2e.processes import wait_for
+from tests.e2e.processes import idle, wait_for
 from tests.integration.helpers import add_member, balance_of, top_up
 from tests.stripe_fixture import STRIPE_TEST_KEY, customer_with_card, new_card
 
@@ -87,7 +85,7 @@ def test_a_member_below_the_limit_after_an_adjustment_is_topped_up_by_the_next_s
     customer = member_on_auto_topup(sessions, gateway, browser)
     client.post("/api/adjustments", headers=auth, json={"request_id": "a1", "member_id": "ann", "amount": "15.00",
                 "description": "Correction", "admin_id": "adm"})
-    payments_client.send("payments.sweep_auto_topups", {}, queue="topups", settings=settings)
+    messages.send("payments.sweep_auto_topups", {}, queue="topups", settings=settings)
     wait_for(lambda: auto_top_ups(sessions) == 1, "the sweep's top-up to be booked")
     with sessions.begin() as session:
         account = session.get(Member, "ann").account_id
@@ -98,10 +96,10 @@ def test_a_member_below_the_limit_after_an_adjustment_is_topped_up_by_the_next_s
 def test_two_sweeps_at_once_charge_the_member_once(client, auth, sessions, gateway, browser, settings) -> None:
     customer = member_on_auto_topup(sessions, gateway, browser)
     for _ in range(2):
-        payments_client.send("payments.sweep_auto_topups", {}, queue="topups", settings=settings)
+        messages.send("payments.sweep_auto_topups", {}, queue="topups", settings=settings)
     wait_for(lambda: auto_top_ups(sessions) == 1, "one top-up to be booked")
     # A third sweep now finds the member above the limit: still one charge.
-    payments_client.send("payments.sweep_auto_topups", {}, queue="topups", settings=settings)
+    messages.send("payments.sweep_auto_topups", {}, queue="topups", settings=settings)
     with sessions.begin() as session:
         assert session.scalar(select(func.count()).select_from(CardPayment)) == 1
     assert charges_at_stripe(browser, customer) == [100_00]
@@ -114,7 +112,7 @@ def test_an_event_whose_enqueue_was_lost_is_processed_after_the_redrive(sessions
         session.execute(update(StripeEvent).values(updated_at=datetime.now(UTC) - timedelta(minutes=5)))
 
     def handled() -> str | None:
-        payments_client.send("payments.redrive_inbox", {}, queue="webhooks", settings=settings)
+        messages.send("payments.redrive_inbox", {}, queue="webhooks", settings=settings)
         with sessions.begin() as session:
             status = session.scalar(select(StripeEvent.status))
         return status if status == "ignored" else None
@@ -134,7 +132,7 @@ def test_a_charge_whose_booking_never_happened_is_booked_by_the_reconciler(
         made_for = topups.intent_metadata("lost-1", attempt.id, "ann", CardPaymentKind.AUTO_TOP_UP.value)
     # Charged at Stripe as the worker charges, then it died before booking it: no webhook will come.
     gateway.charge_saved_card(customer_id=customer, amount_cents=100_00, idempotency_key="lost-1", metadata=made_for)
-    payments_client.send("payments.reconcile", {}, queue="topups", settings=settings)
+    messages.send("payments.reconcile", {}, queue="topups", settings=settings)
     wait_for(lambda: auto_top_ups(sessions) == 1, "the reconciler to book the charge")
     assert charges_at_stripe(browser, customer) == [100_00]  # found, not charged again
     with sessions.begin() as session:  # booked by the reconciler, not by a webhook delivery
@@ -152,7 +150,7 @@ def test_an_unpaid_checkout_expires_after_a_day_with_its_failure_callback(
              "the checkout")
     intent_id = client.get("/api/payments/c1", headers=auth).get_json()["checkout"]["payment_intent_id"]
     a_day_ago(sessions)
-    payments_client.send("payments.expire_checkouts", {}, queue="topups", settings=settings)
+    messages.send("payments.expire_checkouts", {}, queue="topups", settings=settings)
     callbacks = wait_for(received, "the failure callback")
     assert [(c["request_id"], c["status"]) for c in callbacks] == [("c1", "failure")]
     assert client.get("/api/payments/c1", headers=auth).get_json()["reason"] == (
@@ -212,7 +210,7 @@ def test_a_checkout_never_made_at_stripe_is_reopened_by_the_reconciler_not_charg
                                       amount=60_00, request_id="r1")
         attempt.tries = 1
     a_day_ago(sessions, hours=1)
-    payments_client.send("payments.reconcile", {}, queue="topups", settings=settings)
+    messages.send("payments.reconcile", {}, queue="topups", settings=settings)
     wait_for(lambda: attempt_of(sessions, "lost-checkout").status != "pending", "the reconciler to take the attempt")
     reopened = attempt_of(sessions, "lost-checkout")
     assert reopened.status == CardPaymentStatus.AWAITING_CARD.value  # a checkout for the browser, again
@@ -228,7 +226,7 @@ def test_a_manual_top_up_with_the_saved_card_is_charged_by_the_reconciler(sessio
         topups.open_attempt(session, key="topup:t1", kind=CardPaymentKind.MANUAL_TOP_UP, member_id="ann",
                             amount=60_00, request_id="t1")
     a_day_ago(sessions, hours=1)
-    payments_client.send("payments.reconcile", {}, queue="topups", settings=settings)
+    messages.send("payments.reconcile", {}, queue="topups", settings=settings)
     wait_for(lambda: status_of(sessions, "t1") == RequestStatus.PAID.value, "the saved card top-up to be paid")
     assert charges_at_stripe(browser, customer) == [60_00]
 
@@ -254,7 +252,7 @@ def test_an_attempt_stripe_does_not_know_does_not_stop_the_reconciler_and_fails_
                         .values(updated_at=datetime.now(UTC) - timedelta(hours=2)))
     gateway.charge_saved_card(customer_id=customer, amount_cents=100_00, idempotency_key="lost-1",
                               metadata={"attempt_key": "lost-1"})
-    payments_client.send("payments.reconcile", {}, queue="topups", settings=settings)
+    messages.send("payments.reconcile", {}, queue="topups", settings=settings)
     wait_for(lambda: auto_top_ups(sessions) == 1, "the reconciler to book the charge behind the poison row")
     tried = attempt_of(sessions, "poison")
     assert (tried.status, tried.heal_tries) == ("awaiting_card", 1)
@@ -263,7 +261,7 @@ def test_an_attempt_stripe_does_not_know_does_not_stop_the_reconciler_and_fails_
     with sessions.begin() as session:  # its last try is due
         session.execute(update(CardPayment).where(CardPayment.attempt_key == "poison")
                         .values(heal_tries=HEAL_MAX_TRIES - 1, next_heal_at=None))
-    payments_client.send("payments.reconcile", {}, queue="topups", settings=settings)
+    messages.send("payments.reconcile", {}, queue="topups", settings=settings)
     callbacks = wait_for(received, "the failure callback of the given-up checkout")
     assert [(c["request_id"], c["status"]) for c in callbacks] == [("p1", "failure")]
     assert "not settled after 20 tries" in callbacks[0]["reason"]
@@ -299,7 +297,7 @@ def test_a_new_stuck_request_is_redriven_behind_a_thousand_and_one_that_stay_stu
         if status_of(sessions, "fresh") == RequestStatus.PAID.value:
             return True
         if broker.llen("payments") == 0:  # the last redrive is worked off: the next minute's
-            payments_client.send("payments.redrive_requests", {}, settings=settings)
+            messages.send("payments.redrive_requests", {}, queue="payments", settings=settings)
         return False
 
     wait_for(paid, "the new request to be redriven and paid", timeout=120)
@@ -309,9 +307,7 @@ def test_a_new_stuck_request_is_redriven_behind_a_thousand_and_one_that_stay_stu
 def worked_off(broker) -> None:
     """Wait until the worker has run every task still queued, so the next test's clean start
     does not race it."""
-    inspector = Celery(broker=BROKER).control.inspect(timeout=1)
-    wait_for(lambda: broker.llen("payments") == 0 and not any((inspector.active() or {"-": [1]}).values()),
-             "the worker to work off the redriven tasks", timeout=120)
+    wait_for(lambda: idle(broker), "the worker to work off the redriven tasks", timeout=120)
 
 
 def test_a_request_that_stays_stuck_fails_with_its_callback_after_its_last_redrive(
@@ -320,7 +316,7 @@ def test_a_request_that_stays_stuck_fails_with_its_callback_after_its_last_redri
     stuck_requests(sessions, settings, 1, age=timedelta(hours=1), route_code="EVT")
     with sessions.begin() as session:  # tried every time but the last
         session.execute(update(PaymentRequest).values(heal_tries=HEAL_MAX_TRIES))
-    payments_client.send("payments.redrive_requests", {}, settings=settings)
+    messages.send("payments.redrive_requests", {}, queue="payments", settings=settings)
     callbacks = wait_for(received, "the failure callback of the given-up request")
     assert [(c["request_id"], c["status"]) for c in callbacks] == [("stuck-0000", "failure")]
     assert status_of(sessions, "stuck-0000") == RequestStatus.FAILED.value
@@ -341,7 +337,7 @@ def test_a_checkout_paid_at_stripe_just_before_it_expires_is_booked_not_failed(
     browser.v1.payment_intents.update(intent_id, {"payment_method": new_card(browser)})
     assert browser.v1.payment_intents.confirm(intent_id).status == "succeeded"
     a_day_ago(sessions)
-    payments_client.send("payments.expire_checkouts", {}, queue="topups", settings=settings)
+    messages.send("payments.expire_checkouts", {}, queue="topups", settings=settings)
     callbacks = wait_for(received, "the callback")
     assert [(c["request_id"], c["status"]) for c in callbacks] == [("c1", "success")]
     assert status_of(sessions, "c1") == RequestStatus.PAID.value

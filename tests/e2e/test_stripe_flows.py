@@ -28,10 +28,11 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import client as payments_client
-from shared import payments
+from shared import messages, payments
 from shared.config import Settings
 from shared.models import CardPayment, Member, OutboxMessage, StripeEvent
 from shared.stripe_gateway import StripeGateway, sign_webhook
+from tests.conftest import API_TOKEN
 from tests.e2e.conftest import BROKER, PUBLISHABLE_KEY, REDIS_DB, WEBHOOK_SECRET, worker_env
 from tests.e2e.processes import free_port, start, stop, wait_for
 from tests.integration.helpers import add_member, add_organisation, balance_of
@@ -563,7 +564,7 @@ def test_a_worker_dying_after_the_charge_is_redelivered_and_books_the_charge_onc
     process = start(["worker", "--concurrency", "1", "--hostname", f"crash-{REDIS_DB}-{uuid.uuid4().hex[:6]}@%h"],
                     env, log)
     try:
-        payments_client.pay(replace(settings, broker_url=broker), **payment(request_id=request_id))
+        payments_client.pay(replace(settings, broker_url=broker), token=API_TOKEN, **payment(request_id=request_id))
         result = outcome(client, auth, request_id, timeout=60)
     finally:
         stop(process)
@@ -739,7 +740,7 @@ def test_cancelling_while_an_auto_top_up_waits_to_be_charged_means_it_is_never_c
         session.get(CardPayment, attempt_id).updated_at = datetime.now(UTC) - timedelta(hours=1)
 
     assert client.delete("/api/members/ann/auto-topup", headers=auth).status_code == 200
-    payments_client.send("payments.reconcile", {}, queue="topups", settings=settings)
+    messages.send("payments.reconcile", {}, queue="topups", settings=settings)
 
     result = status_becomes(client, auth, request_id, "declined")
     assert result["reason"] == "auto top-up failed: auto top-up cancelled"

@@ -34,7 +34,7 @@ from celery import Celery
 from shared.schema import upgrade
 from shared.stripe_gateway import sign_webhook
 from tests.e2e.conftest import worker_env
-from tests.e2e.processes import free_port, start, stop, wait_for
+from tests.e2e.processes import free_port, readies, start, stop, wait_for
 
 # PostgreSQL --------------------------------------------------------------------------------
 
@@ -250,11 +250,7 @@ def stack(
                 return response.status == 200
 
         wait_for(up, "the webhook server", 30)
-        sender = Celery(broker=broker_url)
-        try:
-            wait_for(lambda: sender.control.ping(timeout=0.5), "the worker to answer a ping", 60)
-        finally:
-            sender.close()
+        wait_for(lambda: readies(directory / "worker.log"), "the worker to start", 60)
         supervisor.start()
         yield running
     finally:

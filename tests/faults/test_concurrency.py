@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from celery import Celery
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
@@ -45,7 +44,7 @@ from shared.models import EntryType, Member, SystemAccount, utcnow
 from shared.money import parse_cents
 from shared.stripe_gateway import StripeGateway
 from tests.e2e.conftest import BROKER, REDIS_DB, worker_env
-from tests.e2e.processes import start, stop, wait_for
+from tests.e2e.processes import readies, start, stop, wait_for
 from tests.faults.invariants import check_invariants, succeeded_intents
 from tests.integration.helpers import add_member, add_organisation
 from tests.stripe_fixture import STRIPE_TEST_KEY, browser_for, customer_with_card, reset_stripe
@@ -82,14 +81,11 @@ def more_workers(worker: Path, database_url: str, tmp_path: Path) -> Iterator[Pa
     log = tmp_path / "worker-4.log"
     hostname = f"contend-{REDIS_DB}-{uuid.uuid4().hex[:6]}"
     process = start(["worker", "--concurrency", "4", "--hostname", f"{hostname}@%h"], worker_env(database_url), log)
-    sender = Celery(broker=BROKER)
     try:
-        wait_for(lambda: any(hostname in name for reply in sender.control.ping(timeout=0.5) for name in reply)
-                 or process.poll() is not None, "the second worker", 60)
+        wait_for(lambda: readies(log) or process.poll() is not None, "the second worker", 60)
         assert process.poll() is None, log.read_text()[-3000:]
         yield log
     finally:
-        sender.close()
         stop(process)
 
 

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import client as payments_client
 from shared.config import Settings
 from shared.models import SystemAccount
+from tests.conftest import API_TOKEN
 from tests.e2e.conftest import BROKER, REDIS_DB, WEBHOOK_SECRET
 from tests.e2e.processes import wait_for
 from tests.faults.invariants import check_invariants
@@ -113,10 +114,10 @@ class Workload:
         for order in self.orders:
             amount = f"{order.amount // 100}.{order.amount % 100:02d}"
             if order.topup:
-                payments_client.topup(settings, request_id=order.request_id, member_id=order.member_id,
+                payments_client.topup(settings, token=API_TOKEN, request_id=order.request_id, member_id=order.member_id,
                                       amount=amount, use_saved_card=False)
             else:
-                payments_client.pay(settings, request_id=order.request_id, member_id=order.member_id,
+                payments_client.pay(settings, token=API_TOKEN, request_id=order.request_id, member_id=order.member_id,
                                     amount=amount, description="Congress entry", organisation_id=CLUB,
                                     payment_type="Entry to an event", allow_checkout=True,
                                     route_code=self.route_code)
