@@ -163,9 +163,11 @@ def _worker(extra: Sequence[str]) -> int:
     from worker.app import QUEUES, app
 
     _needs_service_key(app, "worker")
-    # No mingle (it asks the other workers through remote control, which is off: worker/app.py)
-    # and no gossip (workers watching each other's events): the broker user reads no events.
-    argv = ["worker", "--queues", ",".join(QUEUES), "--loglevel", "INFO", "--without-mingle", "--without-gossip", *extra]
+    # No mingle (it asks the other workers through remote control, which is off: worker/app.py).
+    # Gossip stays: its subscription to the event channel is what tells the worker that Redis
+    # went away. Without it (and without remote control) a worker whose Redis restarted sat on
+    # dead connections and consumed nothing more (the broker-outage fault scenario, half of the runs).
+    argv = ["worker", "--queues", ",".join(QUEUES), "--loglevel", "INFO", "--without-mingle", *extra]
     app.worker_main(argv)
     return 0
 

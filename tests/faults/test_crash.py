@@ -54,16 +54,17 @@ from tests.e2e.conftest import worker_env
 from tests.e2e.processes import PAYMENTS, readies, start, stop, wait_for
 from tests.e2e.processes import private_redis as private_redis_server  # the fixture below is `private_redis`
 from tests.faults.invariants import attempt_key_of, check_invariants, succeeded_intents
+from tests.faults.scale import scaled
 from tests.integration.helpers import add_member, add_organisation
 from tests.stripe_fixture import STRIPE_TEST_KEY, browser_for, customer_with_card, reset_stripe
 
 SEED = 20260602
 CARD_MEMBERS = 40
 PLAIN_MEMBERS = 60
-PAYMENT_COUNT = 900
-TOPUP_COUNT = 100
+PAYMENT_COUNT = scaled(900, 200)
+TOPUP_COUNT = scaled(100, 25)
 # Kill once this many requests are decided (and a card attempt is open), so most are in flight.
-KILL_AFTER_DECIDED = 250
+KILL_AFTER_DECIDED = scaled(250, 60)
 TERMINAL = ("paid", "completed", "declined", "failed")
 QUEUES = ("webhooks", "payments", "topups", "outbox", "celery")
 

@@ -37,6 +37,7 @@ from werkzeug.test import TestResponse
 
 from shared.stripe_gateway import sign_webhook
 from tests.conftest import API_TOKEN
+from tests.faults.scale import scaled
 
 SECRET = "whsec_fault_suite_not_a_secret"
 OTHER_SECRET = "whsec_someone_else"
@@ -44,7 +45,7 @@ TOLERANCE = 300
 MIB = 1024 * 1024
 SEED = 20260601
 
-BAD_DELIVERIES = 10_000
+BAD_DELIVERIES = scaled(10_000, 1_000)
 HUGE_DELIVERIES = 10
 GOOD_DELIVERIES = 50
 
@@ -465,7 +466,7 @@ def api(app_with, engine) -> Iterator[FlaskClient]:
     yield client
 
 
-EXAMPLES_PER_ENDPOINT = 500
+EXAMPLES_PER_ENDPOINT = scaled(500, 100)
 FAST_AND_FIXED = hypothesis_settings(
     max_examples=EXAMPLES_PER_ENDPOINT,
     derandomize=True,
@@ -542,7 +543,7 @@ def test_hostile_path_ids_and_queries_never_500(api, engine, capsys) -> None:
     key = "path ids and queries"
     TALLY[key].clear()
 
-    @hypothesis_settings(FAST_AND_FIXED, max_examples=500)
+    @hypothesis_settings(FAST_AND_FIXED, max_examples=EXAMPLES_PER_ENDPOINT)
     @given(request=path_requests())
     def run(request: tuple[str, str, str | None]) -> None:
         method, path, _ = request

@@ -33,11 +33,12 @@ from shared.db import make_engine, make_sessions
 from tests.e2e.conftest import WEBHOOK_SECRET
 from tests.e2e.processes import private_redis, wait_for
 from tests.faults.invariants import check_invariants
+from tests.faults.scale import scaled
 from tests.faults.services import Delivery, Stripe, private_postgres, stack
 from tests.faults.test_storm import ROUTE_CODE, SEED, Workload, compare, mute_localstripe, read_ledger, settled, summary
 from tests.stripe_fixture import reset_stripe
 
-EVENTS = 400
+EVENTS = scaled(400, 100)
 MEMBERS = 40
 COPIES = 3
 SENDERS = 32

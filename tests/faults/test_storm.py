@@ -35,12 +35,13 @@ from tests.conftest import API_TOKEN
 from tests.e2e.conftest import BROKER, REDIS_DB, WEBHOOK_SECRET
 from tests.e2e.processes import wait_for
 from tests.faults.invariants import check_invariants
+from tests.faults.scale import scaled
 from tests.faults.services import Delivery, Stripe
 from tests.integration.helpers import add_member, add_organisation
 from tests.stripe_fixture import STRIPE_TEST_KEY, register_webhook, reset_stripe
 
 SEED = 20260607
-EVENTS = 2_000
+EVENTS = scaled(2_000, 200)
 MEMBERS = 200
 COPIES = 3
 SENDERS = 32
