@@ -63,6 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     revoke = client_verbs.add_parser("revoke", help="refuse every token of the client from now on")
     revoke.add_argument("name")
 
+    imports = verbs.add_parser("import", help="opening balances from a file")
+    import_verbs = imports.add_subparsers(dest="action", required=True)
+    balances = import_verbs.add_parser("balances", help="book a CSV of kind,id,amount,description; each line once")
+    balances.add_argument("file", type=Path)
+    balances.add_argument("--dry-run", action="store_true", help="say what would be booked; book nothing")
+
     run = verbs.add_parser("run", help="the whole stack locally; Ctrl-C stops it")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
@@ -87,6 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _outbox_replay(args.id)
     if args.verb == "clients":
         return _clients(args)
+    if args.verb == "import":
+        return _import_balances(args.file, args.dry_run)
     if args.verb == "run":
         return _run(args.host, args.port)
     if args.verb == "demo":
@@ -291,6 +299,42 @@ def _clients(args: argparse.Namespace) -> int:
     else:
         print(f"client {issued.name}: new token; the old ones work for {args.grace} more seconds")
     print(json.dumps(issued.as_json()), flush=True)
+    return 0
+
+
+def _import_balances(path: Path, dry_run: bool) -> int:
+    """`payments import balances FILE.csv [--dry-run]` (CONTRACT): one line per row checked and
+    booked (or would be), then a total; an error names its line and nothing is booked."""
+    from shared import imports
+    from shared.config import Settings
+    from shared.db import make_engine, make_sessions
+    from shared.errors import PaymentsError
+    from shared.money import format_cents
+
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a BOM, as spreadsheet programs write
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"{path}: cannot read it: {exc}", file=sys.stderr)
+        return 2
+    try:
+        settings = Settings.from_env()
+        lines = imports.parse(text, max_amount=settings.max_amount)
+        engine = make_engine(settings.database_url)
+        try:
+            with make_sessions(engine).begin() as session:
+                outcomes = imports.book(session, lines, dry_run=dry_run)
+        finally:
+            engine.dispose()
+    except PaymentsError as exc:
+        print(f"{path}: nothing booked:\n{exc.message}", file=sys.stderr)
+        return 2
+    for outcome in outcomes:
+        entry = f" (entry {outcome.entry_id})" if outcome.entry_id is not None else ""
+        print(f"{outcome.line.shown()}: {outcome.status}{entry}")
+    done = [o for o in outcomes if o.status != "already booked"]
+    verb = "would book" if dry_run else "booked"
+    print(f"{verb} {len(done)} lines, {format_cents(sum(o.line.amount for o in done))} in all; "
+          f"{len(outcomes) - len(done)} already booked")
     return 0
 
 
