@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -190,7 +191,7 @@ def _beat(extra: Sequence[str]) -> int:
     return 0
 
 
-def _needs_service_key(app: "Celery", verb: str) -> None:
+def _needs_service_key(app: Any, verb: str) -> None:
     """The worker and beat sign and check the service's own task messages with a key derived
     from PAYMENTS_API_TOKEN (shared.messages): without it every internal task would be refused."""
     if app.conf.payments_service_key is None:

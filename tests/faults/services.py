@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from celery import Celery
 
 from shared.schema import upgrade
 from shared.stripe_gateway import sign_webhook
