@@ -187,7 +187,7 @@ def settle_intent(
                 topups.hold_attempt(session, attempt, mismatch, payment_intent_id=intent.id)
                 payments.card_held(session, attempt, mismatch)
             else:
-                topups.book_card_money(session, attempt, payment_intent_id=intent.id)
+                topups.book_card_money(session, attempt, payment_intent_id=intent.id, card=intent.card)
                 payments.card_money_arrived(session, attempt, settings)
         elif intent.status == DECLINED and _member_can_retry(attempt):
             if attempt.status == CardPaymentStatus.AWAITING_CARD.value:

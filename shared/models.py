@@ -24,6 +24,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     Numeric,
+    SmallInteger,
     String,
     UniqueConstraint,
     text,
@@ -397,6 +398,12 @@ class CardPayment(Base):
     # Healing jobs (DESIGN invariant 12): tries so far, and not before this time (None: due).
     heal_tries: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
     next_heal_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The card that paid (migration 0012), as Stripe reported it when the money was booked.
+    card_brand: Mapped[str | None] = mapped_column(String(20))
+    card_last4: Mapped[str | None] = mapped_column(String(4))
+    card_exp_month: Mapped[int | None] = mapped_column(SmallInteger)
+    card_exp_year: Mapped[int | None] = mapped_column(SmallInteger)
+    receipt_url: Mapped[str | None] = mapped_column(String(500))
 
 
 class Client(Base):

@@ -59,6 +59,18 @@ class SetupIntentInfo:
 
 
 @dataclass(frozen=True)
+class CardDetails:
+    """The card that paid, as the member knows it (ORIGINAL 2.6: "Payment from card **** 4242 Exp
+    12/28"), and Stripe's receipt. Any part Stripe did not say is None."""
+
+    brand: str | None = None
+    last4: str | None = None
+    exp_month: int | None = None
+    exp_year: int | None = None
+    receipt_url: str | None = None
+
+
+@dataclass(frozen=True)
 class PaymentIntentInfo:
     id: str
     status: str
@@ -72,6 +84,8 @@ class PaymentIntentInfo:
     currency: str = CURRENCY
     # Why the last card tried was refused ("Your card was declined."), if it was.
     last_payment_error: str | None = None
+    # The card that paid, when the PaymentIntent was read with EXPAND.
+    card: CardDetails | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +94,9 @@ class CheckoutInfo:
     client_secret: str = field(repr=False)
     amount_cents: int = 0
 
+
+# What a PaymentIntent is read with, so that the card that paid comes with it (no extra call).
+EXPAND = ["payment_method", "latest_charge"]
 
 # Refund statuses that mean the card gets (or got) the money; `failed` and `canceled` mean not.
 REFUND_MADE = ("succeeded", "pending", "requires_action")
@@ -217,6 +234,7 @@ class StripeGateway:
                     "off_session": True,
                     "confirm": True,
                     "metadata": _money_metadata(metadata, idempotency_key),
+                    "expand": EXPAND,
                 },
                 {"idempotency_key": idempotency_key},
             )
@@ -253,7 +271,7 @@ class StripeGateway:
 
     def retrieve_payment_intent(self, payment_intent_id: str) -> PaymentIntentInfo:
         with self._errors(f"PaymentIntent {payment_intent_id}: retrieve"):
-            intent = self._v1().payment_intents.retrieve(payment_intent_id)
+            intent = self._v1().payment_intents.retrieve(payment_intent_id, {"expand": EXPAND})
         return _intent_info(intent)
 
     def cancel_payment_intent(self, payment_intent_id: str) -> PaymentIntentInfo:
@@ -282,7 +300,9 @@ class StripeGateway:
         ]
         if not matches:
             return None
-        return next((m for m in matches if m.status == "succeeded"), matches[0])
+        # Read again, expanded: the card that paid is booked with the money (one more call, on
+        # the reconciler's rare path only).
+        return self.retrieve_payment_intent(next((m for m in matches if m.status == "succeeded"), matches[0]).id)
 
     def refund(
         self, *, payment_intent_id: str, amount_cents: int, idempotency_key: str, metadata: Mapping[str, str]
@@ -474,7 +494,34 @@ def _intent_info(intent: Any) -> PaymentIntentInfo:
         latest_charge_id=_id(data.get("latest_charge")),
         currency=str(data.get("currency") or "").lower(),
         last_payment_error=_error_message(data.get("last_payment_error")),
+        card=_card_details(data.get("payment_method"), data.get("latest_charge")),
     )
+
+
+def _card_details(method: Any, charge: Any) -> CardDetails | None:
+    """From the expanded PaymentMethod (localstripe has no `payment_method_details` on its
+    charges) or else the charge's `payment_method_details`; the receipt from the charge."""
+    # Either may be an id only (not expanded: a listing, an event's object).
+    method = method if isinstance(method, Mapping) else {}
+    charge = charge if isinstance(charge, Mapping) else {}
+    card = method.get("card")
+    if not isinstance(card, Mapping):
+        details = charge.get("payment_method_details")
+        card = details.get("card") if isinstance(details, Mapping) else None
+    receipt = charge.get("receipt_url")
+    if not isinstance(card, Mapping) and not receipt:
+        return None
+    card = card if isinstance(card, Mapping) else {}
+
+    def whole(value: Any) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def short(value: Any, length: int) -> str | None:
+        return value[:length] if isinstance(value, str) and value else None
+
+    return CardDetails(brand=short(card.get("brand"), 20), last4=short(card.get("last4"), 4),
+                       exp_month=whole(card.get("exp_month")), exp_year=whole(card.get("exp_year")),
+                       receipt_url=short(receipt, 500))
 
 
 def _refund_info(refund: Any) -> RefundInfo:

@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 
 from shared import fields, ledger, notifications, profiles, requests
 from shared.config import Settings
+from shared.stripe_gateway import CardDetails
 from shared.db import dialect_insert, dialect_name
 from shared.errors import InvalidInput, NotFound
 from shared.ledger import Booking, Entry, Line
@@ -210,11 +211,23 @@ def made_for(metadata: Mapping[str, Any], attempt_id: int, member_id: str) -> bo
     return made_by is None or made_by == str(attempt_id)
 
 
-def book_card_money(session: Session, attempt: CardPayment, *, payment_intent_id: str) -> Booking:
+def card_description(card: CardDetails | None, otherwise: str) -> str:
+    """ORIGINAL 2.6's statement text for card money: "Payment from card **** 4242 Exp 12/28"
+    (the expiry only when Stripe gave it); `otherwise` when the card is not known."""
+    if card is None or not card.last4:
+        return otherwise
+    expiry = f" Exp {card.exp_month}/{card.exp_year % 100:02d}" if card.exp_month and card.exp_year else ""
+    return f"Payment from card **** {card.last4}{expiry}"
+
+
+def book_card_money(
+    session: Session, attempt: CardPayment, *, payment_intent_id: str, card: CardDetails | None = None
+) -> Booking:
     """Stripe took the money: book it to the member (once per attempt) and e-mail an auto top-up.
 
     The entry records the client of the request the card paid for (a top-up, a payment's
-    checkout or auto top-up); none for the sweep's auto top-ups, which no client asked for."""
+    checkout or auto top-up); none for the sweep's auto top-ups, which no client asked for. The
+    card that paid is kept on the attempt and named in the description, as the original did."""
     member = profiles.get_member(session, attempt.member_id)
     client = requests.client_of(session, attempt.request_id) if attempt.request_id else None
     stripe = profiles.system_account(session, SystemAccount.STRIPE)
@@ -223,7 +236,8 @@ def book_card_money(session: Session, attempt: CardPayment, *, payment_intent_id
         Entry(
             key=f"card:{attempt.attempt_key}",
             type=ENTRY_TYPE[attempt.kind],
-            description="Card payment" if attempt.kind == CardPaymentKind.CHECKOUT.value else "Top up by card",
+            description=card_description(card, "Card payment" if attempt.kind == CardPaymentKind.CHECKOUT.value
+                                         else "Top up by card"),
             reference=payment_intent_id,
             lines=(Line(member.account_id, attempt.amount), Line(stripe, -attempt.amount)),
             client=client,
@@ -232,6 +246,10 @@ def book_card_money(session: Session, attempt: CardPayment, *, payment_intent_id
     attempt.status = CardPaymentStatus.SUCCEEDED.value
     attempt.payment_intent_id = payment_intent_id
     attempt.entry_id = booking.entry_id
+    if card is not None:
+        attempt.card_brand, attempt.card_last4 = card.brand, card.last4
+        attempt.card_exp_month, attempt.card_exp_year = card.exp_month, card.exp_year
+        attempt.receipt_url = card.receipt_url
     attempt.last_error = None
     attempt.updated_at = utcnow()
     if attempt.kind == CardPaymentKind.AUTO_TOP_UP.value and not booking.replayed:

@@ -366,6 +366,22 @@ def test_one_event_delivered_ten_times_at_once_is_stored_once_and_books_once(
     assert balance_of(sessions, world["ann"]) == 0
 
 
+def test_the_card_that_paid_is_kept_and_named_on_the_statement_as_the_original_did(
+    client, auth, world, sessions, browser
+) -> None:
+    """Issue 13 item 5 (ORIGINAL 2.6): brand, last four, expiry and receipt kept on the card
+    payment; the statement reads "Payment from card **** 4242 Exp 12/34"."""
+    intent_id = checkout_waiting(client, auth)
+    pay_as_browser(browser, intent_id)  # VISA, expiring 12/2034 (tests/stripe_fixture.new_card)
+    status_becomes(client, auth, "r1", "paid")
+
+    paid = attempt(sessions, "checkout:r1")
+    assert paid is not None
+    assert (paid.card_brand, paid.card_last4, paid.card_exp_month, paid.card_exp_year) == ("visa", "4242", 12, 2034)
+    rows = client.get("/api/members/ann/statement", headers=auth).get_json()["rows"]
+    assert [row["description"] for row in rows if row["type"] == "CC Payment"] == ["Payment from card **** 4242 Exp 12/34"]
+
+
 def test_a_failure_reported_after_the_success_changes_nothing(
     client, auth, world, sessions, browser, webhook_url
 ) -> None:

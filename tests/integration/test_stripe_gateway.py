@@ -160,6 +160,18 @@ def test_detaching_forgets_every_card_and_the_default(gateway: StripeGateway, br
 # Off-session charges (SPEC 4.3) ---------------------------------------------------------------
 
 
+def test_a_charge_and_a_read_name_the_card_that_paid(gateway: StripeGateway, browser: stripe.StripeClient) -> None:
+    """Issue 13 item 5: read with the PaymentMethod expanded, no extra call (new_card: 12/2034)."""
+    customer_id, _ = customer_with_card(gateway, browser)
+
+    charged = charge(gateway, customer_id)
+    read = gateway.retrieve_payment_intent(charged.id)
+
+    for info in (charged, read):
+        assert info.card is not None
+        assert (info.card.brand, info.card.last4, info.card.exp_month, info.card.exp_year) == ("visa", "4242", 12, 2034)
+
+
 def test_an_off_session_charge_succeeds_and_reads_back_from_stripe(
     gateway: StripeGateway, browser: stripe.StripeClient
 ) -> None:
