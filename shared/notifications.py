@@ -1,4 +1,5 @@
-"""The e-mails of SPEC 6 (transfer sent and received, low balance), composed here and queued
+"""The e-mails of SPEC 6 and ORIGINAL 6.9 (transfer sent and received, low balance, auto top-up,
+card refund), composed here and queued
 in the outbox in the caller's transaction. The low-balance warning goes to members who opted
 in, at most once per member per `low_balance_warning_days` (SPEC 3)."""
 
@@ -69,6 +70,18 @@ def maybe_warn_low_balance(
         ),
     )
     return True
+
+
+def card_refund_email(
+    session: Session, request_id: str, member: Member, *, to_card: str, debited: int, admin_id: str | None
+) -> None:
+    """ORIGINAL 6.9 "Card Refund", once the refund has reached Stripe: what the card gets, that
+    it takes up to two weeks, and what left the balance; who refunded it when an admin did."""
+    who = f"{admin_id} refunded" if admin_id else "We are refunding"
+    body = (f"{who} {to_card} to your card. It can take up to two weeks to appear on your statement. "
+            f"Your Bridge Credits balance was reduced by {format_cents(debited)}.")
+    outbox.add_notification(session, f"card-refund:{request_id}", _email(member, "card_refund", "Card Refund", body),
+                            request_id=request_id)
 
 
 def _email(member: Member, kind: str, subject: str, body: str) -> dict[str, str]:

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import db, fields, healing, ledger, profiles, requests
+from shared import db, fields, healing, ledger, notifications, profiles, requests
 from shared.config import Settings
 from shared.errors import InsufficientFunds, InvalidAmount, InvalidInput, StripeRequestFailed
 from shared.ledger import Entry, Line
@@ -190,6 +190,12 @@ def _paid(sessions: sessionmaker[Session], request_id: str, refund: RefundInfo) 
         row = requests.lock_existing(session, request_id)
         if row.queued:
             requests.finish(session, row, RequestStatus.PAID, result={**(row.result or {}), "stripe_refund_id": refund.id})
+            result = row.result or {}
+            member_id = result.get("member_id") or row.member_id
+            if member_id:
+                notifications.card_refund_email(
+                    session, request_id, profiles.get_member(session, str(member_id)),
+                    to_card=str(result.get("to_card")), debited=row.amount, admin_id=(row.payload or {}).get("admin_id"))
     return "paid"
 
 

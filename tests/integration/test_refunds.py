@@ -17,8 +17,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import profiles, refunds, requests, topups
 from shared.config import Settings
-from shared.models import CardPayment, CardPaymentKind, PaymentRequest, SystemAccount, utcnow
+from shared.errors import StripeUnavailable
+from shared.models import CardPayment, CardPaymentKind, OutboxMessage, PaymentRequest, SystemAccount, utcnow
 from shared.stripe_gateway import StripeGateway
+from tests.e2e.processes import free_port
 from tests.integration.helpers import add_member, balance_of, pay, add_organisation
 from tests.integration.test_stripe_gateway import VISA, customer_with_card
 from tests.stripe_fixture import STRIPE_TEST_KEY
@@ -209,3 +211,36 @@ def test_a_member_refund_whose_fee_takes_it_all_is_declined_and_books_nothing(se
     with sessions.begin() as session:
         assert session.scalar(select(CardPayment.refunded).where(CardPayment.attempt_key == "k1")) == 0
     assert refunded_at_stripe(card_payment["browser"], card_payment["intent"]) == 0
+
+
+def card_refund_emails(sessions) -> list[dict]:
+    with sessions.begin() as session:
+        rows = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "notification")
+                               .order_by(OutboxMessage.id)).all()
+        return [row.payload for row in rows if row.payload.get("kind") == "card_refund"]
+
+
+def test_a_refund_that_reached_the_card_e_mails_the_member_once(sessions, gateway, config, card_payment) -> None:
+    """ORIGINAL 6.9 "Card Refund" (issue 13 item 6): sent when Stripe has the refund, not before."""
+    refund(sessions, gateway, config, "rf1", payment_intent_id=card_payment["intent"], by="admin",
+           admin_id="adm", amount="30.00")
+    refunds.send_to_card(sessions, gateway, config, "rf1")  # run again: already paid, nothing more
+    refund(sessions, gateway, config, "rf2", payment_intent_id=card_payment["intent"], by="member")
+
+    (by_admin, by_member) = card_refund_emails(sessions)
+    assert (by_admin["subject"], by_admin["to"]) == ("Card Refund", "ann@example.org")
+    assert "adm refunded 30.00 to your card" in by_admin["body"]
+    assert "reduced by 30.00" in by_admin["body"]
+    assert "We are refunding 67.90 to your card" in by_member["body"]  # 70.00 less the 3 % fee
+    assert "reduced by 70.00" in by_member["body"]
+
+
+def test_a_refund_stripe_refuses_sends_no_card_refund_e_mail(sessions, gateway, config, card_payment) -> None:
+    order = refunds.parse({"request_id": "rf1", "payment_intent_id": card_payment["intent"], "by": "admin",
+                           "admin_id": "adm", "amount": "30.00"}, config)
+    with sessions.begin() as session:
+        refunds.book(session, order, config)
+    unreachable = StripeGateway(replace(config, stripe_api_base=f"http://127.0.0.1:{free_port()}"))
+    with pytest.raises(StripeUnavailable):
+        refunds.send_to_card(sessions, unreachable, config, "rf1")
+    assert card_refund_emails(sessions) == []
