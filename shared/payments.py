@@ -132,6 +132,10 @@ def parse(body: Mapping[str, Any], settings: Settings) -> PaymentOrder:
     )
     if order.other_member_id == order.member_id:
         raise InvalidInput("other_member_id: a member cannot pay themselves", field="other_member_id")
+    if order.other_member_id is not None and order.amount > settings.transfer_max:
+        # Every way of paying another member has the transfer cap (ORIGINAL 2.7, issue 13).
+        raise InvalidInput(f"amount: a payment to another member is at most {format_cents(settings.transfer_max)}",
+                           field="amount")
     return order
 
 
@@ -153,8 +157,8 @@ def pay_at_once(
 
     Returns the outbox rows written (its callback, if it has a route code), or None when the
     request is not the plain case: nothing was written, and `pay` must decide it."""
-    if engine.dialect.name != "postgresql" or not order.book_internals:
-        return None
+    if engine.dialect.name != "postgresql" or not order.book_internals or order.other_member_id is not None:
+        return None  # (a payment to another member e-mails both of them: `_decide` does it)
     payload = order.payload()
     callback = None
     if order.route_code:
@@ -245,6 +249,11 @@ def _decide(
         after = booking.balances.get(payer)
         balance = ledger.balance(session, payer) if after is None else after
     requests.finish(session, row, RequestStatus.PAID)
+    if order.other_member_id is not None and order.book_internals:
+        # Both sides, as a transfer between members does (ORIGINAL 6.9).
+        notifications.transfer_emails(session, order.request_id, profiles.get_member(session, order.member_id),
+                                      profiles.get_member(session, order.other_member_id), order.amount,
+                                      order.description)
     if balance < settings.auto_topup_low_limit:
         after_payment_check(session, order.member_id, balance, settings)
 

@@ -108,6 +108,21 @@ def test_a_payment_to_another_member_or_to_no_one_is_booked_to_them_or_the_feder
     assert balance_of(sessions, world["ann"]) == 88_00
 
 
+def test_a_payment_to_another_member_e_mails_both_of_them_once(sessions, world) -> None:
+    """ORIGINAL 6.9 (issue 13 item 6): both sides of a payment to another member, on both paths."""
+    first = pay(sessions, order(request_id="to-bob", organisation_id=None, other_member_id="bob", amount="5.00",
+                                description="Half the taxi"))
+    pay(sessions, order(request_id="to-bob", organisation_id=None, other_member_id="bob", amount="5.00",
+                        description="Half the taxi"))  # replayed: no more e-mails
+    assert first.status == "paid" and AT_ONCE["paid"] == []  # never the one-statement path
+    with sessions.begin() as session:
+        sent = [m.payload for m in session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "notification")
+                                                   .order_by(OutboxMessage.id))]
+    assert [(m["to"], m["subject"]) for m in sent] == [("ann@example.org", "You sent 5.00 to Bob Ray"),
+                                                      ("bob@example.org", "You received 5.00 from Ann Lee")]
+    assert "Half the taxi" in sent[1]["body"]
+
+
 def test_an_unknown_member_or_organisation_fails_the_request(sessions, world) -> None:
     assert pay(sessions, order(request_id="x1", member_id="zed", route_code="EVT")).reason == (
         "member zed: not known to payments"
@@ -199,6 +214,8 @@ def test_members_who_did_not_opt_in_get_no_low_balance_email(sessions, world) ->
         ({"payment_type": "Manual Adjustment"}, "payment_type"),
         ({"other_member_id": "bob"}, "organisation_id"),
         ({"organisation_id": None, "other_member_id": "ann"}, "other_member_id"),
+        # The transfer cap (2,000.00) on every way of paying another member (issue 13 item 2).
+        ({"organisation_id": None, "other_member_id": "bob", "amount": "2000.01"}, "amount"),
         ({"book_internals": "yes"}, "book_internals"),
         ({"allow_checkout": 1}, "allow_checkout"),
         ({"route_code": "bad code"}, "route_code"),
