@@ -84,7 +84,7 @@ def reconcile() -> str:
     (`shared.refunds.reconcile`, `shared.charges.reconcile`), within the task's time limit."""
     config = settings()
     older_than = timedelta(seconds=config.reconcile_after_seconds)
-    sent, unsent = refunds.reconcile(sessions(), gateway(), config, older_than, budget_seconds=100)
+    sent, unsent = refunds.reconcile(sessions(), gateway(), config, older_than, budget_seconds=100, dispatch=dispatch)
     taken, effects = charges.reconcile(sessions(), gateway(), config, older_than, budget_seconds=150)
     carry_out(effects)
     return f"{taken} card attempts reconciled, {sent} card refunds sent, {unsent} not sent"

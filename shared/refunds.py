@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -146,22 +146,34 @@ def book(session: Session, order: RefundOrder, settings: Settings) -> requests.R
     return row
 
 
-def send_to_card(sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, request_id: str) -> str:
+def send_to_card(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, request_id: str,
+    dispatch: Callable[[list[int]], None] | None = None,
+) -> str:
     """Have Stripe refund what was booked, once; reverse the booking if Stripe refuses for good.
+    The outbox rows that outcome writes (the callback, the "Card Refund" e-mail) are handed to
+    `dispatch` after commit, when given; else the relay sends them.
 
     Returns what happened: `paid`, `reversed`, `busy` (another process holds this refund) or
     `nothing to do`. Raises `StripeUnavailable` when Stripe cannot be reached: the refund stays
     booked and `queued`, for a retry or the reconciler. One process at a time per refund (see
     `charges.charge`)."""
     with db.exclusive(sessions, f"card-refund:{request_id}") as ours:
-        return _send_to_card(sessions, gateway, settings, request_id) if ours else "busy"
+        if not ours:
+            return "busy"
+        outcome, outbox_ids = _send_to_card(sessions, gateway, settings, request_id)
+    if dispatch is not None and outbox_ids:
+        dispatch(outbox_ids)
+    return outcome
 
 
-def _send_to_card(sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, request_id: str) -> str:
+def _send_to_card(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, request_id: str
+) -> tuple[str, list[int]]:
     with sessions.begin() as session:
         row = requests.get(session, request_id)
         if not row.queued or not (row.result or {}).get("booked"):
-            return "nothing to do"
+            return "nothing to do", []
         order = RefundOrder.from_payload(row.payload)
         to_card = parse_cents((row.result or {})["to_card"])
         first_run = row.attempts <= 1
@@ -185,7 +197,7 @@ def _send_to_card(sessions: sessionmaker[Session], gateway: StripeGateway, setti
     return _paid(sessions, request_id, refund)
 
 
-def _paid(sessions: sessionmaker[Session], request_id: str, refund: RefundInfo) -> str:
+def _paid(sessions: sessionmaker[Session], request_id: str, refund: RefundInfo) -> tuple[str, list[int]]:
     with sessions.begin() as session:
         row = requests.lock_existing(session, request_id)
         if row.queued:
@@ -196,13 +208,17 @@ def _paid(sessions: sessionmaker[Session], request_id: str, refund: RefundInfo) 
                 notifications.card_refund_email(
                     session, request_id, profiles.get_member(session, str(member_id)),
                     to_card=str(result.get("to_card")), debited=row.amount, admin_id=(row.payload or {}).get("admin_id"))
-    return "paid"
+        outbox_ids = session.info.pop("outbox", [])
+    return "paid", outbox_ids
 
 
-def _refused(sessions: sessionmaker[Session], settings: Settings, request_id: str, reason: str) -> str:
+def _refused(
+    sessions: sessionmaker[Session], settings: Settings, request_id: str, reason: str
+) -> tuple[str, list[int]]:
     with sessions.begin() as session:
         _reverse(session, request_id, reason, settings)
-    return "reversed"
+        outbox_ids = session.info.pop("outbox", [])
+    return "reversed", outbox_ids
 
 
 def unsent(session: Session, settings: Settings, older_than: timedelta) -> list[str]:
@@ -224,7 +240,7 @@ def unsent(session: Session, settings: Settings, older_than: timedelta) -> list[
 
 def reconcile(
     sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, older_than: timedelta,
-    *, budget_seconds: float | None = None,
+    *, budget_seconds: float | None = None, dispatch: Callable[[list[int]], None] | None = None,
 ) -> tuple[int, int]:
     """Send every card refund booked but not sent after `older_than` (SPEC 5: swept up by the
     reconciler). Each on its own: one that fails is logged, counted and backed off, left
@@ -236,7 +252,7 @@ def reconcile(
     not_sent: list[str] = []
 
     def send(request_id: str) -> None:
-        if send_to_card(sessions, gateway, settings, request_id) in ("paid", "reversed"):
+        if send_to_card(sessions, gateway, settings, request_id, dispatch) in ("paid", "reversed"):
             sent.append(request_id)
 
     def failed(request_id: str, exc: Exception) -> None:

@@ -193,7 +193,7 @@ def carry_out(effects: charges.Effects) -> None:
         for attempt_id in current.checkouts:
             pending.append(charges.start_checkout(sessions(), gateway(), settings(), attempt_id))
         for request_id in current.refunds:
-            refunds.send_to_card(sessions(), gateway(), settings(), request_id)
+            refunds.send_to_card(sessions(), gateway(), settings(), request_id, dispatch=dispatch)
         dispatch(current.outbox)
 
 
