@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared import fields, profiles
+from shared import fields
 from shared.adjustments import Adjustment, book_adjustment
-from shared.errors import InvalidInput, NotFound, PaymentsError
-from shared.models import JournalEntry
+from shared.errors import InvalidInput, PaymentsError
+from shared.models import JournalEntry, Member, Organisation
 from shared.money import format_cents, parse_cents
 
 HEADER = ["kind", "id", "amount", "description"]
@@ -117,7 +117,9 @@ def book(session: Session, lines: list[Line], *, dry_run: bool) -> list[Outcome]
     """Book each line not booked before (or, in a dry run, say which would be), in the caller's
     transaction. An unknown member or organisation is an `ImportErrors` for its line (checked for
     every line before anything is booked)."""
-    missing = [f"line {line.number}: {exc.message}" for line in lines if (exc := _unknown(session, line))]
+    known = _known(session, lines)
+    missing = [f"line {line.number}: {line.kind} {line.id}: not known" for line in lines
+               if (line.kind, line.id) not in known]
     if missing:
         raise ImportErrors(missing)
     booked_before = _booked(session, [line.request_id for line in lines])
@@ -133,15 +135,14 @@ def book(session: Session, lines: list[Line], *, dry_run: bool) -> list[Outcome]
     return outcomes
 
 
-def _unknown(session: Session, line: Line) -> NotFound | None:
-    try:
-        if line.kind == "member":
-            profiles.get_member(session, line.id)
-        else:
-            profiles.get_organisation(session, line.id)
-    except NotFound as exc:
-        return exc
-    return None
+def _known(session: Session, lines: list[Line]) -> set[tuple[str, str]]:
+    """Which of the file's members and organisations exist: two queries, however long the file."""
+    members = {line.id for line in lines if line.kind == "member"}
+    organisations = {line.id for line in lines if line.kind == "organisation"}
+    found = {("member", m) for m in session.scalars(select(Member.member_id).where(Member.member_id.in_(members)))}
+    found |= {("organisation", o) for o in session.scalars(
+        select(Organisation.org_id).where(Organisation.org_id.in_(organisations)))}
+    return found
 
 
 def _booked(session: Session, request_ids: list[str]) -> dict[str, int]:

@@ -85,5 +85,10 @@ def test_with_redis_unreachable_the_api_still_answers_and_each_process_counts_al
 
 
 def test_off_means_no_limit(app_with, sessions) -> None:
+    limited_answer = limited(app_with).test_client().get("/api/members/ann/balance", headers=ADMIN)
+    assert limited_answer.headers["X-RateLimit-Limit"] == "3"  # what a limited answer carries
+
     app = app_with(rate_limit=None)
+    unlimited = app.test_client().get("/api/members/ann/balance", headers=ADMIN)
+    assert "X-RateLimit-Limit" not in unlimited.headers
     assert answers(app, ADMIN, 30)[-1] == 404
