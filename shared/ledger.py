@@ -172,6 +172,8 @@ def _post_portable(session: Session, entry: Entry, created_at: datetime) -> Book
         first = _first_booking(session, entry, digest)
         if first is not None:
             return first
+        if entry.allow_negative and entry.type is EntryType.REFUND:
+            _only_organisations(session, entry, held)
         if not entry.allow_negative:
             before = balances(session, held)
             for account_id in held:
@@ -204,6 +206,13 @@ def _post_portable(session: Session, entry: Entry, created_at: datetime) -> Book
         [{"entry_id": entry_id, "account_id": l.account_id, "amount": l.amount} for l in entry.lines],
     )
     return Booking(entry_id=entry_id, created_at=created_at, balances=after)
+
+
+def _only_organisations(session: Session, entry: Entry, debited: list[int]) -> None:
+    kinds = set(session.scalars(select(Account.kind).where(Account.id.in_(debited))))
+    if AccountKind.MEMBER.value in kinds:
+        raise InvalidInput(f"entry {entry.key}: a refund may never take a member below zero",
+                           field="allow_negative")
 
 
 def lock_accounts(session: Session, account_ids: Iterable[int]) -> list[int]:
@@ -282,11 +291,20 @@ def _validate(entry: Entry) -> None:
         raise UnbalancedEntry(f"entry {entry.key}: postings sum to {format_cents(total)}, not 0.00")
     if entry.client is not None and not 1 <= len(entry.client) <= 64:
         raise InvalidInput(f"entry {entry.key}: client must be 1 to 64 characters", field="client")
-    if entry.allow_negative and not (entry.admin_id and entry.type is EntryType.MANUAL_ADJUSTMENT):
+    if entry.allow_negative and not _may_overdraw(entry):
         raise InvalidInput(
-            f"entry {entry.key}: only an admin adjustment may allow a negative balance",
+            f"entry {entry.key}: only an admin adjustment or an event refund may allow a negative balance",
             field="allow_negative",
         )
+
+
+def _may_overdraw(entry: Entry) -> bool:
+    """An admin's adjustment, or an event's refund (ORIGINAL 2.7 books those with no check of
+    the organisation's balance). A refund never overdraws a member: `_post_portable` and the
+    database (migration 0013) refuse one that debits a member."""
+    if entry.type is EntryType.MANUAL_ADJUSTMENT:
+        return bool(entry.admin_id)
+    return entry.type is EntryType.REFUND and bool(entry.event_id)
 
 
 def _first_booking(session: Session, entry: Entry, digest: str) -> Booking | None:

@@ -1,5 +1,5 @@
-"""The e-mails of SPEC 6 and ORIGINAL 6.9 (transfer sent and received, low balance, auto top-up,
-card refund), composed here and queued
+"""The e-mails of SPEC 6 and ORIGINAL 6.9 (transfer sent and received, money from an
+organisation, low balance, auto top-up, card refund), composed here and queued
 in the outbox in the caller's transaction. The low-balance warning goes to members who opted
 in, at most once per member per `low_balance_warning_days` (SPEC 3)."""
 
@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.orm import Session
 
 from shared import outbox, statements
-from shared.models import Member, utcnow
+from shared.models import EntryType, Member, Organisation, utcnow
 from shared.money import format_cents
 
 
@@ -26,7 +26,7 @@ def transfer_emails(
         _email(
             sender,
             "transfer_sent",
-            f"You sent {money} to {recipient.first_name} {recipient.last_name}",
+            f"Transfer to {recipient.first_name} {recipient.last_name}",  # ORIGINAL 6.9's subjects
             f"You transferred {money} to {recipient.first_name} {recipient.last_name}: {description}.",
         ),
         request_id=request_id,
@@ -37,9 +37,34 @@ def transfer_emails(
         _email(
             recipient,
             "transfer_received",
-            f"You received {money} from {sender.first_name} {sender.last_name}",
+            f"Transfer from {sender.first_name} {sender.last_name}",
             f"{sender.first_name} {sender.last_name} transferred {money} to you: {description}.",
         ),
+        request_id=request_id,
+    )
+
+
+# ORIGINAL 6.9: "Transfer from {org}" (payments app) and "Payment from {club}" (club admin);
+# a club top-up and a refund say what they are.
+_FROM_ORGANISATION = {
+    EntryType.ORG_TRANSFER: ("Transfer from {org}", "{org} transferred {money} to you"),
+    EntryType.CLUB_TOP_UP: ("Top up from {org}", "{org} topped up your Bridge Credits by {money}"),
+    EntryType.REFUND: ("Refund from {org}", "{org} refunded {money} to you"),
+    EntryType.CLUB_MEMBERSHIP: ("Payment from {org}", "{org} paid you {money}"),
+    EntryType.MISCELLANEOUS: ("Payment from {org}", "{org} paid you {money}"),
+}
+
+
+def organisation_transfer_email(
+    session: Session, request_id: str, organisation: Organisation, member: Member, amount: int, description: str,
+    entry_type: EntryType,
+) -> None:
+    """To the member an organisation paid: who, how much, what for, and the ids it named."""
+    subject, text = _FROM_ORGANISATION[entry_type]
+    body = text.format(org=organisation.name, money=format_cents(amount)) + f": {description}."
+    outbox.add_notification(
+        session, f"transfer-from-organisation:{request_id}",
+        _email(member, "transfer_from_organisation", subject.format(org=organisation.name), body),
         request_id=request_id,
     )
 

@@ -55,10 +55,12 @@ from shared.models import (
 )
 from shared.money import format_cents, parse_cents
 
-# Types a module may ask for. A payment moves money from the member (to an organisation or
-# another member), so only the types in that direction (CONTRACT): Club Top Up and Refund go
-# from an organisation to a member, and top-ups, settlements and corrections are booked by
-# this service.
+# Types a module may ask for. A payment moves money from the member, so only the types in
+# that direction (CONTRACT, ORIGINAL 2.7): to an organisation (or, with no counterparty, the
+# federation) Club Payment, Club Membership, Entry to an event, Miscellaneous, Club Top Up Rev
+# and Org Transfer (a club charging a member); to another member, Member Transfer. Club Top Up
+# and Refund go from an organisation to a member (a transfer), and top-ups, settlements and
+# corrections are booked by this service.
 PAYMENT_TYPES = {
     t.value: t
     for t in (
@@ -67,8 +69,10 @@ PAYMENT_TYPES = {
         EntryType.EVENT_ENTRY,
         EntryType.MISCELLANEOUS,
         EntryType.CLUB_TOP_UP_REV,
+        EntryType.ORG_TRANSFER,
     )
 }
+MEMBER_PAYMENT_TYPES = {EntryType.MEMBER_TRANSFER.value: EntryType.MEMBER_TRANSFER}
 
 
 @dataclass(frozen=True)
@@ -103,10 +107,14 @@ def parse(body: Mapping[str, Any], settings: Settings) -> PaymentOrder:
     optional_id = lambda name: None if body.get(name) is None else fields.identifier(body[name], name)  # noqa: E731
     if body.get("organisation_id") is not None and body.get("other_member_id") is not None:
         raise InvalidInput("organisation_id or other_member_id: at most one counterparty", field="organisation_id")
-    payment_type = body.get("payment_type", EntryType.MISCELLANEOUS.value)
-    if not isinstance(payment_type, str) or payment_type not in PAYMENT_TYPES:  # a list is unhashable
+    to_member = body.get("other_member_id") is not None
+    allowed = MEMBER_PAYMENT_TYPES if to_member else PAYMENT_TYPES
+    payment_type = body.get("payment_type", next(iter(allowed)) if to_member else EntryType.MISCELLANEOUS.value)
+    if not isinstance(payment_type, str) or payment_type not in allowed:  # a list is unhashable
+        towards = "another member" if to_member else "an organisation"
         raise InvalidInput(
-            f"payment_type: {payment_type!r} is not one of {', '.join(sorted(PAYMENT_TYPES))}",
+            f"payment_type: {payment_type!r} is not a type of payment to {towards}; "
+            f"one of {', '.join(sorted(allowed))}",
             field="payment_type",
         )
     route_code = body.get("route_code")
@@ -207,6 +215,31 @@ def pay(session: Session, order: PaymentOrder, settings: Settings) -> requests.R
     return row
 
 
+def decide_claimed(session: Session, row: requests.Request, order: PaymentOrder, settings: Settings) -> None:
+    """Decide a claimed, queued request that moves money as this payment does (a transfer
+    between members: ORIGINAL 2.8), with every rule of a payment, cards included."""
+    _decide(session, row, order, settings, cards=True)
+
+
+def member_transfer(payload: Mapping[str, Any]) -> PaymentOrder:
+    """A transfer between members (its stored form), as the payment to the other member it is
+    decided as: type Member Transfer, no route, booked under the transfer's own key."""
+    return PaymentOrder(
+        request_id=payload["request_id"], member_id=payload["from_member_id"],
+        amount=parse_cents(payload["amount"], "amount"), description=payload["description"],
+        payment_type=EntryType.MEMBER_TRANSFER.value, other_member_id=payload["to_member_id"],
+        allow_checkout=payload.get("allow_checkout", False), event_id=payload.get("event_id"),
+        session_id=payload.get("session_id"),
+    )
+
+
+def order_of(row: requests.Request) -> PaymentOrder:
+    """The payment a stored request decides: its own order, or a transfer between members."""
+    if row.kind == RequestKind.TRANSFER.value:
+        return member_transfer(row.payload)
+    return PaymentOrder.from_payload(row.payload)
+
+
 def _decide(
     session: Session, row: requests.Request, order: PaymentOrder, settings: Settings, *, cards: bool
 ) -> None:
@@ -232,7 +265,7 @@ def _decide(
             booking = ledger.post(
                 session,
                 Entry(
-                    key=f"payment:{order.request_id}",
+                    key=f"{row.kind}:{order.request_id}",  # payment:… or transfer:… (ledger namespaces)
                     type=EntryType(order.payment_type),
                     description=order.description,
                     reference=order.request_id,
@@ -346,7 +379,7 @@ def card_money_arrived(session: Session, attempt: CardPayment, settings: Setting
     if row.kind == RequestKind.TOPUP.value:
         requests.finish(session, row, RequestStatus.PAID, result={})
         return
-    _decide(session, row, PaymentOrder.from_payload(row.payload), settings, cards=False)
+    _decide(session, row, order_of(row), settings, cards=False)
 
 
 def card_failed(session: Session, attempt: CardPayment, reason: str, settings: Settings) -> None:
@@ -354,8 +387,8 @@ def card_failed(session: Session, attempt: CardPayment, reason: str, settings: S
     row = _waiting_for_card(session, attempt)
     if row is None:
         return
-    if row.kind == RequestKind.PAYMENT.value and attempt.kind == CardPaymentKind.AUTO_TOP_UP.value:
-        order = PaymentOrder.from_payload(row.payload)
+    if row.kind in (RequestKind.PAYMENT.value, RequestKind.TRANSFER.value) and attempt.kind == CardPaymentKind.AUTO_TOP_UP.value:
+        order = order_of(row)
         balance = ledger.balance(session, profiles.get_member(session, order.member_id).account_id)
         if _open_checkout(session, order, order.amount - balance):
             return

@@ -35,7 +35,7 @@ from shared.models import (
 )
 from shared.money import format_cents
 
-CSV_COLUMNS = ("Date", "Counterparty", "Reference", "Type", "Description", "Amount", "Balance")
+CSV_COLUMNS = ("Date", "Counterparty", "Reference", "Type", "Description", "Amount", "Balance", "Event", "Session")
 SUMMARY_PERIODS = {"30": 30, "90": 90, "365": 365, "all": None}
 _SYSTEM_NAMES = {s.value: s.value.capitalize() for s in SystemAccount}
 
@@ -49,8 +49,10 @@ class StatementRow:
     description: str
     amount: int
     balance: int
+    event_id: str | None = None  # the event or club session the money was for (ORIGINAL 2.7)
+    session_id: str | None = None
 
-    def as_json(self) -> dict[str, str]:
+    def as_json(self) -> dict[str, str | None]:
         return {
             "date": self.date.isoformat(timespec="seconds"),
             "counterparty": self.counterparty,
@@ -59,6 +61,8 @@ class StatementRow:
             "description": self.description,
             "amount": format_cents(self.amount),
             "balance": format_cents(self.balance),
+            "event_id": self.event_id,
+            "session_id": self.session_id,
         }
 
 
@@ -99,6 +103,8 @@ def statement(
             JournalEntry.type,
             JournalEntry.description,
             JournalEntry.reference,
+            JournalEntry.event_id,
+            JournalEntry.session_id,
         )
         .join(JournalEntry, JournalEntry.id == Posting.entry_id)
         .where(Posting.account_id == account_id)
@@ -115,6 +121,8 @@ def statement(
             description=line.description,
             amount=line.amount,
             balance=int(line.balance),
+            event_id=line.event_id,
+            session_id=line.session_id,
         )
         for line in lines
     ]
@@ -129,12 +137,14 @@ def statement_csv(rows: Sequence[StatementRow]) -> str:
         writer.writerow(
             [
                 cells["date"],
-                _csv_safe(cells["counterparty"]),
-                _csv_safe(cells["reference"]),
+                _csv_safe(row.counterparty),
+                _csv_safe(row.reference),
                 cells["type"],
-                _csv_safe(cells["description"]),
+                _csv_safe(row.description),
                 cells["amount"],
                 cells["balance"],
+                _csv_safe(row.event_id or ""),
+                _csv_safe(row.session_id or ""),
             ]
         )
     return out.getvalue()

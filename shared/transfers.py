@@ -1,6 +1,21 @@
-"""Transfers (SPEC 5): member to member (0 < amount <= the transfer maximum, not to oneself,
-both members e-mailed), organisation to member and organisation to organisation (no more than
-the paying organisation holds). A member paying an organisation is a payment, not a transfer."""
+"""Transfers (SPEC 5, ORIGINAL 2.7 and 2.8): money from a member to another member, from an
+organisation to a member, and from an organisation to another organisation. A member paying
+an organisation is a payment, not a transfer.
+
+- Member to member: 0 < amount <= the transfer maximum, not to oneself, type Member Transfer.
+  It is decided as a payment to the other member is (`payments.decide_claimed`): short of
+  funds, the sender's auto top-up first, then a card checkout if `allow_checkout`, else
+  declined; both members are e-mailed.
+- Organisation to member: Org Transfer (the default), Club Top Up, Refund, Club Membership or
+  Miscellaneous; no more than the organisation holds, except an event's refund with
+  `allow_negative` (ORIGINAL 2.7 books event refunds with no check of the organisation's
+  balance; the client needs the `clubs` scope for the organisation, as for any transfer from
+  it). The member is e-mailed ("Transfer from {organisation}", ORIGINAL 6.9).
+- Organisation to organisation: Org Transfer, no more than the paying organisation holds.
+
+A type in the wrong direction is refused naming `payment_type`. Event and session ids are
+kept on the journal entry, so both sides' statements show them.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +25,26 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from shared import fields, ledger, notifications, profiles, requests
+from shared import fields, ledger, notifications, payments, profiles, requests
 from shared.config import Settings
 from shared.errors import InsufficientFunds, InvalidInput, NotFound
 from shared.ledger import Entry, Line
 from shared.models import EntryType, RequestKind, RequestStatus
 from shared.money import format_cents, parse_cents
+
+# The types each direction may carry; the first is the default (ORIGINAL 2.7).
+TYPES: dict[tuple[str, str], tuple[EntryType, ...]] = {
+    ("member", "member"): (EntryType.MEMBER_TRANSFER,),
+    ("organisation", "member"): (
+        EntryType.ORG_TRANSFER, EntryType.CLUB_TOP_UP, EntryType.REFUND, EntryType.CLUB_MEMBERSHIP,
+        EntryType.MISCELLANEOUS,
+    ),
+    ("organisation", "organisation"): (EntryType.ORG_TRANSFER,),
+}
+# Fields added after the first transfers were stored: left out of the stored form while unset,
+# so a transfer stored before them still has the same payload (and hash).
+_OPTIONAL = {"payment_type": None, "event_id": None, "session_id": None, "allow_checkout": False,
+             "allow_negative": False}
 
 
 @dataclass(frozen=True)
@@ -27,14 +56,38 @@ class TransferOrder:
     from_organisation_id: str | None = None
     to_member_id: str | None = None
     to_organisation_id: str | None = None
+    payment_type: str | None = None  # None: the direction's default
+    event_id: str | None = None
+    session_id: str | None = None
+    allow_checkout: bool = False
+    allow_negative: bool = False
 
     def payload(self) -> dict[str, Any]:
-        return {**asdict(self), "amount": format_cents(self.amount)}
+        stored = {**asdict(self), "amount": format_cents(self.amount)}
+        return {name: value for name, value in stored.items() if _OPTIONAL.get(name, object()) != value}
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> TransferOrder:
         """The order again from its stored normal form, without today's limits."""
         return cls(**{**payload, "amount": parse_cents(payload["amount"], "amount")})
+
+    @property
+    def direction(self) -> tuple[str, str]:
+        return ("member" if self.from_member_id else "organisation", "member" if self.to_member_id else "organisation")
+
+    @property
+    def entry_type(self) -> EntryType:
+        return EntryType(self.payment_type) if self.payment_type else TYPES[self.direction][0]
+
+    def as_payment(self) -> payments.PaymentOrder:
+        """A transfer between members, as the payment to the other member it is decided as."""
+        assert self.from_member_id and self.to_member_id
+        return payments.PaymentOrder(
+            request_id=self.request_id, member_id=self.from_member_id, amount=self.amount,
+            description=self.description, payment_type=EntryType.MEMBER_TRANSFER.value,
+            other_member_id=self.to_member_id, allow_checkout=self.allow_checkout, event_id=self.event_id,
+            session_id=self.session_id,
+        )
 
 
 def parse(body: Mapping[str, Any], settings: Settings) -> TransferOrder:
@@ -45,16 +98,43 @@ def parse(body: Mapping[str, Any], settings: Settings) -> TransferOrder:
             "to_organisation_id: a member pays an organisation with a payment, not a transfer",
             field="to_organisation_id",
         )
+    direction = (source.removeprefix("from_").removesuffix("_id"), target.removeprefix("to_").removesuffix("_id"))
+    optional_id = lambda name: None if body.get(name) is None else fields.identifier(body[name], name)  # noqa: E731
     maximum = settings.transfer_max if source == "from_member_id" else settings.max_amount
     order = TransferOrder(
         request_id=fields.identifier(body.get("request_id"), "request_id"),
         amount=parse_cents(body.get("amount"), "amount", minimum=1, maximum=maximum),
         description=fields.text(body.get("description"), "description", max_length=80),
+        payment_type=_payment_type(body.get("payment_type"), direction),
+        event_id=optional_id("event_id"),
+        session_id=optional_id("session_id"),
+        allow_checkout=fields.boolean(body.get("allow_checkout", False), "allow_checkout"),
+        allow_negative=fields.boolean(body.get("allow_negative", False), "allow_negative"),
         **{source: fields.identifier(body[source], source), target: fields.identifier(body[target], target)},
     )
-    if source.removeprefix("from_") == target.removeprefix("to_") and body[source] == body[target]:
+    if direction[0] == direction[1] and body[source] == body[target]:
         raise InvalidInput(f"{target}: cannot transfer to the same account", field=target)
+    if order.allow_checkout and direction[0] != "member":
+        raise InvalidInput("allow_checkout: only a member's transfer can fall back to a card", field="allow_checkout")
+    if order.allow_negative and not (order.entry_type is EntryType.REFUND and order.event_id):
+        raise InvalidInput(
+            "allow_negative: only an organisation's Refund of an event (with event_id) may take it below zero",
+            field="allow_negative",
+        )
     return order
+
+
+def _payment_type(value: object, direction: tuple[str, str]) -> str | None:
+    if value is None:
+        return None
+    allowed = TYPES[direction]
+    if not isinstance(value, str) or value not in {t.value for t in allowed}:
+        raise InvalidInput(
+            f"payment_type: {value!r} is not a type from {direction[0]} to {direction[1]}; "
+            f"one of {', '.join(t.value for t in allowed)}",
+            field="payment_type",
+        )
+    return value
 
 
 def record(session: Session, order: TransferOrder, *, client: str | None = None) -> tuple[requests.Request, bool]:
@@ -65,17 +145,20 @@ def record(session: Session, order: TransferOrder, *, client: str | None = None)
 
 
 def transfer(session: Session, order: TransferOrder, settings: Settings) -> requests.Request:
-    """Record and book the transfer in the caller's transaction; `declined` if funds are short."""
+    """Record and decide the transfer in the caller's transaction; `declined` if funds are short
+    (a member's transfer first tries the member's cards, as a payment does)."""
     row = requests.claim(
         session, RequestKind.TRANSFER, order.request_id, order.payload(), amount=order.amount,
         member_id=order.from_member_id,
     )
     if not row.queued:
         return row
+    if order.direction == ("member", "member"):
+        payments.decide_claimed(session, row, order.as_payment(), settings)
+        return row
     try:
-        sender = profiles.get_member(session, order.from_member_id) if order.from_member_id else None
+        organisation = profiles.get_organisation(session, order.from_organisation_id or "")
         recipient = profiles.get_member(session, order.to_member_id) if order.to_member_id else None
-        source = sender.account_id if sender else profiles.get_organisation(session, order.from_organisation_id or "").account_id
         target = recipient.account_id if recipient else profiles.get_organisation(session, order.to_organisation_id or "").account_id
     except NotFound as exc:
         requests.finish(session, row, RequestStatus.FAILED, reason=exc.message)
@@ -83,11 +166,14 @@ def transfer(session: Session, order: TransferOrder, settings: Settings) -> requ
 
     entry = Entry(
         key=f"transfer:{order.request_id}",
-        type=EntryType.MEMBER_TRANSFER if sender else EntryType.ORG_TRANSFER,
+        type=order.entry_type,
         description=order.description,
         reference=order.request_id,
-        lines=(Line(source, -order.amount), Line(target, order.amount)),
+        lines=(Line(organisation.account_id, -order.amount), Line(target, order.amount)),
+        event_id=order.event_id,
+        session_id=order.session_id,
         client=row.client,
+        allow_negative=order.allow_negative,
     )
     try:
         ledger.post(session, entry)
@@ -95,6 +181,8 @@ def transfer(session: Session, order: TransferOrder, settings: Settings) -> requ
         requests.finish(session, row, RequestStatus.DECLINED, reason=exc.message)
         return row
     requests.finish(session, row, RequestStatus.PAID)
-    if sender and recipient:
-        notifications.transfer_emails(session, order.request_id, sender, recipient, order.amount, order.description)
+    if recipient:
+        notifications.organisation_transfer_email(
+            session, order.request_id, organisation, recipient, order.amount, order.description, order.entry_type
+        )
     return row

@@ -371,7 +371,11 @@ JSON_ENDPOINTS = [
         "request_id": request_ids, "from_member_id": member_ids, "from_organisation_id": organisation_ids,
         "to_member_id": member_ids, "to_organisation_id": organisation_ids, "amount": amounts,
         "description": descriptions,
-    }, alternatives=(("from_member_id", "from_organisation_id"), ("to_member_id", "to_organisation_id"))),
+        "payment_type": st.sampled_from(["Org Transfer", "Refund", "Club Top Up", "Member Transfer", "Settlement"]),
+        "event_id": st.sampled_from(["ev-1"]), "session_id": st.sampled_from(["s-1"]),
+        "allow_checkout": st.booleans(), "allow_negative": st.booleans(),
+    }, optional=frozenset({"payment_type", "event_id", "session_id", "allow_checkout", "allow_negative"}),
+        alternatives=(("from_member_id", "from_organisation_id"), ("to_member_id", "to_organisation_id"))),
     Endpoint("POST", "/api/settlements", {
         "request_id": request_ids,
         "reference_date": st.sampled_from(["2026-01-31", "2025-12-31", "2024-02-29"]),

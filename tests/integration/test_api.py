@@ -603,7 +603,7 @@ def test_an_empty_statement_has_no_rows_and_a_csv_header_only(client, auth, exis
     assert csv_response.status_code == 200
     assert csv_response.mimetype == "text/csv"
     assert csv_response.headers["Content-Disposition"] == 'attachment; filename="statement-organisation-club.csv"'
-    assert csv_response.get_data(as_text=True) == "Date,Counterparty,Reference,Type,Description,Amount,Balance\r\n"
+    assert csv_response.get_data(as_text=True) == "Date,Counterparty,Reference,Type,Description,Amount,Balance,Event,Session\r\n"
 
 
 @pytest.mark.parametrize(("days", "shown"), [("30", 30), ("90", 90), ("365", 365), ("all", "all"), ("ALL", "all"), (None, 30)])
@@ -884,7 +884,7 @@ def test_a_member_update_without_low_balance_emails_keeps_it_and_null_turns_it_o
 # Payment types in the wrong direction, names and e-mail addresses --------------------------
 
 
-@pytest.mark.parametrize("payment_type", ["Refund", "Club Top Up", "Org Transfer", "Settlement", "Card Refund"])
+@pytest.mark.parametrize("payment_type", ["Refund", "Club Top Up", "Member Transfer", "Settlement", "Card Refund"])
 def test_a_payment_typed_in_the_organisation_to_member_direction_is_a_400_naming_payment_type(
     client, auth, existing, payment_type
 ) -> None:

@@ -101,7 +101,7 @@ def test_book_internals_false_decides_but_books_nothing(sessions, world) -> None
 
 
 def test_a_payment_to_another_member_or_to_no_one_is_booked_to_them_or_the_federation(sessions, world) -> None:
-    pay(sessions, order(request_id="to-bob", organisation_id=None, other_member_id="bob", amount="5.00"))
+    pay(sessions, order(request_id="to-bob", organisation_id=None, other_member_id="bob", payment_type=None, amount="5.00"))
     pay(sessions, order(request_id="to-fed", organisation_id=None, amount="7.00"))
     assert balance_of(sessions, world["bob"]) == 5_00
     assert balance_of(sessions, world["fees"]) == 7_00
@@ -110,16 +110,16 @@ def test_a_payment_to_another_member_or_to_no_one_is_booked_to_them_or_the_feder
 
 def test_a_payment_to_another_member_e_mails_both_of_them_once(sessions, world) -> None:
     """ORIGINAL 6.9 (issue 13 item 6): both sides of a payment to another member, on both paths."""
-    first = pay(sessions, order(request_id="to-bob", organisation_id=None, other_member_id="bob", amount="5.00",
+    first = pay(sessions, order(request_id="to-bob", organisation_id=None, other_member_id="bob", payment_type=None, amount="5.00",
                                 description="Half the taxi"))
-    pay(sessions, order(request_id="to-bob", organisation_id=None, other_member_id="bob", amount="5.00",
+    pay(sessions, order(request_id="to-bob", organisation_id=None, other_member_id="bob", payment_type=None, amount="5.00",
                         description="Half the taxi"))  # replayed: no more e-mails
     assert first.status == "paid" and AT_ONCE["paid"] == []  # never the one-statement path
     with sessions.begin() as session:
         sent = [m.payload for m in session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "notification")
                                                    .order_by(OutboxMessage.id))]
-    assert [(m["to"], m["subject"]) for m in sent] == [("ann@example.org", "You sent 5.00 to Bob Ray"),
-                                                      ("bob@example.org", "You received 5.00 from Ann Lee")]
+    assert [(m["to"], m["subject"]) for m in sent] == [("ann@example.org", "Transfer to Bob Ray"),
+                                                      ("bob@example.org", "Transfer from Ann Lee")]
     assert "Half the taxi" in sent[1]["body"]
 
 
@@ -210,12 +210,13 @@ def test_members_who_did_not_opt_in_get_no_low_balance_email(sessions, world) ->
         # Organisation -> member types: a payment debits the member.
         ({"payment_type": "Refund"}, "payment_type"),
         ({"payment_type": "Club Top Up"}, "payment_type"),
-        ({"payment_type": "Org Transfer"}, "payment_type"),
+        ({"payment_type": "Member Transfer"}, "payment_type"),  # to another member only
+        ({"organisation_id": None, "other_member_id": "bob"}, "payment_type"),  # Club Payment, to a member
         ({"payment_type": "Manual Adjustment"}, "payment_type"),
         ({"other_member_id": "bob"}, "organisation_id"),
-        ({"organisation_id": None, "other_member_id": "ann"}, "other_member_id"),
+        ({"organisation_id": None, "other_member_id": "ann", "payment_type": None}, "other_member_id"),
         # The transfer cap (2,000.00) on every way of paying another member (issue 13 item 2).
-        ({"organisation_id": None, "other_member_id": "bob", "amount": "2000.01"}, "amount"),
+        ({"organisation_id": None, "other_member_id": "bob", "payment_type": None, "amount": "2000.01"}, "amount"),
         ({"book_internals": "yes"}, "book_internals"),
         ({"allow_checkout": 1}, "allow_checkout"),
         ({"route_code": "bad code"}, "route_code"),

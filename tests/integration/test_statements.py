@@ -21,7 +21,7 @@ from shared.models import EntryType, SystemAccount
 from tests.integration.helpers import add_member, add_organisation, top_up
 
 SYDNEY = ZoneInfo("Australia/Sydney")
-HEADER = ["Date", "Counterparty", "Reference", "Type", "Description", "Amount", "Balance"]
+HEADER = ["Date", "Counterparty", "Reference", "Type", "Description", "Amount", "Balance", "Event", "Session"]
 
 
 @dataclass(frozen=True)
@@ -146,27 +146,28 @@ def history(sessions: sessionmaker[Session]) -> History:
 
 # The expected statements, newest first, exactly as the JSON shows them.
 ANN_ROWS = [
-    ["2026-03-12T14:00:00+11:00", "Stripe", "auto-1", "Auto Top Up", "Auto top up", "50.00", "85.50"],
-    ["2026-03-11T12:00:00+11:00", "Bob Ray (bob)", "xfer-1", "Member Transfer", '=HYPERLINK("http://x","lunch")', "-20.00", "35.50"],
-    ["2026-03-11T00:10:00+11:00", "Adjustments", "adj-1", "Manual Adjustment", "Goodwill credit", "5.50", "55.50"],
-    ["2026-03-10T23:50:00+11:00", "North Shore Bridge Club", "pay-1", "Club Payment", "Table money 10 March", "-30.00", "50.00"],
-    ["2026-02-01T13:00:00+11:00", "North Shore Bridge Club", "MEM-2026", "Club Membership", "Annual subscription", "-20.00", "80.00"],
-    ["2026-02-01T12:00:00+11:00", "Stripe", "top-1", "Manual Top Up", "Top up", "100.00", "100.00"],
+    ["2026-03-12T14:00:00+11:00", "Stripe", "auto-1", "Auto Top Up", "Auto top up", "50.00", "85.50", "", ""],
+    ["2026-03-11T12:00:00+11:00", "Bob Ray (bob)", "xfer-1", "Member Transfer", '=HYPERLINK("http://x","lunch")', "-20.00", "35.50", "", ""],
+    ["2026-03-11T00:10:00+11:00", "Adjustments", "adj-1", "Manual Adjustment", "Goodwill credit", "5.50", "55.50", "", ""],
+    ["2026-03-10T23:50:00+11:00", "North Shore Bridge Club", "pay-1", "Club Payment", "Table money 10 March", "-30.00", "50.00", "", "S-77"],
+    ["2026-02-01T13:00:00+11:00", "North Shore Bridge Club", "MEM-2026", "Club Membership", "Annual subscription", "-20.00", "80.00", "", ""],
+    ["2026-02-01T12:00:00+11:00", "Stripe", "top-1", "Manual Top Up", "Top up", "100.00", "100.00", "", ""],
 ]
 CLUB_ROWS = [
-    ["2026-03-12T15:00:00+11:00", "Bank", "settle-1", "Settlement", "Settlement to 2026-02-28", "-40.00", "8.75"],
-    ["2026-03-11T13:00:00+11:00", "Adjustments", "adj-2", "Manual Adjustment", "Scorer fee correction", "-1.25", "48.75"],
-    ["2026-03-10T23:50:00+11:00", "Ann Lee (ann)", "pay-1", "Club Payment", "Table money 10 March", "30.00", "50.00"],
-    ["2026-02-01T13:00:00+11:00", "Ann Lee (ann)", "MEM-2026", "Club Membership", "Annual subscription", "20.00", "20.00"],
+    ["2026-03-12T15:00:00+11:00", "Bank", "settle-1", "Settlement", "Settlement to 2026-02-28", "-40.00", "8.75", "", ""],
+    ["2026-03-11T13:00:00+11:00", "Adjustments", "adj-2", "Manual Adjustment", "Scorer fee correction", "-1.25", "48.75", "", ""],
+    ["2026-03-10T23:50:00+11:00", "Ann Lee (ann)", "pay-1", "Club Payment", "Table money 10 March", "30.00", "50.00", "", "S-77"],
+    ["2026-02-01T13:00:00+11:00", "Ann Lee (ann)", "MEM-2026", "Club Membership", "Annual subscription", "20.00", "20.00", "", ""],
 ]
 BOB_ROWS = [
-    ["2026-03-11T12:00:00+11:00", "Ann Lee (ann)", "xfer-1", "Member Transfer", '=HYPERLINK("http://x","lunch")', "20.00", "20.00"],
+    ["2026-03-11T12:00:00+11:00", "Ann Lee (ann)", "xfer-1", "Member Transfer", '=HYPERLINK("http://x","lunch")', "20.00", "20.00", "", ""],
 ]
 
 
-def _as_json_rows(rows: list[list[str]]) -> list[dict[str, str]]:
-    keys = ["date", "counterparty", "reference", "type", "description", "amount", "balance"]
-    return [dict(zip(keys, row, strict=True)) for row in rows]
+def _as_json_rows(rows: list[list[str]]) -> list[dict[str, str | None]]:
+    keys = ["date", "counterparty", "reference", "type", "description", "amount", "balance", "event_id", "session_id"]
+    return [{key: cell or None if key.endswith("_id") else cell for key, cell in zip(keys, row, strict=True)}
+            for row in rows]
 
 
 def _parse_csv(text: str) -> list[list[str]]:
@@ -184,7 +185,7 @@ def test_a_member_statement_lists_every_line_newest_first_with_the_balance_after
         for row in rows
     ] == [
         [date_, who, ref, type_, text, int(amount.replace(".", "")), int(after.replace(".", ""))]
-        for date_, who, ref, type_, text, amount, after in ANN_ROWS
+        for date_, who, ref, type_, text, amount, after, _, _ in ANN_ROWS
     ]
 
 
@@ -220,6 +221,8 @@ def test_a_winter_entry_is_shown_with_the_standard_time_offset(sessions, history
         "description": "Top up",
         "amount": "10.00",
         "balance": "30.00",
+        "event_id": None,
+        "session_id": None,
     }
 
 
@@ -308,6 +311,8 @@ def test_every_formula_prefix_in_a_csv_text_cell_is_escaped(sessions, history, p
         f"'{prefix}cmd|' /C calc'!A0",
         "1.00",
         "21.00",
+        "",
+        "",
     ]
 
 
