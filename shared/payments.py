@@ -117,12 +117,6 @@ def parse(body: Mapping[str, Any], settings: Settings) -> PaymentOrder:
             f"one of {', '.join(sorted(allowed))}",
             field="payment_type",
         )
-    route_code = body.get("route_code")
-    if route_code is not None:
-        route_code = fields.identifier(route_code, "route_code")
-    route_payload = body.get("route_payload")
-    if route_payload is not None and len(repr(route_payload)) > 2000:
-        raise InvalidInput("route_payload: larger than 2000 characters", field="route_payload")
     order = PaymentOrder(
         request_id=fields.identifier(body.get("request_id"), "request_id"),
         member_id=fields.identifier(body.get("member_id"), "member_id"),
@@ -131,8 +125,8 @@ def parse(body: Mapping[str, Any], settings: Settings) -> PaymentOrder:
         payment_type=payment_type,
         organisation_id=optional_id("organisation_id"),
         other_member_id=optional_id("other_member_id"),
-        route_code=route_code,
-        route_payload=route_payload,
+        route_code=route_code(body),
+        route_payload=route_payload(body),
         book_internals=fields.boolean(body.get("book_internals", True), "book_internals"),
         allow_checkout=fields.boolean(body.get("allow_checkout", False), "allow_checkout"),
         event_id=optional_id("event_id"),
@@ -145,6 +139,19 @@ def parse(body: Mapping[str, Any], settings: Settings) -> PaymentOrder:
         raise InvalidInput(f"amount: a payment to another member is at most {format_cents(settings.transfer_max)}",
                            field="amount")
     return order
+
+
+def route_code(body: Mapping[str, Any]) -> str | None:
+    """The callback's route code of a request body (a payment's, a transfer's), if it has one."""
+    found = body.get("route_code")
+    return None if found is None else fields.identifier(found, "route_code")
+
+
+def route_payload(body: Mapping[str, Any]) -> Any:
+    found = body.get("route_payload")
+    if found is not None and len(repr(found)) > 2000:
+        raise InvalidInput("route_payload: larger than 2000 characters", field="route_payload")
+    return found
 
 
 # Raised by `pay_request` when a request is not the plain case; it has then written nothing.

@@ -222,7 +222,8 @@ def finish(
     if row.route_code and row.status in TERMINAL:
         kwargs = callback_kwargs(
             row.request_id, row.route_code, row.payload.get("route_payload"), status, row.amount, reason,
-            member_id=row.member_id, organisation_id=_organisation_of(row.payload),
+            member_id=row.member_id or _text(row.payload, "to_member_id"),
+            organisation_id=_organisation_of(row.payload),
         )
         outbox.add_callback(session, request_id=row.request_id, kwargs=kwargs)
 
@@ -253,9 +254,17 @@ def callback_kwargs(
 
 
 def _organisation_of(payload: dict[str, Any]) -> str | None:
-    """The organisation a request pays (a payment's `organisation_id`), if it names one that is
-    a string (a malformed request sent by task name may not)."""
-    found = payload.get("organisation_id")
+    """The organisation a request is about: the one a payment pays, or the one a transfer is
+    from (else to), if it names one."""
+    for name in ("organisation_id", "from_organisation_id", "to_organisation_id"):
+        if found := _text(payload, name):
+            return found
+    return None
+
+
+def _text(payload: dict[str, Any], name: str) -> str | None:
+    """A payload's field if it is a string (a malformed request sent by task name may not be)."""
+    found = payload.get(name)
     return found if isinstance(found, str) else None
 
 

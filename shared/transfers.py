@@ -14,7 +14,8 @@ an organisation is a payment, not a transfer.
 - Organisation to organisation: Org Transfer, no more than the paying organisation holds.
 
 A type in the wrong direction is refused naming `payment_type`. Event and session ids are
-kept on the journal entry, so both sides' statements show them.
+kept on the journal entry, so both sides' statements show them. A transfer with a route code
+ends with one callback, as a payment does.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ TYPES: dict[tuple[str, str], tuple[EntryType, ...]] = {
 # Fields added after the first transfers were stored: left out of the stored form while unset,
 # so a transfer stored before them still has the same payload (and hash).
 _OPTIONAL = {"payment_type": None, "event_id": None, "session_id": None, "allow_checkout": False,
-             "allow_negative": False}
+             "allow_negative": False, "route_code": None, "route_payload": None}
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,8 @@ class TransferOrder:
     session_id: str | None = None
     allow_checkout: bool = False
     allow_negative: bool = False
+    route_code: str | None = None  # a callback when it ends, as for a payment
+    route_payload: Any = None
 
     def payload(self) -> dict[str, Any]:
         stored = {**asdict(self), "amount": format_cents(self.amount)}
@@ -110,6 +113,8 @@ def parse(body: Mapping[str, Any], settings: Settings) -> TransferOrder:
         session_id=optional_id("session_id"),
         allow_checkout=fields.boolean(body.get("allow_checkout", False), "allow_checkout"),
         allow_negative=fields.boolean(body.get("allow_negative", False), "allow_negative"),
+        route_code=payments.route_code(body),
+        route_payload=payments.route_payload(body),
         **{source: fields.identifier(body[source], source), target: fields.identifier(body[target], target)},
     )
     if direction[0] == direction[1] and body[source] == body[target]:
@@ -140,7 +145,7 @@ def _payment_type(value: object, direction: tuple[str, str]) -> str | None:
 def record(session: Session, order: TransferOrder, *, client: str | None = None) -> tuple[requests.Request, bool]:
     return requests.record(
         session, RequestKind.TRANSFER, order.request_id, order.payload(), amount=order.amount,
-        member_id=order.from_member_id, client=client,
+        member_id=order.from_member_id, route_code=order.route_code, client=client,
     )
 
 
@@ -149,7 +154,7 @@ def transfer(session: Session, order: TransferOrder, settings: Settings) -> requ
     (a member's transfer first tries the member's cards, as a payment does)."""
     row = requests.claim(
         session, RequestKind.TRANSFER, order.request_id, order.payload(), amount=order.amount,
-        member_id=order.from_member_id,
+        member_id=order.from_member_id, route_code=order.route_code,
     )
     if not row.queued:
         return row

@@ -76,6 +76,9 @@ def world(client: FlaskClient, sessions: sessionmaker[Session]) -> dict[str, str
 
 PAYMENT = {"request_id": "portal-p1", "member_id": "ann", "amount": "5.00", "description": "Entry",
            "organisation_id": "other-club", "route_code": "EVT"}
+EVENT_REFUND = {"request_id": "er0", "from_organisation_id": "club", "to_member_id": "ann", "amount": "5.00",
+                "description": "Congress withdrawn", "payment_type": "Refund", "event_id": "EV-1",
+                "allow_negative": True}
 MEMBER_TRANSFER = {"request_id": "portal-t1", "from_member_id": "ann", "to_member_id": "bob", "amount": "1.00",
                    "description": "Lunch"}
 CLUB_TRANSFER = {"request_id": "c-t1", "from_organisation_id": "club", "to_member_id": "ann", "amount": "1.00",
@@ -127,6 +130,11 @@ CASES: list[tuple[str, str, str, dict[str, Any] | None, int, str]] = [
     ("club-tool", "POST", "/api/settlements", {**SETTLEMENT, "organisations": "all"}, 403, "covers only"),
     ("club-tool", "GET", "/api/organisations/other-club/balance", None, 403, "covers only"),
     ("club-tool", "POST", "/api/payments", {**PAYMENT, "request_id": "cp1"}, 403, "payments or admin scope"),
+    # An event's refund below zero (issue 13): the clubs scope for that organisation, nothing less.
+    ("club-tool", "POST", "/api/transfers", {**EVENT_REFUND, "request_id": "er1"}, 202, ""),
+    ("club-tool", "POST", "/api/transfers", {**EVENT_REFUND, "from_organisation_id": "other-club"}, 403,
+     "covers only its organisations (club)"),
+    ("portal", "POST", "/api/transfers", {**EVENT_REFUND, "request_id": "portal-er"}, 403, "clubs or admin"),
     ("club-tool", "POST", "/api/transfers", {**MEMBER_TRANSFER, "request_id": "ct2"}, 403, "payments or admin"),
     # reports
     ("reporter", "GET", "/api/members/ann/statement", None, 200, ""),
