@@ -35,7 +35,7 @@ T = TypeVar("T")
 RUN_FILE = Path("var/run.json")
 LOCAL_STRIPE_KEY = "sk_test_localstripe"  # localstripe takes any sk_ key; not a secret
 VISA = "4242424242424242"
-STEPS = 8
+STEPS = 11
 # Generous: the embedded default runs Celery on its SQLAlchemy transport on SQLite, which polls.
 DEADLINE = float(os.environ.get("PAYMENTS_DEMO_TIMEOUT", "60"))
 
@@ -191,6 +191,9 @@ class Story:
         self.do("bob pays the club 150.00 (auto top-up covers it)", self.bob_pays_club)
         self.do("ann transfers 25.00 to bob", self.ann_transfers)
         self.do("the club is settled to yesterday (its money came today: nothing to settle)", self.settle_club)
+        self.do("the club tops ann up 20.00 at the table", self.club_tops_up_ann)
+        self.do("the club refunds ann's event entry of 15.00", self.club_refunds_entry)
+        self.do("the club raises an IOU of 12.00 for ann, and ann pays it", self.iou)
         self.do("statements", self.statements, tables=True)
         return self.check_balances()
 
@@ -292,6 +295,44 @@ class Story:
         return f"{result['status']} for {done.get('reference_date')}: gross {result['gross']}, net {result['net']}"
 
     # (7)
+    def club_tops_up_ann(self) -> str:
+        """ORIGINAL 2.7 "Club top-up at table": the club pays the member from its balance."""
+        request_id = self.rid("club-top-up")
+        self.api.post("/api/transfers", {
+            "request_id": request_id, "from_organisation_id": self.club, "to_member_id": self.ann,
+            "amount": "20.00", "description": "Cash at the table", "payment_type": "Club Top Up",
+            "session_id": f"session-{self.suffix}"})
+        self.api.outcome(request_id, "paid")
+        return (f"paid; ann {self.api.balance(f'/api/members/{self.ann}')}, "
+                f"club {self.api.balance(f'/api/organisations/{self.club}')}")
+
+    # (8)
+    def club_refunds_entry(self) -> str:
+        request_id = self.rid("event-refund")
+        self.api.post("/api/transfers", {
+            "request_id": request_id, "from_organisation_id": self.club, "to_member_id": self.ann,
+            "amount": "15.00", "description": "Congress entry withdrawn", "payment_type": "Refund",
+            "event_id": f"congress-{self.suffix}"})
+        self.api.outcome(request_id, "paid")
+        return (f"paid; ann {self.api.balance(f'/api/members/{self.ann}')}, "
+                f"club {self.api.balance(f'/api/organisations/{self.club}')}")
+
+    # (9)
+    def iou(self) -> str:
+        """ORIGINAL 2.11: a director marks ann's table money as owed; she pays it later."""
+        raised = self.api.post("/api/ious", {
+            "request_id": self.rid("iou"), "organisation_id": self.club, "member_id": self.ann, "amount": "12.00",
+            "description": "Table money, Tuesday pairs"})
+        request_id = self.rid("iou-paid")
+        self.api.post(f"/api/ious/{raised['iou_id']}/pay", {"request_id": request_id})
+        self.api.outcome(request_id, "paid")
+        owed = [i for i in self.api.get(f"/api/members/{self.ann}/ious")["ious"] if i["iou_id"] == raised["iou_id"]]
+        if [i["status"] for i in owed] != ["paid"]:
+            raise DemoFailed(f"the IOU is not paid after its payment: {owed}")
+        return (f"IOU paid; ann {self.api.balance(f'/api/members/{self.ann}')}, "
+                f"club {self.api.balance(f'/api/organisations/{self.club}')}")
+
+    # (10)
     def statements(self) -> str:
         parts = []
         for title, path in ((self.ann, f"/api/members/{self.ann}"), (self.bob, f"/api/members/{self.bob}"),
@@ -300,16 +341,18 @@ class Story:
             parts.append(format_statement(title, rows))
         return "\n".join(parts)
 
-    # (8)
+    # (11)
     def check_balances(self) -> int:
         expected = {
-            # ann: 60.00 card top-up, 25.00 to bob.
-            f"/api/members/{self.ann}": ("ann", "35.00"),
+            # ann: 60.00 card top-up, 25.00 to bob, 20.00 from the club's table, 15.00 refunded,
+            # 12.00 IOU paid.
+            f"/api/members/{self.ann}": ("ann", "58.00"),
             # bob: 100.00 auto top-up on saving the card; paying 150.00 with 100.00 and U = 100:
             # SPEC 4.2, B >= L, T = max(U, A) = 150.00, so 100 + 150 - 150; then + 25.00 from ann.
             f"/api/members/{self.bob}": ("bob", "125.00"),
-            # club: 150.00 from bob, kept until a settlement to a date after today.
-            f"/api/organisations/{self.club}": ("club", "150.00"),
+            # club: 150.00 from bob (kept until a settlement to a date after today), less 20.00
+            # topped up and 15.00 refunded, plus the 12.00 IOU.
+            f"/api/organisations/{self.club}": ("club", "127.00"),
         }
         self.step += 1
         print(f"[{self.step}/{STEPS}] final balances ...", end="", flush=True)

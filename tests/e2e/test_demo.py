@@ -16,14 +16,17 @@ import pytest
 from tests.e2e.processes import PAYMENTS, free_port, start, stop, wait_for
 
 STEPS = [
-    "[1/8] members ann and bob, and a club ... ok",
-    "[2/8] ann tops up 60.00 by card checkout with a new card ... ok (balance 60.00)",
-    "[3/8] bob saves a card for auto top-up (and is topped up 100.00) ... ok (auto top-up on, balance 100.00)",
-    "[4/8] bob pays the club 150.00 (auto top-up covers it) ... ok (paid; bob 100.00, club 150.00)",
-    "[5/8] ann transfers 25.00 to bob ... ok (paid; ann 35.00, bob 125.00)",
-    "[6/8] the club is settled to yesterday (its money came today: nothing to settle) ... ok",
-    "[7/8] statements ... ok",
-    "[8/8] final balances ... ok",
+    "[1/11] members ann and bob, and a club ... ok",
+    "[2/11] ann tops up 60.00 by card checkout with a new card ... ok (balance 60.00)",
+    "[3/11] bob saves a card for auto top-up (and is topped up 100.00) ... ok (auto top-up on, balance 100.00)",
+    "[4/11] bob pays the club 150.00 (auto top-up covers it) ... ok (paid; bob 100.00, club 150.00)",
+    "[5/11] ann transfers 25.00 to bob ... ok (paid; ann 35.00, bob 125.00)",
+    "[6/11] the club is settled to yesterday (its money came today: nothing to settle) ... ok",
+    "[7/11] the club tops ann up 20.00 at the table ... ok (paid; ann 55.00, club 130.00)",
+    "[8/11] the club refunds ann's event entry of 15.00 ... ok (paid; ann 70.00, club 115.00)",
+    "[9/11] the club raises an IOU of 12.00 for ann, and ann pays it ... ok (IOU paid; ann 58.00, club 127.00)",
+    "[10/11] statements ... ok",
+    "[11/11] final balances ... ok",
 ]
 
 
@@ -49,7 +52,7 @@ def test_demo_tells_the_whole_story_against_payments_run_twice(tmp_path: Path, m
             for step in STEPS:
                 assert any(line.startswith(step) for line in lines), f"missing {step!r} in\n{demo.stdout}"
             assert "nothing_to_settle for " in demo.stdout and "gross 0.00, net 0.00" in demo.stdout
-            assert lines[-1] == "balances as expected: ann 35.00, bob 125.00, club 150.00"
+            assert lines[-1] == "balances as expected: ann 58.00, bob 125.00, club 127.00"
             assert "statement of club-" in demo.stdout and "Settlement" not in demo.stdout
 
         stack.send_signal(signal.SIGINT)
