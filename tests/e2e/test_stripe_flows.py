@@ -291,6 +291,48 @@ def test_a_checkout_paid_by_card_books_card_money_then_the_payment_and_calls_bac
     assert [(c["request_id"], c["status"], c["amount"]) for c in callbacks] == [("r1", "success", "30.00")]
 
 
+# A transfer between members short of funds (ORIGINAL 2.8; issue 13 item 2) ----------------------
+
+
+def transfer_to_bob(sessions: sessionmaker[Session], **overrides: object) -> dict:
+    with sessions.begin() as session:
+        add_member(session, "bob", "Bob", "Ray")
+    return {"request_id": f"m2m-{uuid.uuid4().hex[:8]}", "from_member_id": "ann", "to_member_id": "bob",
+            "amount": "80.00", "description": "Share of the car", **overrides}
+
+
+def test_a_transfer_short_of_funds_is_covered_by_the_senders_auto_top_up_and_both_are_e_mailed(
+    client, auth, world, sessions, gateway, browser
+) -> None:
+    auto_topup_on(sessions, gateway, browser, amount=50_00)
+    adjust(client, auth, 10_00)
+    body = transfer_to_bob(sessions)
+    client.post("/api/transfers", headers=auth, json=body)
+    assert outcome(client, auth, body["request_id"])["status"] == "paid"
+    # SPEC 4.2: U 50, B 10, A 80 -> T = max(50, 80) = 80, 10 + 80 - 80 = 10 < 20: T = 100 -> 30.00.
+    assert [(pi.amount, pi.status) for pi in intents(browser, f"pay-topup:{body['request_id']}")] == [
+        (100_00, "succeeded")]
+    assert statement(client, auth)[-2:] == [("Auto Top Up", "100.00"), ("Member Transfer", "-80.00")]
+    assert client.get("/api/members/bob/balance", headers=auth).get_json()["balance"] == "80.00"
+    assert {(m["to"], m["subject"]) for m in emails(sessions)} >= {
+        ("ann@example.org", "Transfer to Bob Ray"), ("bob@example.org", "Transfer from Ann Lee")}
+
+
+def test_a_transfer_short_of_funds_with_checkout_allowed_is_paid_by_card(
+    client, auth, world, sessions, browser, webhook_url
+) -> None:
+    adjust(client, auth, 30_00)
+    body = transfer_to_bob(sessions, allow_checkout=True)
+    client.post("/api/transfers", headers=auth, json=body)
+    waiting = outcome(client, auth, body["request_id"])
+    assert (waiting["status"], waiting["checkout"]["amount"]) == ("awaiting_card", "50.00")
+    assert pay_as_browser(browser, waiting["checkout"]["payment_intent_id"]).status == "succeeded"
+    assert status_becomes(client, auth, body["request_id"], "paid")["kind"] == "transfer"
+    assert statement(client, auth)[-2:] == [("CC Payment", "50.00"), ("Member Transfer", "-80.00")]
+    assert balance_of(sessions, world["ann"]) == 0
+    assert client.get("/api/members/bob/balance", headers=auth).get_json()["balance"] == "80.00"
+
+
 # 4 and 5. A saved card that fails (SPEC 4.3) ----------------------------------------------------
 
 
