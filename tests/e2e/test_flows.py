@@ -135,8 +135,10 @@ def test_transfers_between_members_and_from_organisations(client, auth, world, s
     assert balances == {"ann": 75_00, "bob": 65_00, "club": 400_00, "other": 60_00}
     with sessions.begin() as session:
         emails = [m.payload for m in session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "notification"))]
-    assert sorted((e["kind"], e["to"]) for e in emails) == [
-        ("transfer_received", "bob@example.org"), ("transfer_sent", "ann@example.org")
+    assert sorted((e["kind"], e["to"], e["subject"]) for e in emails) == [
+        ("transfer_from_organisation", "bob@example.org", "Transfer from North Shore Bridge Club"),
+        ("transfer_received", "bob@example.org", "Transfer from Ann Lee"),
+        ("transfer_sent", "ann@example.org", "Transfer to Bob Ray"),
     ]
 
 
