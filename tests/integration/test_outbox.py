@@ -20,7 +20,7 @@ from tests.conftest import API_TOKEN
 from tests.e2e.processes import free_port
 
 EMAIL = {"kind": "transfer_sent", "member_id": "ann", "to": "ann@example.org",
-         "subject": "You sent 5.00 to Bob Ray", "body": "Dear Ann,\n\nYou transferred 5.00.\n"}
+         "subject": "Transfer to Bob Ray", "body": "Dear Ann,\n\nYou transferred 5.00.\n"}
 
 
 class Inbox:
@@ -65,7 +65,7 @@ def test_an_email_is_sent_through_the_configured_smtp_server(sessions, smtp_serv
     [mail] = inbox.messages
     assert (mail.mail_from, mail.rcpt_tos) == ("payments@federation.example", ["ann@example.org"])
     text = mail.content.decode()
-    assert "Subject: You sent 5.00 to Bob Ray" in text and "You transferred 5.00." in text
+    assert "Subject: Transfer to Bob Ray" in text and "You transferred 5.00." in text
     assert row(sessions, outbox_id).status == "sent"
     assert outbox.deliver(sessions, outbox_id, config, never_called) == ("skipped", None)
     assert len(inbox.messages) == 1
@@ -100,7 +100,7 @@ def test_without_a_task_or_smtp_server_the_email_is_logged(sessions, caplog) -> 
     outbox_id = queue_email(sessions)
     with caplog.at_level(logging.INFO, logger="shared.outbox"):
         assert outbox.deliver(sessions, outbox_id, Settings(), never_called) == ("sent", None)
-    assert "to ann@example.org: You sent 5.00 to Bob Ray" in caplog.text
+    assert "to ann@example.org: Transfer to Bob Ray" in caplog.text
 
 
 ROUTES = {"EVT": CallbackRoute("events.paid", "events")}

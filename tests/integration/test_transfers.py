@@ -12,12 +12,13 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import ledger, payments, requests, topups, transfers
+from shared import ledger, outbox, payments, requests, topups, transfers
 from shared.config import Settings
 from shared.errors import InvalidInput
 from shared.ledger import Entry, Line
 from shared.models import Base, CardPayment, EntryType, Member, OutboxMessage
 from tests.integration.helpers import add_member, add_organisation, balance_of, top_up
+from tests.integration.test_outbox import smtp_server  # noqa: F401 (a fixture: a real local SMTP server)
 
 
 @pytest.fixture
@@ -88,6 +89,20 @@ def test_an_organisation_pays_a_member_under_each_of_its_types_with_ids_on_the_e
     with sessions.begin() as session:
         [message] = session.scalars(select(OutboxMessage).where(OutboxMessage.kind == "notification")).all()
     assert "20.00" in message.payload["body"] and "Congress refund" in message.payload["body"]
+
+
+def test_the_members_e_mail_arrives_through_smtp_as_the_original_worded_it(sessions, world, smtp_server) -> None:
+    controller, inbox = smtp_server
+    run(sessions, order(description="Prize, Tuesday pairs"))
+    with sessions.begin() as session:
+        [outbox_id] = session.scalars(select(OutboxMessage.id).where(OutboxMessage.kind == "notification")).all()
+    config = Settings(smtp_url=f"smtp://127.0.0.1:{controller.port}?from=payments@federation.example")
+    assert outbox.deliver(sessions, outbox_id, config, lambda *args: None) == ("sent", None)
+    [mail] = inbox.messages
+    assert mail.rcpt_tos == ["ann@example.org"]
+    text = mail.content.decode()
+    assert "Subject: Transfer from North Shore Bridge Club" in text
+    assert "North Shore Bridge Club transferred 20.00 to you: Prize, Tuesday pairs." in text
 
 
 def test_an_organisation_pays_another_organisation_as_an_org_transfer_and_no_one_is_e_mailed(sessions, world) -> None:
