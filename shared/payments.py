@@ -230,7 +230,8 @@ def decide_claimed(session: Session, row: requests.Request, order: PaymentOrder,
 
 def member_transfer(payload: Mapping[str, Any]) -> PaymentOrder:
     """A transfer between members (its stored form), as the payment to the other member it is
-    decided as: type Member Transfer, no route, booked under the transfer's own key."""
+    decided as: type Member Transfer, booked under the transfer's own key (`_decide` keys by the
+    request's kind), its callback the request's own (`requests.finish`)."""
     return PaymentOrder(
         request_id=payload["request_id"], member_id=payload["from_member_id"],
         amount=parse_cents(payload["amount"], "amount"), description=payload["description"],
