@@ -16,8 +16,8 @@ Stripe's amount received and currency match the attempt; otherwise the attempt i
 an admin. A declined card on a checkout (a page the member can retry with another card) is
 recorded and the checkout stays open; a declined saved card ends its attempt.
 
-The healing jobs at the end (`reconcile`, `expire_checkouts`) take each open attempt on its own
-and by its kind (DESIGN invariant 12, SPEC 5): only a saved-card attempt is ever charged; a
+The healing jobs at the end (`reconcile`, `expire_checkouts`, and `end_waits` for payments
+waiting on another top-up) take each open attempt on its own and by its kind (DESIGN invariant 12, SPEC 5): only a saved-card attempt is ever charged; a
 failing attempt is counted, backed off and, after its last try, failed with its callback.
 
 Every function returns the ids of outbox rows it wrote, for the caller to dispatch after
@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import db, healing, ledger, payments, profiles, topups
+from shared import db, healing, ledger, payments, profiles, requests, topups
 from shared.config import Settings
 from shared.errors import AuthenticationRequired, CardDeclined, NotFound, StripeRequestFailed
 from shared.models import (
@@ -185,7 +185,7 @@ def settle_intent(
             mismatch = _mismatch(attempt.amount, intent)
             if mismatch:
                 topups.hold_attempt(session, attempt, mismatch, payment_intent_id=intent.id)
-                payments.card_held(session, attempt, mismatch)
+                payments.card_held(session, attempt, mismatch, settings)
             else:
                 topups.book_card_money(session, attempt, payment_intent_id=intent.id, card=intent.card)
                 payments.card_money_arrived(session, attempt, settings)
@@ -435,6 +435,32 @@ def _expire_one(sessions: sessionmaker[Session], gateway: StripeGateway, setting
     if intent.status != "canceled":
         raise StripeRequestFailed(f"PaymentIntent {intent_id}: still {intent.status} after cancelling it")
     return _end(sessions, settings, attempt_id, "checkout expired", "checkout expired after 24 h")
+
+
+def end_waits(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, *, budget_seconds: float | None = None,
+) -> Effects:
+    """Payments waiting for another auto top-up of their member that must not wait longer
+    (`requests.waits_due`: the top-up ended without deciding them, or `topup_wait_seconds`
+    passed) are decided without it (`payments.end_wait`), each on its own; one that raises is
+    backed off. The checkouts they go on to are started here."""
+    effects = Effects()
+    with sessions.begin() as session:
+        due = requests.waits_due(session, settings, utcnow())
+
+    def heal(request_id: str) -> None:
+        done = Effects()
+        with sessions.begin() as session:
+            payments.end_wait(session, request_id, settings)
+            done.collect(session)
+        _carry_on(sessions, gateway, settings, done, effects)
+
+    def failed(request_id: str, exc: Exception) -> None:
+        with sessions.begin() as session:
+            requests.back_off(session, request_id, settings)
+
+    healing.each(due, heal, failed, what="end top-up wait", budget_seconds=budget_seconds)
+    return effects
 
 
 def _due_attempts(
