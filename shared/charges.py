@@ -38,7 +38,7 @@ from shared import db, healing, ledger, payments, profiles, requests, topups
 from shared.config import Settings
 from shared.errors import AuthenticationRequired, CardDeclined, NotFound, StripeRequestFailed
 from shared.models import (
-    AutoTopUpStatus, CardPayment, CardPaymentKind, CardPaymentStatus, Member, utcnow,
+    AutoTopUpStatus, CardPayment, CardPaymentKind, CardPaymentStatus, Member, RequestStatus, utcnow,
 )
 from shared.money import format_cents
 from shared.stripe_gateway import CURRENCY, PaymentIntentInfo, StripeGateway
@@ -443,7 +443,8 @@ def end_waits(
     """Payments waiting for another auto top-up of their member that must not wait longer
     (`requests.waits_due`: the top-up ended without deciding them, or `topup_wait_seconds`
     passed) are decided without it (`payments.end_wait`), each on its own; one that raises is
-    backed off. The checkouts they go on to are started here."""
+    backed off and, after `heal_max_tries`, fails with its callback. The checkouts they go on
+    to are started here."""
     effects = Effects()
     with sessions.begin() as session:
         due = requests.waits_due(session, settings, utcnow())
@@ -457,7 +458,13 @@ def end_waits(
 
     def failed(request_id: str, exc: Exception) -> None:
         with sessions.begin() as session:
-            requests.back_off(session, request_id, settings)
+            tries = requests.back_off(session, request_id, settings)
+            row = requests.lock_existing(session, request_id)
+            if tries >= settings.heal_max_tries and row.queued:
+                healing.log.error("request %s: its wait not ended after %s tries; it fails", request_id, tries)
+                requests.finish(session, row, RequestStatus.FAILED, result={},
+                                reason=f"not decided after {tries} tries ({type(exc).__name__}: {exc})")
+            effects.collect(session)
 
     healing.each(due, heal, failed, what="end top-up wait", budget_seconds=budget_seconds)
     return effects

@@ -206,8 +206,13 @@ def record(session: Session, order: PaymentOrder, *, client: str | None = None) 
 
 
 def pay(session: Session, order: PaymentOrder, settings: Settings) -> requests.Request:
-    """Record and decide the payment in the caller's transaction; a decided one is returned as is."""
+    """Record and decide the payment in the caller's transaction; a decided one is returned as is.
+    One waiting for a top-up (a redelivery) is left to its wait: decided as `end_wait` does,
+    never with a top-up of its own."""
     row = requests.claim(session, RequestKind.PAYMENT, order.request_id, order.payload(), **_request_columns(order))
+    if row.queued and (row.result or {}).get(requests.WAITING) is not None:
+        end_wait(session, order.request_id, settings)
+        return requests.get(session, order.request_id)
     if row.queued:
         _decide(session, row, order, settings, cards=True)
     return row
@@ -318,11 +323,9 @@ def card_fallback(
 
 
 def _wait_for(session: Session, row: requests.Request, attempt: CardPayment) -> None:
-    """The request stays `queued`, naming the top-up it waits for. A redelivered task finding
-    it already waiting for that one writes nothing, so the wait keeps its start (`updated_at`,
-    from which its deadline counts)."""
-    if (row.result or {}).get(requests.WAITING) == attempt.id:
-        return
+    """The request stays `queued`, naming the top-up it waits for; the wait starts now
+    (`updated_at`, from which its deadline counts: nothing else writes the row until it is
+    decided, a redelivery included, see `pay`)."""
     requests.finish(session, row, RequestStatus.QUEUED, result={requests.WAITING: attempt.id})
 
 

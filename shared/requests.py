@@ -393,8 +393,8 @@ def waits_due(session: Session, settings: Settings, now: datetime) -> list[str]:
     ))
 
 
-def back_off(session: Session, request_id: str, settings: Settings) -> None:
-    """Count a failed healing try of the request and put it back by the backoff."""
+def back_off(session: Session, request_id: str, settings: Settings) -> int:
+    """Count a failed healing try of the request and put it back by the backoff; its tries."""
     tries = session.connection().execute(
         update(_TABLE).where(_TABLE.c.request_id == request_id)
         .values(heal_tries=_TABLE.c.heal_tries + 1).returning(_TABLE.c.heal_tries)
@@ -403,6 +403,7 @@ def back_off(session: Session, request_id: str, settings: Settings) -> None:
         update(_TABLE).where(_TABLE.c.request_id == request_id)
         .values(next_heal_at=healing.next_try(tries, settings))
     )
+    return int(tries)
 
 
 def _money_moving(session: Session, row: Request) -> bool:

@@ -238,3 +238,48 @@ def test_a_top_up_that_ended_without_deciding_its_waiting_payment_is_found_by_th
     row = request(sessions)
     assert row.status == "declined" and row.reason is not None
     assert row.reason.startswith(f"auto top-up {attempt_id} failed: card declined")
+
+
+
+def test_a_redelivered_payment_task_after_the_top_up_ended_unseen_ends_the_wait_and_opens_no_top_up(
+    sessions, settings, gateway, browser
+) -> None:
+    attempt_id = waiting(sessions, settings, gateway, browser)
+    with sessions.begin() as session:  # its outcome skipped the payment (held by another process)
+        topups.fail_attempt(session, topups.lock_attempt(session, attempt_id), "card declined")
+        session.get(Member, "ann").auto_topup_status = "on"  # and a new card saved since
+    row, effects = pay(sessions, settings)
+    assert row.status == "declined" and effects.charges == []
+    assert row.reason == f"auto top-up {attempt_id} failed: card declined; balance 10.00, needs 30.00"
+    assert [a[0] for a in attempts(sessions)] == ["sweep:ann:1"]
+
+
+def test_a_redelivered_payment_task_pays_a_waiting_payment_the_balance_now_covers_in_one_statement(
+    sessions, settings, gateway, browser
+) -> None:
+    waiting(sessions, settings, gateway, browser)
+    with sessions.begin() as session:
+        top_up(session, account_of_ann(sessions), 50_00, "more")
+    order = payments.parse({"request_id": "r1", "member_id": "ann", "amount": "30.00", "description": "Entry",
+                            "organisation_id": "club", "route_code": "EVT"}, settings)
+    assert payments.pay_at_once(sessions.kw["bind"], order, settings) is not None
+    row = request(sessions)
+    assert (row.status, row.result) == ("paid", None)
+    assert "waiting_for_top_up" not in requests.status_document(row)
+
+
+def test_a_wait_the_job_cannot_end_is_backed_off_and_fails_with_its_callback_after_the_last_try(
+    sessions, settings, gateway, browser, monkeypatch
+) -> None:
+    once = replace(settings, heal_max_tries=1, topup_wait_seconds=1)
+    with freeze_time(T0):
+        waiting(sessions, once, gateway, browser)
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("boom")
+    monkeypatch.setattr(payments, "end_wait", broken)
+    with freeze_time(T0 + timedelta(seconds=5)):
+        effects = charges.end_waits(sessions, gateway, once)
+    row = request(sessions)
+    assert (row.status, row.reason) == ("failed", "not decided after 1 tries (RuntimeError: boom)")
+    assert callbacks(sessions) == [("r1", "failure", row.reason)] and len(effects.outbox) == 1
