@@ -16,9 +16,10 @@ Stripe's amount received and currency match the attempt; otherwise the attempt i
 an admin. A declined card on a checkout (a page the member can retry with another card) is
 recorded and the checkout stays open; a declined saved card ends its attempt.
 
-The healing jobs at the end (`reconcile`, `expire_checkouts`, and `end_waits` for payments
-waiting on another top-up) take each open attempt on its own and by its kind (DESIGN invariant 12, SPEC 5): only a saved-card attempt is ever charged; a
+The healing jobs at the end (`reconcile`, `expire_checkouts`) take each open attempt on its own
+and by its kind (DESIGN invariant 12, SPEC 5): only a saved-card attempt is ever charged; a
 failing attempt is counted, backed off and, after its last try, failed with its callback.
+`end_waits` does the same for payments waiting for another top-up of their member.
 
 Every function returns the ids of outbox rows it wrote, for the caller to dispatch after
 commit, and follow-up card work it scheduled.
