@@ -64,11 +64,15 @@ def relay_outbox() -> int:
     return len(due)
 
 
-@app.task(name="payments.redrive_requests", soft_time_limit=60, time_limit=90, **RETRY)
+@app.task(name="payments.redrive_requests", soft_time_limit=75, time_limit=105, **RETRY)
 def redrive_requests() -> int:
     """Send again the task of each request still `queued` well after it arrived, backed off;
-    one past its last try fails with its callback (`shared.requests.take_stale`)."""
+    one past its last try fails with its callback (`shared.requests.take_stale`). First, the
+    payments waiting for another top-up longer than PAYMENTS_TOPUP_WAIT_SECONDS (or whose
+    top-up ended unseen) are decided without it (`shared.charges.end_waits`): this job runs
+    every minute, often enough for a wait of two."""
     config = settings()
+    carry_out(charges.end_waits(sessions(), gateway(), config, budget_seconds=10))
     with sessions().begin() as session:
         stale = requests.take_stale(session, config, timedelta(seconds=config.redrive_after_seconds))
         given_up = session.info.pop("outbox", [])

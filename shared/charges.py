@@ -19,6 +19,7 @@ recorded and the checkout stays open; a declined saved card ends its attempt.
 The healing jobs at the end (`reconcile`, `expire_checkouts`) take each open attempt on its own
 and by its kind (DESIGN invariant 12, SPEC 5): only a saved-card attempt is ever charged; a
 failing attempt is counted, backed off and, after its last try, failed with its callback.
+`end_waits` does the same for payments waiting for another top-up of their member.
 
 Every function returns the ids of outbox rows it wrote, for the caller to dispatch after
 commit, and follow-up card work it scheduled.
@@ -34,11 +35,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import db, healing, ledger, payments, profiles, topups
+from shared import db, healing, ledger, payments, profiles, requests, topups
 from shared.config import Settings
 from shared.errors import AuthenticationRequired, CardDeclined, NotFound, StripeRequestFailed
 from shared.models import (
-    AutoTopUpStatus, CardPayment, CardPaymentKind, CardPaymentStatus, Member, utcnow,
+    AutoTopUpStatus, CardPayment, CardPaymentKind, CardPaymentStatus, Member, RequestStatus, utcnow,
 )
 from shared.money import format_cents
 from shared.stripe_gateway import CURRENCY, PaymentIntentInfo, StripeGateway
@@ -185,7 +186,7 @@ def settle_intent(
             mismatch = _mismatch(attempt.amount, intent)
             if mismatch:
                 topups.hold_attempt(session, attempt, mismatch, payment_intent_id=intent.id)
-                payments.card_held(session, attempt, mismatch)
+                payments.card_held(session, attempt, mismatch, settings)
             else:
                 topups.book_card_money(session, attempt, payment_intent_id=intent.id, card=intent.card)
                 payments.card_money_arrived(session, attempt, settings)
@@ -435,6 +436,39 @@ def _expire_one(sessions: sessionmaker[Session], gateway: StripeGateway, setting
     if intent.status != "canceled":
         raise StripeRequestFailed(f"PaymentIntent {intent_id}: still {intent.status} after cancelling it")
     return _end(sessions, settings, attempt_id, "checkout expired", "checkout expired after 24 h")
+
+
+def end_waits(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, *, budget_seconds: float | None = None,
+) -> Effects:
+    """Payments waiting for another auto top-up of their member that must not wait longer
+    (`requests.waits_due`: the top-up ended without deciding them, or `topup_wait_seconds`
+    passed) are decided without it (`payments.end_wait`), each on its own; one that raises is
+    backed off and, after `heal_max_tries`, fails with its callback. The checkouts they go on
+    to are started here."""
+    effects = Effects()
+    with sessions.begin() as session:
+        due = requests.waits_due(session, settings, utcnow())
+
+    def heal(request_id: str) -> None:
+        done = Effects()
+        with sessions.begin() as session:
+            payments.end_wait(session, request_id, settings)
+            done.collect(session)
+        _carry_on(sessions, gateway, settings, done, effects)
+
+    def failed(request_id: str, exc: Exception) -> None:
+        with sessions.begin() as session:
+            tries = requests.back_off(session, request_id, settings)
+            row = requests.lock_existing(session, request_id)
+            if tries >= settings.heal_max_tries and row.queued:
+                healing.log.error("request %s: its wait not ended after %s tries; it fails", request_id, tries)
+                requests.finish(session, row, RequestStatus.FAILED, result={},
+                                reason=f"not decided after {tries} tries ({type(exc).__name__}: {exc})")
+            effects.collect(session)
+
+    healing.each(due, heal, failed, what="end top-up wait", budget_seconds=budget_seconds)
+    return effects
 
 
 def _due_attempts(

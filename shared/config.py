@@ -70,6 +70,9 @@ class Settings:
     redrive_after_seconds: float = 60.0
     # Card payments still open this long are finished from Stripe's state (the reconciler).
     reconcile_after_seconds: float = 600.0
+    # A payment short of funds while another auto top-up of its member is in flight waits for
+    # that top-up's outcome at most this long; then it is decided without it (SPEC 3 step 3).
+    topup_wait_seconds: float = 120.0
     # Auto top-up sweeps in one window share attempt keys: a member is charged once a window.
     sweep_window_seconds: float = 3600.0
     # Healing jobs (DESIGN invariant 12): each stuck row is tried on its own, at most this often
@@ -207,6 +210,7 @@ class Settings:
             low_balance_warning_days=whole("PAYMENTS_LOW_BALANCE_WARNING_DAYS", 7),
             redrive_after_seconds=seconds("PAYMENTS_REDRIVE_AFTER_SECONDS", 60.0),
             reconcile_after_seconds=seconds("PAYMENTS_RECONCILE_AFTER_SECONDS", 600.0),
+            topup_wait_seconds=seconds("PAYMENTS_TOPUP_WAIT_SECONDS", 120.0),
             sweep_window_seconds=seconds("PAYMENTS_SWEEP_WINDOW_SECONDS", 3600.0),
             heal_max_tries=max(1, whole("PAYMENTS_HEAL_MAX_TRIES", 12)),
             heal_backoff_seconds=seconds("PAYMENTS_HEAL_BACKOFF_SECONDS", 60.0),

@@ -11,7 +11,12 @@ A payment debits the member, so only types in that direction are accepted. `pay`
 2. balance < amount and auto top-up `on`: an attempt to charge the saved card for the SPEC 4.2
    amount (at most `auto_topup_max_charge`, else straight to step 3) is committed with the
    request still `queued`; once the card money is booked the payment is decided again
-   (`card_money_arrived`); if the card fails, or the member cancels first, step 3;
+   (`card_money_arrived`); if the card fails, or the member cancels first, step 3.
+   If another auto top-up of the member is already in flight (SPEC 4.3: at most one), the
+   request stays `queued` and waits for it (`result` names it, `requests.WAITING`): when it
+   ends (`top_up_ended`, from every outcome) the request is decided again from the balance
+   then, without a top-up of its own: paid if it covers it, else step 3. A wait longer than
+   `topup_wait_seconds` is ended the same way by the redrive job (`end_wait`);
 3. `allow_checkout`: an attempt for (amount - balance) becomes a card checkout, the request
    `awaiting_card`; the card money, when Stripe reports it, pays the request. A declined card
    leaves it waiting (the member may try another); only a cancelled or expired checkout, or
@@ -33,6 +38,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -217,15 +223,21 @@ def record(session: Session, order: PaymentOrder, *, client: str | None = None) 
 def pay(session: Session, order: PaymentOrder, settings: Settings) -> requests.Request:
     """Record and decide the payment in the caller's transaction; a decided one is returned as is."""
     row = requests.claim(session, RequestKind.PAYMENT, order.request_id, order.payload(), **_request_columns(order))
-    if row.queued:
-        _decide(session, row, order, settings, cards=True)
-    return row
+    return decide_claimed(session, row, order, settings) if row.queued else row
 
 
-def decide_claimed(session: Session, row: requests.Request, order: PaymentOrder, settings: Settings) -> None:
-    """Decide a claimed, queued request that moves money as this payment does (a transfer
-    between members: ORIGINAL 2.8), with every rule of a payment, cards included."""
+def decide_claimed(
+    session: Session, row: requests.Request, order: PaymentOrder, settings: Settings
+) -> requests.Request:
+    """Decide a claimed, queued request that moves money as this payment does (itself, or a
+    transfer between members: ORIGINAL 2.8), with every rule of a payment, cards included.
+    One waiting for a top-up (a redelivery) is left to its wait: decided as `end_wait` does,
+    never with a top-up of its own. Returns the request as it now is."""
+    if (row.result or {}).get(requests.WAITING) is not None:
+        end_wait(session, row.request_id, settings)
+        return requests.get(session, row.request_id)
     _decide(session, row, order, settings, cards=True)
+    return row
 
 
 def member_transfer(payload: Mapping[str, Any]) -> PaymentOrder:
@@ -249,9 +261,12 @@ def order_of(row: requests.Request) -> PaymentOrder:
 
 
 def _decide(
-    session: Session, row: requests.Request, order: PaymentOrder, settings: Settings, *, cards: bool
+    session: Session, row: requests.Request, order: PaymentOrder, settings: Settings, *, cards: bool,
+    waited: str | None = None,
 ) -> None:
-    """SPEC 3 under the member's lock; `cards` says whether the card branches may be tried."""
+    """SPEC 3 under the member's lock; `cards` says whether the card branches may be tried.
+    `waited` (how the top-up it waited for ended) decides a waiting request: short of funds,
+    it goes to step 3 only, and a decline says why."""
     try:
         parties = profiles.payment_parties(
             session, order.member_id, organisation_id=order.organisation_id, other_member_id=order.other_member_id
@@ -266,7 +281,7 @@ def _decide(
         ledger.lock_accounts(session, [payer])
         balance = ledger.balance(session, payer)
         if balance < order.amount:
-            _short_of_funds(session, row, order, balance, settings, cards=cards)
+            _short_of_funds(session, row, order, balance, settings, cards=cards, waited=waited)
             return
     else:
         try:
@@ -284,7 +299,7 @@ def _decide(
                 ),
             )
         except InsufficientFunds as exc:  # nothing written; the member's lock is held
-            _short_of_funds(session, row, order, exc.balance, settings, cards=cards)
+            _short_of_funds(session, row, order, exc.balance, settings, cards=cards, waited=waited)
             return
         # Booked before under this key (no balance came back): read it afresh.
         after = booking.balances.get(payer)
@@ -304,15 +319,19 @@ def _request_columns(order: PaymentOrder) -> dict[str, Any]:
 
 
 def _short_of_funds(
-    session: Session, row: requests.Request, order: PaymentOrder, balance: int, settings: Settings, *, cards: bool
+    session: Session, row: requests.Request, order: PaymentOrder, balance: int, settings: Settings, *, cards: bool,
+    waited: str | None = None,
 ) -> None:
     if cards and card_fallback(session, row, order, balance, settings):
         return  # the request waits for the card
+    if waited is not None and _open_checkout(session, order, order.amount - balance):
+        return
+    short = f"balance {format_cents(balance)}, needs {format_cents(row.amount)}"
     requests.finish(
         session,
         row,
         RequestStatus.DECLINED,
-        reason=f"insufficient funds: balance {format_cents(balance)}, needs {format_cents(row.amount)}",
+        reason=f"insufficient funds: {short}" if waited is None else f"{waited}; {short}",
     )
 
 
@@ -336,9 +355,61 @@ def card_fallback(
         if attempt is not None and attempt.status == CardPaymentStatus.PENDING.value:
             session.info.setdefault("charges", []).append(attempt.id)
             return True
-        # Another top-up is in flight, or this one already failed: go on to step 3.
+        busy = topups.in_flight(session, order.member_id) if attempt is None else None
+        if busy is not None:  # another top-up of the member is in flight: its outcome decides
+            _wait_for(session, row, busy)
+            return True
+        # This one already failed (or the other ended meanwhile): go on to step 3.
     # (So does a top-up above `auto_topup_max_charge`: SPEC 5.)
     return _open_checkout(session, order, order.amount - balance)
+
+
+def _wait_for(session: Session, row: requests.Request, attempt: CardPayment) -> None:
+    """The request stays `queued`, naming the top-up it waits for; the wait starts now
+    (`updated_at`, from which its deadline counts: nothing else writes the row until it is
+    decided, a redelivery included, see `pay`)."""
+    requests.finish(session, row, RequestStatus.QUEUED, result={requests.WAITING: attempt.id})
+
+
+def top_up_ended(session: Session, attempt: CardPayment, settings: Settings) -> None:
+    """An auto top-up ended (booked, failed, cancelled, held): every payment of the member
+    waiting for it is decided again, in the transaction that records the outcome. Called by
+    each outcome below, after the attempt's own request, which the top-up was sized for."""
+    if attempt.kind != CardPaymentKind.AUTO_TOP_UP.value:
+        return
+    for row in requests.waiting_for(session, attempt.member_id, attempt.id):
+        _decide_waiting(session, row, settings, _how_it_ended(attempt))
+
+
+def end_wait(session: Session, request_id: str, settings: Settings) -> None:
+    """A payment found by `requests.waits_due`: decided now if its top-up has ended (an outcome
+    that skipped it) or it has waited longer than `topup_wait_seconds`; else left waiting."""
+    row = requests.lock_existing(session, request_id)
+    waited_for = (row.result or {}).get(requests.WAITING)
+    if not row.queued or waited_for is None:
+        return  # decided meanwhile
+    attempt = session.get(CardPayment, waited_for)
+    if attempt is not None and attempt.status == CardPaymentStatus.PENDING.value:
+        if utcnow() - row.updated_at < timedelta(seconds=settings.topup_wait_seconds):
+            return
+        how = f"auto top-up {waited_for} did not finish within {settings.topup_wait_seconds:g} s"
+    else:
+        how = f"auto top-up {waited_for} not found" if attempt is None else _how_it_ended(attempt)
+    _decide_waiting(session, row, settings, how)
+
+
+def _how_it_ended(attempt: CardPayment) -> str:
+    if attempt.status == CardPaymentStatus.SUCCEEDED.value:
+        return f"auto top-up {attempt.id} was not enough"
+    return f"auto top-up {attempt.id} {attempt.status}: {attempt.last_error or 'no reason given'}"
+
+
+def _decide_waiting(session: Session, row: requests.Request, settings: Settings, waited: str) -> None:
+    """Decide a waiting payment from the balance now, with no top-up of its own (SPEC 3 step
+    3 if still short). It stops naming the top-up first, so a checkout opened for it is not
+    taken for a wait."""
+    requests.finish(session, row, RequestStatus.QUEUED, result={})
+    _decide(session, row, order_of(row), settings, cards=False, waited=waited)
 
 
 def _open_checkout(session: Session, order: PaymentOrder, amount: int) -> bool:
@@ -380,39 +451,40 @@ def await_card(session: Session, attempt: CardPayment, settings: Settings) -> No
 
 
 def card_money_arrived(session: Session, attempt: CardPayment, settings: Settings) -> None:
-    """Card money for a request is booked: decide the request again (it can now be paid)."""
+    """Card money for a request is booked: decide the request again (it can now be paid),
+    then the payments waiting for this top-up."""
     row = _waiting_for_card(session, attempt)
-    if row is None:
-        return
-    if row.kind == RequestKind.TOPUP.value:
+    if row is not None and row.kind == RequestKind.TOPUP.value:
         requests.finish(session, row, RequestStatus.PAID, result={})
-        return
-    _decide(session, row, order_of(row), settings, cards=False)
+    elif row is not None:
+        _decide(session, row, order_of(row), settings, cards=False)
+    top_up_ended(session, attempt, settings)
 
 
 def card_failed(session: Session, attempt: CardPayment, reason: str, settings: Settings) -> None:
-    """The card did not pay: a payment goes on to a checkout if allowed (SPEC 3 step 3), else fails."""
+    """The card did not pay: a payment goes on to a checkout if allowed (SPEC 3 step 3), else
+    fails; so do the payments waiting for this top-up."""
     row = _waiting_for_card(session, attempt)
-    if row is None:
-        return
-    if row.kind in (RequestKind.PAYMENT.value, RequestKind.TRANSFER.value) and attempt.kind == CardPaymentKind.AUTO_TOP_UP.value:
+    if (row is not None and row.kind in (RequestKind.PAYMENT.value, RequestKind.TRANSFER.value)
+            and attempt.kind == CardPaymentKind.AUTO_TOP_UP.value):
         order = order_of(row)
         balance = ledger.balance(session, profiles.get_member(session, order.member_id).account_id)
-        if _open_checkout(session, order, order.amount - balance):
-            return
-        requests.finish(session, row, RequestStatus.DECLINED, reason=f"auto top-up failed: {reason}", result={})
-        return
-    requests.finish(session, row, RequestStatus.FAILED, reason=f"card payment failed: {reason}", result={})
+        if not _open_checkout(session, order, order.amount - balance):
+            requests.finish(session, row, RequestStatus.DECLINED, reason=f"auto top-up failed: {reason}", result={})
+    elif row is not None:
+        requests.finish(session, row, RequestStatus.FAILED, reason=f"card payment failed: {reason}", result={})
+    top_up_ended(session, attempt, settings)
 
 
-def card_held(session: Session, attempt: CardPayment, reason: str) -> None:
+def card_held(session: Session, attempt: CardPayment, reason: str, settings: Settings) -> None:
     """Stripe's money did not match the attempt and is held for an admin: the request it was
     for is not paid. It fails (with its one callback) rather than wait for ever; no checkout is
-    opened, since card money has already moved."""
+    opened, since card money has already moved. Payments waiting for this top-up go on."""
     row = _waiting_for_card(session, attempt)
-    if row is None:
-        return
-    requests.finish(session, row, RequestStatus.FAILED, reason=f"card payment held for review: {reason}", result={})
+    if row is not None:
+        requests.finish(session, row, RequestStatus.FAILED, reason=f"card payment held for review: {reason}",
+                        result={})
+    top_up_ended(session, attempt, settings)
 
 
 def after_payment_check(session: Session, member_id: str, balance: int, settings: Settings) -> None:

@@ -10,7 +10,9 @@ terminal outcome of a request with a route code, writes its one callback to the 
 same transaction. Its reason (often an error's text) is fitted to the column, so no message,
 however long, can strand a request.
 `take_stale` is the redrive's side (DESIGN invariant 12): stuck requests, each
-counted and backed off, ended `failed` after the last try.
+counted and backed off, ended `failed` after the last try. A payment waiting for another
+top-up of its member (`result` holds `WAITING`) is not stuck: the top-up's outcome or
+`waits_due` decides it, so the redrive leaves it alone.
 
 These run on every payment, so they use prebuilt Core statements: one round trip each.
 """
@@ -23,7 +25,7 @@ from dataclasses import dataclass, fields as dataclass_fields
 from datetime import datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import String, Table, bindparam, select, update
+from sqlalchemy import String, Table, bindparam, exists, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -36,6 +38,8 @@ from shared.money import format_cents
 
 REASON_LENGTH = cast(String, PaymentRequest.__table__.c.reason.type).length or 300
 SUCCESS_STATUSES = (RequestStatus.PAID, RequestStatus.COMPLETED)
+# A queued payment's `result` key naming the in-flight top-up (card_payments id) it waits for.
+WAITING = "waiting_for_top_up"
 TERMINAL = {s.value for s in (*SUCCESS_STATUSES, RequestStatus.DECLINED, RequestStatus.FAILED)}
 
 # The task that decides each kind of request, sent with the request's stored payload.
@@ -92,6 +96,7 @@ def _upserts(module: Any) -> tuple[Any, Any]:
 
 _STATEMENTS = {"postgresql": _upserts(postgresql), "sqlite": _upserts(sqlite)}
 _GET = select(*_COLUMNS).where(_TABLE.c.request_id == bindparam("request_id"))
+_WAITED_FOR = _TABLE.c.result[WAITING].as_integer()
 _FINISH = (
     update(_TABLE)
     .where(_TABLE.c.request_id == bindparam("key"))
@@ -337,7 +342,7 @@ def take_stale(session: Session, settings: Settings, older_than: timedelta) -> l
     found = session.execute(
         select(*_COLUMNS, _TABLE.c.heal_tries)
         .where(_TABLE.c.status == RequestStatus.QUEUED.value, _TABLE.c.updated_at < now - older_than,
-               healing.is_due(_TABLE.c.next_heal_at, now))
+               healing.is_due(_TABLE.c.next_heal_at, now), _WAITED_FOR.is_(None))
         .order_by(healing.due_order(_TABLE.c.next_heal_at, _TABLE.c.updated_at), _TABLE.c.request_id)
         .limit(settings.heal_batch)
         .with_for_update(skip_locked=True)
@@ -365,8 +370,41 @@ def take_stale(session: Session, settings: Settings, older_than: timedelta) -> l
     return redrives
 
 
-def back_off(session: Session, request_id: str, settings: Settings) -> None:
-    """Count a failed healing try of the request and put it back by the backoff."""
+def waiting_for(session: Session, member_id: str, attempt_id: int) -> list[Request]:
+    """The member's payments (and transfers to other members) waiting for this top-up, locked. One that another process holds
+    (a redelivered task deciding it) is skipped rather than waited for: the top-up's outcome
+    must not wait on a payment's lock while it holds the member's account; `waits_due` finds a
+    skipped one that still waits once the top-up has ended."""
+    found = session.connection().execute(
+        select(*_COLUMNS)
+        .where(_TABLE.c.status == RequestStatus.QUEUED.value,
+               _TABLE.c.kind.in_([RequestKind.PAYMENT.value, RequestKind.TRANSFER.value]),
+               _TABLE.c.member_id == member_id, _WAITED_FOR == attempt_id)
+        .order_by(_TABLE.c.created_at, _TABLE.c.request_id)
+        .with_for_update(skip_locked=True)
+    ).all()
+    return [Request(**f._mapping) for f in found]
+
+
+def waits_due(session: Session, settings: Settings, now: datetime) -> list[str]:
+    """Payments waiting for a top-up that must be decided now: the top-up is no longer in
+    flight (its outcome skipped a payment another process held), or the wait, counted from when
+    it began (`updated_at`: nothing writes a waiting request until it is decided), is longer
+    than `topup_wait_seconds`. Due ones only (a failed try is backed off), at most `heal_batch`,
+    the longest waiting first."""
+    in_flight = exists().where(CardPayment.id == _WAITED_FOR, CardPayment.status == CardPaymentStatus.PENDING.value)
+    return list(session.scalars(
+        select(_TABLE.c.request_id)
+        .where(_TABLE.c.status == RequestStatus.QUEUED.value, _WAITED_FOR.is_not(None),
+               or_(~in_flight, _TABLE.c.updated_at < now - timedelta(seconds=settings.topup_wait_seconds)),
+               healing.is_due(_TABLE.c.next_heal_at, now))
+        .order_by(_TABLE.c.updated_at, _TABLE.c.request_id)
+        .limit(settings.heal_batch)
+    ))
+
+
+def back_off(session: Session, request_id: str, settings: Settings) -> int:
+    """Count a failed healing try of the request and put it back by the backoff; its tries."""
     tries = session.connection().execute(
         update(_TABLE).where(_TABLE.c.request_id == request_id)
         .values(heal_tries=_TABLE.c.heal_tries + 1).returning(_TABLE.c.heal_tries)
@@ -375,6 +413,7 @@ def back_off(session: Session, request_id: str, settings: Settings) -> None:
         update(_TABLE).where(_TABLE.c.request_id == request_id)
         .values(next_heal_at=healing.next_try(tries, settings))
     )
+    return int(tries)
 
 
 def _money_moving(session: Session, row: Request) -> bool:

@@ -159,8 +159,7 @@ def transfer(session: Session, order: TransferOrder, settings: Settings) -> requ
     if not row.queued:
         return row
     if order.direction == ("member", "member"):
-        payments.decide_claimed(session, row, order.as_payment(), settings)
-        return row
+        return payments.decide_claimed(session, row, order.as_payment(), settings)
     try:
         organisation = profiles.get_organisation(session, order.from_organisation_id or "")
         recipient = profiles.get_member(session, order.to_member_id) if order.to_member_id else None

@@ -28,7 +28,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import client as payments_client
-from shared import messages, payments
+from shared import messages, payments, topups
 from shared.config import Settings
 from shared.models import CardPayment, Member, OutboxMessage, StripeEvent
 from shared.stripe_gateway import StripeGateway, sign_webhook
@@ -808,3 +808,65 @@ def test_cancelling_while_an_auto_top_up_waits_to_be_charged_means_it_is_never_c
     assert (attempt(sessions, f"pay-topup:{request_id}").status, member_status(sessions)) == ("failed", "off")
     assert emails(sessions) == []  # no "Auto Top Up Failure" for a member who cancelled
     assert statement(client, auth) == [("Manual Adjustment", "10.00")]
+
+
+# A payment waiting for the member's top-up in flight (SPEC 3 with 4.3; issue 13 item 3) ------
+
+
+def waiting_for_sweep_top_up(
+    client: FlaskClient, auth: dict, sessions: sessionmaker[Session], settings: Settings, request_id: str
+) -> int:
+    """The sweep's auto top-up of ann (10.00) is committed but not charged (its task is late);
+    the worker decides a payment of 30.00 meanwhile: it waits for that top-up. Its id."""
+    key = f"sweep:ann:{uuid.uuid4().hex[:8]}"
+    with sessions.begin() as session:
+        attempt_id = topups.open_auto_topup(session, "ann", key, settings)
+        assert attempt_id is not None
+        session.get(CardPayment, attempt_id).updated_at = datetime.now(UTC) - timedelta(hours=1)
+    client.post("/api/payments", headers=auth, json=payment(request_id=request_id, route_code="EVT"))
+
+    def waits() -> dict | None:
+        body = client.get(f"/api/payments/{request_id}", headers=auth).get_json()
+        return body if body.get("waiting_for_top_up") is not None else None
+    assert wait_for(waits, f"request {request_id} to wait")["waiting_for_top_up"] == attempt_id
+    assert client.get(f"/api/payments/{request_id}", headers=auth).get_json()["status"] == "queued"
+    assert count(sessions, "SELECT count(*) FROM card_payments") == 1  # no top-up of its own
+    return attempt_id
+
+
+def test_a_payment_waiting_for_the_top_up_in_flight_is_paid_when_the_reconciler_charges_it(
+    client, auth, world, sessions, gateway, browser, settings, received
+) -> None:
+    auto_topup_on(sessions, gateway, browser)
+    adjust(client, auth, 10_00)
+    request_id = f"wait-{uuid.uuid4().hex[:8]}"
+    waiting_for_sweep_top_up(client, auth, sessions, settings, request_id)
+
+    messages.send("payments.reconcile", {}, queue="topups", settings=settings)
+
+    result = status_becomes(client, auth, request_id, "paid")
+    assert "waiting_for_top_up" not in result
+    assert statement(client, auth) == [("Manual Adjustment", "10.00"), ("Auto Top Up", "100.00"),
+                                       ("Entry to an event", "-30.00")]
+    assert (balance_of(sessions, world["ann"]), balance_of(sessions, world["club"])) == (80_00, 30_00)
+    callbacks = wait_for(received, "the success callback")
+    assert [(c["request_id"], c["status"]) for c in callbacks] == [(request_id, "success")]
+
+
+def test_a_payment_waiting_for_the_top_up_in_flight_is_declined_when_its_card_is_declined(
+    client, auth, world, sessions, gateway, browser, settings, received
+) -> None:
+    auto_topup_on(sessions, gateway, browser, number=DECLINED_AT_CHARGE)
+    adjust(client, auth, 10_00)
+    request_id = f"wait-{uuid.uuid4().hex[:8]}"
+    attempt_id = waiting_for_sweep_top_up(client, auth, sessions, settings, request_id)
+
+    messages.send("payments.reconcile", {}, queue="topups", settings=settings)
+
+    result = status_becomes(client, auth, request_id, "declined")
+    assert result["reason"].startswith(f"auto top-up {attempt_id} failed: ")
+    assert result["reason"].endswith("; balance 10.00, needs 30.00")
+    assert member_status(sessions) == "failed"
+    assert statement(client, auth) == [("Manual Adjustment", "10.00")]
+    callbacks = wait_for(received, "the failure callback")
+    assert [(c["request_id"], c["status"]) for c in callbacks] == [(request_id, "failure")]
