@@ -135,28 +135,32 @@ def listing(session: Session, *, status: str | None, member_id: str | None = Non
 def pay(session: Session, iou_id: int, request_id: str, *, allow_checkout: bool, client: str
         ) -> tuple[payments.PaymentOrder, requests.Request, bool]:
     """Record the IOU's payment (the caller enqueues it); returns the order, its request and
-    whether it is new. Under the IOU's row lock, so two requests cannot both start paying it."""
-    iou = get(session, iou_id, lock=True)
+    whether it is new. A request already stored replays as it is. A new one is checked under
+    the IOU's row lock, so two requests cannot both start paying it; the lock is taken after
+    the request's row, the order in which the worker takes them (`payments._decide`), so a
+    double submit while the worker decides waits instead of deadlocking."""
+    iou = get(session, iou_id)  # what the order needs never changes; the status is read locked
     order = payments.PaymentOrder(
         request_id=request_id, member_id=iou.member_id, amount=iou.amount, description=iou.description,
         payment_type=EntryType.MISCELLANEOUS.value, organisation_id=iou.organisation_id,
         allow_checkout=allow_checkout, event_id=iou.event_id, session_id=iou.session_id, iou_id=iou.id,
     )
-    if iou.payment_request_id != request_id:
-        if iou.status == IouStatus.CANCELLED.value:
-            raise Conflict(f"iou {iou.id}: cancelled; there is nothing to pay", field="iou_id")
-        if iou.status == IouStatus.PAID.value:
-            raise Conflict(f"iou {iou.id}: already paid by request {iou.payment_request_id}", field="request_id")
-        current = in_flight(session, iou)
-        if current is not None:
-            raise Conflict(f"iou {iou.id}: request {current.request_id} is paying it ({current.status})",
-                           field="request_id")
-        if session.scalar(select(Iou.id).where(Iou.request_id == request_id)) is not None:
-            raise Conflict(f"request {request_id}: already used for an IOU", field="request_id")
     row, created = payments.record(session, order, client=client)
-    if created:
-        iou.payment_request_id, iou.updated_at = request_id, utcnow()
-    return order, row, created
+    if not created:
+        return order, row, False
+    iou = get(session, iou_id, lock=True)
+    if iou.status == IouStatus.CANCELLED.value:
+        raise Conflict(f"iou {iou.id}: cancelled; there is nothing to pay", field="iou_id")
+    if iou.status == IouStatus.PAID.value:
+        raise Conflict(f"iou {iou.id}: already paid by request {iou.payment_request_id}", field="request_id")
+    current = in_flight(session, iou)
+    if current is not None:
+        raise Conflict(f"iou {iou.id}: request {current.request_id} is paying it ({current.status})",
+                       field="request_id")
+    if session.scalar(select(Iou.id).where(Iou.request_id == request_id)) is not None:
+        raise Conflict(f"request {request_id}: already used for an IOU", field="request_id")
+    iou.payment_request_id, iou.updated_at = request_id, utcnow()
+    return order, row, True
 
 
 def in_flight(session: Session, iou: Iou) -> requests.Request | None:

@@ -3,6 +3,7 @@ a stored IOU payment is decided here with `payments.pay`, as the worker would de
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -13,8 +14,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import access, callbacks as signing, ious, outbox, payments, requests
 from shared.config import Settings
-from shared.models import Iou, OutboxMessage
+from shared.models import Iou, OutboxMessage, RequestKind
 from tests.conftest import API_TOKEN
+from tests.e2e.processes import wait_for
 from tests.integration.helpers import add_member, add_organisation, balance_of, top_up
 from tests.integration.test_api import assert_error
 
@@ -221,6 +223,8 @@ def test_after_a_declined_payment_the_member_may_pay_again(client, world, sessio
         assert ious.get(session, raised["iou_id"]).status == "open"
         top_up(session, world["bob"], 20_00, "fund-bob")
     assert client.post(path, json={"request_id": "p1"}, headers=ADMIN).get_json()["status"] == "declined"
+    error = assert_error(client.post(path, json={"request_id": "iou-1"}, headers=ADMIN), 409, "conflict", "request_id")
+    assert "already used for an IOU" in error["message"]
     assert client.post(path, json={"request_id": "p2"}, headers=ADMIN).status_code == 202
     assert decide(sessions, "p2").status == "paid"
     assert balance_of(sessions, world["bob"]) == 7_50
@@ -253,6 +257,30 @@ def test_an_iou_being_paid_or_paid_cannot_be_cancelled(client, world, sessions) 
     decide(sessions, "p1")
     error = assert_error(client.delete(f"/api/ious/{raised['iou_id']}", headers=ADMIN), 409, "conflict", "iou_id")
     assert "paid by request p1" in error["message"]
+
+
+def test_a_double_submit_while_the_worker_decides_waits_for_it_and_replays_the_outcome(client, world, sessions) -> None:
+    """The pay route takes the request's row before the IOU's, as the worker does: a double
+    submit arriving between the worker's two locks waits for it instead of deadlocking."""
+    raised = raise_iou(client)
+    path = f"/api/ious/{raised['iou_id']}/pay"
+    client.post(path, json={"request_id": "p1"}, headers=ADMIN)
+    with ThreadPoolExecutor(1) as pool, sessions.begin() as worker:
+        order = payments.PaymentOrder.from_payload(requests.get(worker, "p1").payload)
+        row = requests.claim(worker, RequestKind.PAYMENT, "p1", order.payload(), amount=order.amount,
+                             member_id=order.member_id)  # as `payments.pay`: the request's row first
+        again = pool.submit(client.post, path, json={"request_id": "p1"}, headers=ADMIN)
+        wait_for(lambda: lock_waits(sessions) or again.done(), "the double submit to wait for the request's row")
+        payments._decide(worker, row, order, Settings(), cards=True)  # then the IOU's
+    answer = again.result(timeout=30)
+    assert (answer.status_code, answer.get_json()["status"]) == (200, "paid")
+    assert balance_of(sessions, world["ann"]) == 87_50
+
+
+def lock_waits(sessions: sessionmaker[Session]) -> int:
+    with sessions.begin() as session:
+        return session.scalar(text("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                                   " AND wait_event_type = 'Lock'"))
 
 
 def test_a_payment_naming_an_iou_it_does_not_pay_fails_and_books_nothing(client, world, sessions) -> None:
