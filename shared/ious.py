@@ -179,7 +179,8 @@ def payable(session: Session, order: payments.PaymentOrder) -> tuple[Iou | None,
     except NotFound as exc:
         return None, exc.message
     if iou.payment_request_id != order.request_id:
-        return None, f"iou {iou.id}: request {order.request_id} is not its payment (pay it with POST /api/ious/{iou.id}/pay)"
+        return None, (f"iou {iou.id}: request {order.request_id} is not its payment "
+                      f"(pay it with POST /api/ious/{iou.id}/pay)")
     if iou.status != IouStatus.OPEN.value:
         return None, f"iou {iou.id}: {iou.status}"
     if (iou.member_id, iou.organisation_id, iou.amount) != (order.member_id, order.organisation_id, order.amount):

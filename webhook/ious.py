@@ -77,11 +77,15 @@ def pay_iou(iou_id: str) -> ResponseReturnValue:
 @blueprint.delete("/ious/<iou_id>")
 @action(access.IOUS_CANCEL, in_view=True)
 def cancel_iou(iou_id: str) -> ResponseReturnValue:
-    """Authorised here: the organisation acted on is the stored IOU's."""
+    """Authorised here: the organisation acted on is the stored IOU's. A client that could cancel
+    no IOU is refused before the look-up, so it cannot probe which IOU ids exist."""
+    principal = auth.principal()
+    if not principal.scopes & {access.CLUBS, access.ADMIN}:
+        access.authorise(principal, access.IOUS_CANCEL, {})
     number = ious.iou_id(iou_id)
     with context.transaction() as session:
         iou = ious.get(session, number, lock=True)
-        access.authorise(auth.principal(), access.IOUS_CANCEL, {"organisation_id": iou.organisation_id})
+        access.authorise(principal, access.IOUS_CANCEL, {"organisation_id": iou.organisation_id})
         ious.cancel(session, iou)
         document = ious.document(iou)
         sent = _outbox_rows(session)

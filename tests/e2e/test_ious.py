@@ -115,11 +115,13 @@ def test_an_iou_is_raised_emailed_listed_and_paid_from_the_balance_with_its_own_
     [for_club] = listed(client, "/api/organisations/club/ious?status=open", bearer(world["club-tool"]))
     assert for_member == for_club == raised
 
-    answer = client.post(f"/api/ious/{raised['iou_id']}/pay", json={"request_id": "p1"}, headers=bearer(world["portal"]))
+    path = f"/api/ious/{raised['iou_id']}/pay"
+    answer = client.post(path, json={"request_id": "p1"}, headers=bearer(world["portal"]))
     assert (answer.status_code, answer.get_json()["status"]) == (202, "queued")
     assert outcome(client, world, "p1")["status"] == "paid"
     assert (balance_of(sessions, world["ann"]), balance_of(sessions, world["club"])) == (70_00, 30_00)
-    assert postings(sessions, "p1") == [("ann", "Miscellaneous", "s-9", -30_00), ("club", "Miscellaneous", "s-9", 30_00)]
+    assert postings(sessions, "p1") == [("ann", "Miscellaneous", "s-9", -30_00),
+                                        ("club", "Miscellaneous", "s-9", 30_00)]
     assert iou_status(client, world) == [("paid", "p1")]
     assert listed(client, "/api/organisations/club/ious?status=open", bearer(world["club-tool"])) == []
 
@@ -147,7 +149,8 @@ def test_an_iou_paid_by_checkout_is_paid_when_the_card_money_arrives(
     pay_as_browser(browser, waiting["checkout"]["payment_intent_id"])
     assert status_becomes(client, bearer(world["portal"]), "p1", "paid")["status"] == "paid"
     assert (balance_of(sessions, world["bob"]), balance_of(sessions, world["club"])) == (0, 30_00)
-    assert postings(sessions, "p1") == [("bob", "Miscellaneous", "s-9", -30_00), ("club", "Miscellaneous", "s-9", 30_00)]
+    assert postings(sessions, "p1") == [("bob", "Miscellaneous", "s-9", -30_00),
+                                        ("club", "Miscellaneous", "s-9", 30_00)]
     assert iou_status(client, world, "bob") == [("paid", "p1")]
     [callback] = wait_for(received, "the IOU's callback")
     assert (callback["request_id"], callback["status"], callback["amount"]) == ("iou-1", "success", "30.00")
@@ -191,7 +194,8 @@ def test_a_cancelled_iou_calls_back_failure_and_cannot_be_paid(client, world, se
     [callback] = wait_for(received, "the cancelled IOU's callback")
     assert (callback["request_id"], callback["status"], callback["reason"]) == ("iou-1", "failure", "cancelled")
     assert signed_for_the_raiser(callback, world)
-    paying = client.post(f"/api/ious/{raised['iou_id']}/pay", json={"request_id": "p1"}, headers=bearer(world["portal"]))
+    path = f"/api/ious/{raised['iou_id']}/pay"
+    paying = client.post(path, json={"request_id": "p1"}, headers=bearer(world["portal"]))
     assert (paying.status_code, paying.get_json()["error"]["field"]) == (409, "iou_id")
     assert client.get("/api/payments/p1", headers=bearer(world["portal"])).status_code == 404
     assert balance_of(sessions, world["ann"]) == 100_00

@@ -66,7 +66,8 @@ def decide(sessions: sessionmaker[Session], request_id: str) -> requests.Request
 
 def outbox_rows(sessions: sessionmaker[Session], kind: str) -> list[OutboxMessage]:
     with sessions.begin() as session:
-        found = list(session.scalars(select(OutboxMessage).where(OutboxMessage.kind == kind).order_by(OutboxMessage.id)))
+        found = list(session.scalars(
+            select(OutboxMessage).where(OutboxMessage.kind == kind).order_by(OutboxMessage.id)))
         session.expunge_all()
         return found
 
@@ -88,11 +89,14 @@ def test_raising_an_iou_stores_it_books_nothing_and_emails_the_member(client, wo
     assert outbox_rows(sessions, "callback") == []
 
 
-def test_the_same_request_again_returns_the_iou_and_a_different_one_under_its_id_is_409(client, world, sessions) -> None:
+def test_the_same_request_again_returns_the_iou_and_a_different_one_under_its_id_is_409(
+    client, world, sessions
+) -> None:
     first = raise_iou(client)
     again = client.post("/api/ious", json=iou(), headers=ADMIN)
     assert (again.status_code, again.get_json()) == (200, first)
-    error = assert_error(client.post("/api/ious", json=iou(amount="12.51"), headers=ADMIN), 409, "conflict", "request_id")
+    changed = client.post("/api/ious", json=iou(amount="12.51"), headers=ADMIN)
+    error = assert_error(changed, 409, "conflict", "request_id")
     assert "already used for a different IOU" in error["message"]
     error = assert_error(client.post("/api/ious", json=iou(), headers=bearer(world["club-tool"])), 409, "conflict",
                          "request_id")
@@ -191,7 +195,8 @@ def test_paying_an_iou_books_a_miscellaneous_payment_to_the_club_and_marks_it_pa
     assert (balance_of(sessions, world["ann"]), balance_of(sessions, world["club"])) == (87_50, 12_50)
     with sessions.begin() as session:
         posted = session.execute(text(
-            "SELECT e.type, e.session_id, e.client, p.amount FROM journal_entries e JOIN postings p ON p.entry_id = e.id"
+            "SELECT e.type, e.session_id, e.client, p.amount FROM journal_entries e"
+            " JOIN postings p ON p.entry_id = e.id"
             " WHERE e.idempotency_key = 'payment:p1' ORDER BY p.amount")).all()
         assert ious.get(session, raised["iou_id"]).status == "paid"
     assert [tuple(r) for r in posted] == [("Miscellaneous", "s-77", "portal", -12_50),
@@ -205,7 +210,8 @@ def test_paying_an_iou_books_a_miscellaneous_payment_to_the_club_and_marks_it_pa
         signer = outbox.signer_for(session, session.get_one(OutboxMessage, callback.id), Settings(api_token=API_TOKEN))
     assert signer is not None and signer.client == "club-tool"
     signed = signer.sign(callback.payload)
-    assert signing.signed({k: v for k, v in signed.items() if k != "signature"}, world["club-tool"].callback_key) == signed
+    unsigned = {k: v for k, v in signed.items() if k != "signature"}
+    assert signing.signed(unsigned, world["club-tool"].callback_key) == signed
 
     error = assert_error(client.post(path, json={"request_id": "p3"}, headers=ADMIN), 409, "conflict", "request_id")
     assert "already paid by request p1" in error["message"]
@@ -319,6 +325,7 @@ def test_a_changed_iou_fails_the_payment_linked_to_it(client, world, sessions) -
         ("club-tool", "get", "/api/members/ann/ious", None, "payments or reports or admin scope"),
         ("club-tool", "post", "/api/ious/{id}/pay", {"request_id": "p1"}, "paying an IOU needs the payments"),
         ("portal", "delete", "/api/ious/{id}", None, "cancelling an IOU needs the clubs or admin scope"),
+        ("portal", "delete", "/api/ious/999", None, "cancelling an IOU needs the clubs or admin scope"),
         ("other-tool", "delete", "/api/ious/{id}", None, "covers only its organisations (other)"),
     ],
 )

@@ -119,7 +119,8 @@ REFUSED = [
     (CLUB, access.IOUS_PAY, {"iou_id": "7", "request_id": "c-9"}, "paying an IOU needs the payments or admin scope"),
     (PORTAL, access.IOUS_PAY, {"iou_id": "7", "request_id": "other-1"}, "prefix 'portal-'"),
     (STAFF, access.IOUS_CREATE, {**IOU, "organisation_id": "other-club"}, "bound to"),
-    (client("club-events", "clubs", route_codes=["EVT"], organisations=["club"]), access.IOUS_CREATE, {**IOU, "route_code": "UPP"}, "route_code 'UPP'"),
+    (client("club-events", "clubs", route_codes=["EVT"], organisations=["club"]),
+     access.IOUS_CREATE, {**IOU, "route_code": "UPP"}, "route_code 'UPP'"),
 ]
 
 
