@@ -62,6 +62,11 @@ AUTO_TOPUP_SETUP = "auto_topup.setup"
 AUTO_TOPUP_CHANGE = "auto_topup.change"
 AUTO_TOPUP_CANCEL = "auto_topup.cancel"
 REQUESTS_READ = "requests.read"
+IOUS_CREATE = "ious.create"
+IOUS_CANCEL = "ious.cancel"
+IOUS_PAY = "ious.pay"
+IOUS_MEMBER_READ = "ious.member_read"
+IOUS_ORGANISATION_READ = "ious.organisation_read"
 METRICS_READ = "metrics.read"
 
 # What each action is called in a 403's message.
@@ -84,11 +89,16 @@ ACTIONS: dict[str, str] = {
     AUTO_TOPUP_CHANGE: "changing the auto top-up amount",
     AUTO_TOPUP_CANCEL: "cancelling auto top-up",
     REQUESTS_READ: "reading a request's status",
+    IOUS_CREATE: "raising an IOU",
+    IOUS_CANCEL: "cancelling an IOU",
+    IOUS_PAY: "paying an IOU",
+    IOUS_MEMBER_READ: "reading a member's IOUs",
+    IOUS_ORGANISATION_READ: "reading an organisation's IOUs",
     METRICS_READ: "reading metrics",
 }
 # Actions that create a request under a caller-chosen `request_id` (the prefix binding).
 CREATES = frozenset({ADJUSTMENTS_CREATE, PAYMENTS_CREATE, TRANSFERS_CREATE, SETTLEMENTS_CREATE, REFUNDS_CREATE,
-                     TOPUPS_CREATE})
+                     TOPUPS_CREATE, IOUS_CREATE, IOUS_PAY})
 # Organisation fields only `admin` may set (fees and minimums; bank details when they come).
 ADMIN_ORGANISATION_FIELDS = ("settlement_fee_percent", "minimum_balance_after_settlement", "bank_bsb",
                              "bank_account")
@@ -228,7 +238,7 @@ def _scopes_allowing(action: str, fields: Mapping[str, Any]) -> tuple[str, ...]:
         return (PROFILES,)
     if action == MEMBERS_READ:
         return (PROFILES, REPORTS)
-    if action == MEMBERS_BALANCE:
+    if action in (MEMBERS_BALANCE, IOUS_MEMBER_READ):
         return (PAYMENTS, REPORTS)
     if action in (MEMBERS_STATEMENT, ADMIN_SUMMARY, REQUESTS_READ):
         return (REPORTS,)
@@ -236,9 +246,11 @@ def _scopes_allowing(action: str, fields: Mapping[str, Any]) -> tuple[str, ...]:
         return () if any(name in fields for name in ADMIN_ORGANISATION_FIELDS) else (PROFILES,)
     if action == ORGANISATIONS_PROFILE:
         return (PROFILES, REPORTS, CLUBS)
-    if action == ORGANISATIONS_READ:
+    if action in (ORGANISATIONS_READ, IOUS_ORGANISATION_READ):
         return (REPORTS, CLUBS)
-    if action in (PAYMENTS_CREATE, TOPUPS_CREATE, AUTO_TOPUP_SETUP, AUTO_TOPUP_CHANGE, AUTO_TOPUP_CANCEL):
+    if action in (IOUS_CREATE, IOUS_CANCEL):
+        return (CLUBS,)
+    if action in (PAYMENTS_CREATE, TOPUPS_CREATE, IOUS_PAY, AUTO_TOPUP_SETUP, AUTO_TOPUP_CHANGE, AUTO_TOPUP_CANCEL):
         return (PAYMENTS,)
     if action == TRANSFERS_CREATE:
         return (CLUBS,) if fields.get("from_organisation_id") is not None else (PAYMENTS,)
@@ -253,8 +265,10 @@ def _scopes_allowing(action: str, fields: Mapping[str, Any]) -> tuple[str, ...]:
 
 def _organisations_of(action: str, fields: Mapping[str, Any]) -> list[Any]:
     """The organisations whose money or record the action acts on. Paying into an organisation
-    (a payment's `organisation_id`, a transfer's `to_organisation_id`) is not acting on it."""
-    if action in (ORGANISATIONS_WRITE, ORGANISATIONS_PROFILE, ORGANISATIONS_READ):
+    (a payment's `organisation_id`, a transfer's `to_organisation_id`, paying an IOU) is not
+    acting on it; raising, cancelling or listing its IOUs is (a cancel's view passes the IOU's)."""
+    if action in (ORGANISATIONS_WRITE, ORGANISATIONS_PROFILE, ORGANISATIONS_READ, IOUS_CREATE, IOUS_CANCEL,
+                  IOUS_ORGANISATION_READ):
         return [fields.get("organisation_id")]
     if action == TRANSFERS_CREATE:
         source = fields.get("from_organisation_id")

@@ -301,7 +301,7 @@ def _validate(entry: Entry) -> None:
 def _may_overdraw(entry: Entry) -> bool:
     """An admin's adjustment, or an event's refund (ORIGINAL 2.7 books those with no check of
     the organisation's balance). A refund never overdraws a member: `_post_portable` and the
-    database (migration 0013) refuse one that debits a member."""
+    database (migration 0014) refuse one that debits a member."""
     if entry.type is EntryType.MANUAL_ADJUSTMENT:
         return bool(entry.admin_id)
     return entry.type is EntryType.REFUND and bool(entry.event_id)

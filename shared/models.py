@@ -437,3 +437,40 @@ class ClientToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[Timestamp]
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class IouStatus(enum.StrEnum):
+    OPEN = "open"
+    PAID = "paid"
+    CANCELLED = "cancelled"
+
+
+class Iou(Base):
+    """What a member owes a club, raised by the club (ORIGINAL 1.7 and 2.11; migration 0013). It
+    books nothing: the member pays it later with a payment to the club (`payment_request_id`,
+    the payment that paid it or is paying it). `request_id` is the raiser's idempotency key and
+    the request id of the IOU's own callback. Kept when paid or cancelled, never deleted."""
+
+    __tablename__ = "ious"
+    __table_args__ = (
+        CheckConstraint(_in("status", IouStatus), name="status"),
+        CheckConstraint("amount > 0", name="amount_positive"),
+        Index("ix_ious_member_id_created_at", "member_id", "created_at"),
+        Index("ix_ious_organisation_id_created_at", "organisation_id", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    request_id: Mapped[str] = mapped_column(String(64), unique=True)
+    organisation_id: Mapped[str] = mapped_column(ForeignKey("organisations.org_id"))
+    member_id: Mapped[str] = mapped_column(ForeignKey("members.member_id"))
+    amount: Mapped[Cents]
+    description: Mapped[str] = mapped_column(String(80))
+    route_code: Mapped[str | None] = mapped_column(String(64))
+    route_payload: Mapped[Any] = mapped_column(JSON, nullable=True)
+    session_id: Mapped[str | None] = mapped_column(String(64))
+    event_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default=IouStatus.OPEN.value)
+    payment_request_id: Mapped[str | None] = mapped_column(String(64))
+    client: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[Timestamp]
+    updated_at: Mapped[Timestamp]

@@ -1,5 +1,5 @@
 """The e-mails of SPEC 6 and ORIGINAL 6.9 (transfer sent and received, money from an
-organisation, low balance, auto top-up, card refund), composed here and queued
+organisation, low balance, auto top-up, card refund, IOU raised), composed here and queued
 in the outbox in the caller's transaction. The low-balance warning goes to members who opted
 in, at most once per member per `low_balance_warning_days` (SPEC 3)."""
 
@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy.orm import Session
 
 from shared import outbox, statements
-from shared.models import EntryType, Member, Organisation, utcnow
+from shared.models import EntryType, Iou, Member, Organisation, utcnow
 from shared.money import format_cents
 
 
@@ -107,6 +107,17 @@ def card_refund_email(
             f"Your Bridge Credits balance was reduced by {format_cents(debited)}.")
     outbox.add_notification(session, f"card-refund:{request_id}", _email(member, "card_refund", "Card Refund", body),
                             request_id=request_id)
+
+
+def iou_email(session: Session, iou: Iou, member: Member, club: str) -> None:
+    """ORIGINAL 6.9 "Pending Payment to {club}", when a club raises an IOU: what is owed, for
+    what, and that it can be paid later (nothing has been taken from the balance)."""
+    body = (f"{club} has recorded that you owe {format_cents(iou.amount)} for: {iou.description}.\n\n"
+            "Nothing has been taken from your Bridge Credits. You can pay it later, when you next "
+            "log in; it stays listed as a pending payment until you do.")
+    outbox.add_notification(session, f"iou-raised:{iou.id}",
+                            _email(member, "iou_raised", f"Pending Payment to {club}", body),
+                            request_id=iou.request_id)
 
 
 def _email(member: Member, kind: str, subject: str, body: str) -> dict[str, str]:

@@ -33,9 +33,12 @@ from shared import access, callbacks
 from shared.config import Settings
 from shared.db import dialect_insert, exclusive
 from shared.errors import NotFound, PaymentsError
-from shared.models import Client, OutboxKind, OutboxMessage, OutboxStatus, PaymentRequest, utcnow
+from shared.models import Client, Iou, OutboxKind, OutboxMessage, OutboxStatus, PaymentRequest, utcnow
 
 log = logging.getLogger(__name__)
+
+# The dedup key's prefix of an IOU's callback: its client is found on the IOU, not on a request.
+IOU_CALLBACK = "iou-callback:"
 
 # (task name, kwargs, queue): how a message leaves; the worker passes Celery's send_task.
 SendTask = Callable[[str, dict[str, Any], str], None]
@@ -87,9 +90,11 @@ def _deliver(
     return "sent", None
 
 
-def add_callback(session: Session, *, request_id: str, kwargs: dict[str, Any]) -> int | None:
-    """Queue the one callback of a request (a second one for the same request is ignored)."""
-    return _add(session, OutboxKind.CALLBACK, f"callback:{request_id}", kwargs, request_id)
+def add_callback(session: Session, *, request_id: str, kwargs: dict[str, Any], iou: bool = False) -> int | None:
+    """Queue the one callback of a request (a second one for the same request is ignored), or,
+    with `iou`, of an IOU under its own request id (`shared.ious`; IOUs keep theirs apart)."""
+    return _add(session, OutboxKind.CALLBACK, f"{IOU_CALLBACK if iou else 'callback:'}{request_id}", kwargs,
+                request_id)
 
 
 def add_notification(
@@ -209,10 +214,14 @@ def signer_for(session: Session, message: OutboxMessage, settings: Settings) -> 
     sender (dispatch, relay, replay) sign alike. A revoked client's key is still used: its
     requests made before the revocation still get their callbacks. The bootstrap client
     `admin`, and a request with no recorded client, use the key derived from
-    PAYMENTS_API_TOKEN (`callbacks.bootstrap_key`)."""
+    PAYMENTS_API_TOKEN (`callbacks.bootstrap_key`). An IOU's callback is signed for the client
+    that raised the IOU."""
     if message.kind != OutboxKind.CALLBACK.value:
         return None
-    client = session.scalar(select(PaymentRequest.client).where(PaymentRequest.request_id == message.request_id))
+    if message.dedup_key.startswith(IOU_CALLBACK):
+        client = session.scalar(select(Iou.client).where(Iou.request_id == message.request_id))
+    else:
+        client = session.scalar(select(PaymentRequest.client).where(PaymentRequest.request_id == message.request_id))
     if client is None or client == access.BOOTSTRAP_NAME:
         if not settings.api_token:
             return Signer(client, None, "PAYMENTS_API_TOKEN is not set (the admin callback key is derived from it)")

@@ -31,6 +31,10 @@ by the database function `pay_request` (migration 0006), six round trips fewer. 
 comes back unwritten and is decided by `pay`, which holds every rule.
 
 A request with a route code gets exactly one callback, written with its terminal status.
+
+An IOU's payment (`iou_id`, made by `shared.ious.pay`) is checked against its IOU under the
+IOU's row lock each time it is decided, and pays the IOU in the transaction that books it; it
+never takes `pay_at_once`, which knows nothing of IOUs.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from shared import db, fields, ledger, notifications, profiles, requests, topups
+from shared import db, fields, ious, ledger, notifications, profiles, requests, topups
 from shared.config import Settings
 from shared.errors import InsufficientFunds, InvalidInput, NotFound
 from shared.ledger import Entry, Line
@@ -96,10 +100,16 @@ class PaymentOrder:
     allow_checkout: bool = False
     event_id: str | None = None
     session_id: str | None = None
+    # The IOU this payment pays (`shared.ious`); only that IOU's pay route sets it.
+    iou_id: int | None = None
 
     def payload(self) -> dict[str, Any]:
-        """The JSON normal form: what is stored, hashed for idempotency and sent to the task."""
-        return {**asdict(self), "amount": format_cents(self.amount)}
+        """The JSON normal form: what is stored, hashed for idempotency and sent to the task.
+        `iou_id` only when set, so that the stored hash of every other payment stays as it was."""
+        payload = {**asdict(self), "amount": format_cents(self.amount)}
+        if self.iou_id is None:
+            del payload["iou_id"]
+        return payload
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> PaymentOrder:
@@ -137,6 +147,7 @@ def parse(body: Mapping[str, Any], settings: Settings) -> PaymentOrder:
         allow_checkout=fields.boolean(body.get("allow_checkout", False), "allow_checkout"),
         event_id=optional_id("event_id"),
         session_id=optional_id("session_id"),
+        iou_id=_iou_id(body.get("iou_id")),
     )
     if order.other_member_id == order.member_id:
         raise InvalidInput("other_member_id: a member cannot pay themselves", field="other_member_id")
@@ -160,6 +171,16 @@ def route_payload(body: Mapping[str, Any]) -> Any:
     return found
 
 
+def _iou_id(value: Any) -> int | None:
+    """An IOU's id, as its pay route puts it in the order (the task gets the same JSON). A
+    payment naming an IOU that is not paying it fails when it is decided (`ious.payable`)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise InvalidInput(f"iou_id: {value!r} is not an IOU id", field="iou_id")
+    return value
+
+
 # Raised by `pay_request` when a request is not the plain case; it has then written nothing.
 NOT_PLAIN = "CB001"
 _PAY_REQUEST = text(
@@ -178,8 +199,11 @@ def pay_at_once(
 
     Returns the outbox rows written (its callback, if it has a route code), or None when the
     request is not the plain case: nothing was written, and `pay` must decide it."""
-    if engine.dialect.name != "postgresql" or not order.book_internals or order.other_member_id is not None:
-        return None  # (a payment to another member e-mails both of them: `_decide` does it)
+    if (engine.dialect.name != "postgresql" or not order.book_internals or order.other_member_id is not None
+            or order.iou_id is not None):
+        # (A payment to another member e-mails both of them, and an IOU's payment settles the
+        # IOU in its transaction: `_decide` does both.)
+        return None
     payload = order.payload()
     callback = None
     if order.route_code:
@@ -266,7 +290,15 @@ def _decide(
 ) -> None:
     """SPEC 3 under the member's lock; `cards` says whether the card branches may be tried.
     `waited` (how the top-up it waited for ended) decides a waiting request: short of funds,
-    it goes to step 3 only, and a decline says why."""
+    it goes to step 3 only, and a decline says why.
+    An IOU's payment is checked against its IOU, under the IOU's row lock, each time it is
+    decided, and the IOU is settled when it is paid."""
+    iou = None
+    if order.iou_id is not None:
+        iou, refusal = ious.payable(session, order)
+        if refusal is not None:
+            requests.finish(session, row, RequestStatus.FAILED, reason=refusal)
+            return
     try:
         parties = profiles.payment_parties(
             session, order.member_id, organisation_id=order.organisation_id, other_member_id=order.other_member_id
@@ -305,6 +337,8 @@ def _decide(
         after = booking.balances.get(payer)
         balance = ledger.balance(session, payer) if after is None else after
     requests.finish(session, row, RequestStatus.PAID)
+    if iou is not None:
+        ious.paid(session, iou)
     if order.other_member_id is not None and order.book_internals:
         # Both sides, as a transfer between members does (ORIGINAL 6.9).
         notifications.transfer_emails(session, order.request_id, profiles.get_member(session, order.member_id),

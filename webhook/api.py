@@ -262,7 +262,8 @@ def _statement_response(rows: list[statements.StatementRow], filename: str) -> R
 # /api, so the client check above guards them too. Nested here, once per process: Flask
 # refuses to change a blueprint after it has been registered, so doing it in create_app broke
 # every app after the first.
-from webhook import cards, movements  # noqa: E402
+from webhook import cards, ious, movements  # noqa: E402
 
 blueprint.register_blueprint(movements.blueprint)
 blueprint.register_blueprint(cards.blueprint)
+blueprint.register_blueprint(ious.blueprint)

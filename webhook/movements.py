@@ -77,8 +77,13 @@ def _accept(
         document = requests.status_document(row)
         kind = row.kind
     if row.queued:
-        try:
-            messages.send(requests.TASK_FOR_KIND[kind], order.payload(), queue=QUEUE, settings=context.settings())
-        except BrokerError:
-            log.warning("request %s stored but not enqueued; it will be redriven", order.request_id)
+        enqueue(kind, order)
     return jsonify(document), 202 if created else 200
+
+
+def enqueue(kind: str, order: Any) -> None:
+    """Send a stored request's task, after commit; a broker that is down leaves it to the redrive."""
+    try:
+        messages.send(requests.TASK_FOR_KIND[kind], order.payload(), queue=QUEUE, settings=context.settings())
+    except BrokerError:
+        log.warning("request %s stored but not enqueued; it will be redriven", order.request_id)

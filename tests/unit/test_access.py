@@ -31,6 +31,7 @@ PAYMENT = {"request_id": "portal-1", "member_id": "ann", "amount": "5.00", "orga
 MEMBER_TRANSFER = {"request_id": "portal-2", "from_member_id": "ann", "to_member_id": "bob", "amount": "1.00"}
 CLUB_TRANSFER = {"request_id": "c-1", "from_organisation_id": "club", "to_member_id": "ann", "amount": "1.00"}
 SETTLEMENT = {"request_id": "s-1", "organisations": [{"organisation_id": "club"}]}
+IOU = {"request_id": "iou-1", "organisation_id": "club", "member_id": "ann", "amount": "5.00", "description": "Table"}
 
 ALLOWED = [
     (PORTAL, access.PAYMENTS_CREATE, PAYMENT),  # paying into any organisation is fine
@@ -58,6 +59,15 @@ ALLOWED = [
     (ADMIN, access.SETTLEMENTS_CREATE, {"request_id": "s-2", "organisations": "all"}),
     (ADMIN, access.ORGANISATIONS_WRITE, {"organisation_id": "club", "settlement_fee_percent": "1.00"}),
     (ADMIN, access.METRICS_READ, {}),
+    # IOUs: a club raises, cancels and lists its own; a portal lists and pays a member's.
+    (CLUB, access.IOUS_CREATE, IOU),
+    (CLUB, access.IOUS_CANCEL, {"iou_id": "7", "organisation_id": "club"}),
+    (CLUB, access.IOUS_ORGANISATION_READ, {"organisation_id": "club"}),
+    (REPORTS, access.IOUS_ORGANISATION_READ, {"organisation_id": "other-club"}),
+    (PORTAL, access.IOUS_MEMBER_READ, {"member_id": "ann"}),
+    (REPORTS, access.IOUS_MEMBER_READ, {"member_id": "ann"}),
+    (PORTAL, access.IOUS_PAY, {"iou_id": "7", "request_id": "portal-5"}),
+    (STAFF, access.IOUS_CREATE, IOU),
 ]
 
 REFUSED = [
@@ -99,6 +109,18 @@ REFUSED = [
     (STAFF, access.TRANSFERS_CREATE, {**CLUB_TRANSFER, "from_organisation_id": "other-club"}, "bound to"),
     (STAFF, access.ORGANISATIONS_READ, {"organisation_id": "other-club"}, "bound to"),
     (PORTAL, "payments.mint", {}, "not an action"),
+    # IOUs.
+    (PORTAL, access.IOUS_CREATE, {**IOU, "request_id": "portal-9"}, "raising an IOU needs the clubs or admin scope"),
+    (CLUB, access.IOUS_CREATE, {**IOU, "organisation_id": "other-club"}, "covers only its organisations (club)"),
+    (CLUB, access.IOUS_CANCEL, {"iou_id": "7", "organisation_id": "other-club"}, "cancelling an IOU: the clubs"),
+    (REPORTS, access.IOUS_CANCEL, {"iou_id": "7", "organisation_id": "club"}, "clubs or admin scope"),
+    (CLUB, access.IOUS_ORGANISATION_READ, {"organisation_id": "other-club"}, "covers only"),
+    (CLUB, access.IOUS_MEMBER_READ, {"member_id": "ann"}, "reading a member's IOUs needs the payments or reports"),
+    (CLUB, access.IOUS_PAY, {"iou_id": "7", "request_id": "c-9"}, "paying an IOU needs the payments or admin scope"),
+    (PORTAL, access.IOUS_PAY, {"iou_id": "7", "request_id": "other-1"}, "prefix 'portal-'"),
+    (STAFF, access.IOUS_CREATE, {**IOU, "organisation_id": "other-club"}, "bound to"),
+    (client("club-events", "clubs", route_codes=["EVT"], organisations=["club"]),
+     access.IOUS_CREATE, {**IOU, "route_code": "UPP"}, "route_code 'UPP'"),
 ]
 
 

@@ -7,15 +7,15 @@ below zero by anything but an admin's adjustment (SPEC 1).
 Only that one check of the function changes: its stored text is rewritten in place
 (CREATE OR REPLACE keeps its signature, owner and grants), as 0011 rewrites the grant function.
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0014
+Revises: 0013
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0013"
-down_revision = "0012"
+revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
