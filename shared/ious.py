@@ -57,17 +57,14 @@ class IouOrder:
 def parse(body: Mapping[str, Any], settings: Settings) -> IouOrder:
     """Check every field of `POST /api/ious`; errors name the field."""
     optional_id = lambda name: None if body.get(name) is None else fields.identifier(body[name], name)  # noqa: E731
-    route_payload = body.get("route_payload")
-    if route_payload is not None and len(repr(route_payload)) > 2000:
-        raise InvalidInput("route_payload: larger than 2000 characters", field="route_payload")
     return IouOrder(
         request_id=fields.identifier(body.get("request_id"), "request_id"),
         organisation_id=fields.identifier(body.get("organisation_id"), "organisation_id"),
         member_id=fields.identifier(body.get("member_id"), "member_id"),
         amount=parse_cents(body.get("amount"), "amount", minimum=1, maximum=settings.max_amount),
         description=fields.text(body.get("description"), "description", max_length=80),
-        route_code=optional_id("route_code"),
-        route_payload=route_payload,
+        route_code=payments.route_code(body),
+        route_payload=payments.route_payload(body),
         session_id=optional_id("session_id"),
         event_id=optional_id("event_id"),
     )
