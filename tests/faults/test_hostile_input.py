@@ -387,6 +387,11 @@ JSON_ENDPOINTS = [
         "request_id": request_ids, "payment_intent_id": st.sampled_from(["pi_123", "pi_unknown"]),
         "by": st.sampled_from(["member", "admin"]), "amount": amounts, "admin_id": st.sampled_from(["admin-7"]),
     }, optional=frozenset({"amount", "admin_id"})),
+    Endpoint("POST", "/api/ious", {
+        "request_id": request_ids, "organisation_id": organisation_ids, "member_id": member_ids, "amount": amounts,
+        "description": descriptions, "route_code": st.sampled_from(["EVT"]), "route_payload": st.sampled_from([{"s": 1}]),
+        "session_id": st.sampled_from(["s-1"]), "event_id": st.sampled_from(["ev-1"]),
+    }, optional=frozenset({"route_code", "route_payload", "session_id", "event_id"})),
     Endpoint("POST", "/api/members/{id}/topups", {
         "request_id": request_ids, "amount": st.sampled_from(["50.00", "100.00", "2000.00"]),
         "use_saved_card": st.booleans(),
@@ -620,6 +625,12 @@ WRONG_CLIENT_ENDPOINTS: list[tuple[str, str, dict[str, Any] | None, str, str | N
     ("PUT", "/api/members/ann/auto-topup", {"amount": "60.00"}, "people", None),
     ("DELETE", "/api/members/ann/auto-topup", None, "reporter", None),
     ("GET", "/api/payments/seed-pay", None, "club-bound", "portal-bound"),  # a request made by admin
+    ("POST", "/api/ious", {"request_id": "wc-iou", "organisation_id": "club", "member_id": "ann", "amount": "5.00",
+                           "description": "Table money"}, "portal", "club-bound"),
+    ("GET", "/api/members/ann/ious", None, "people", None),
+    ("GET", "/api/organisations/club/ious", None, "portal", "club-bound"),
+    ("POST", "/api/ious/{iou}/pay", {"request_id": "wc-iou-pay"}, "reporter", "portal-bound"),  # the seeded IOU
+    ("DELETE", "/api/ious/{iou}", None, "portal", "club-bound"),
 ]
 
 
@@ -634,14 +645,17 @@ def wrong_clients(api, sessions) -> dict[str, str]:
         access.revoke(session, "revoked")
     seed = {**PAYMENT_BODY, "request_id": "seed-pay"}
     assert api.post("/api/payments", json=seed, headers=AUTH).status_code == 202
+    iou = {"request_id": "seed-iou", "organisation_id": "club", "member_id": "ann", "amount": "5.00",
+           "description": "Table money"}
+    tokens["{iou}"] = str(api.post("/api/ious", json=iou, headers=AUTH).get_json()["iou_id"])
     return tokens
 
 
 def test_every_endpoint_refuses_the_wrong_client_and_changes_nothing(api, engine, wrong_clients, capsys) -> None:
     served = {(m, rule.rule) for rule in api.application.url_map.iter_rules() if rule.rule.startswith("/api/")
               for m in rule.methods - {"HEAD", "OPTIONS"}}
-    tried = {(m, p.replace("/ann", "/<member_id>").replace("/club", "/<org_id>").replace("seed-pay", "<request_id>"))
-             for m, p, *_ in WRONG_CLIENT_ENDPOINTS}
+    tried = {(m, p.replace("/ann", "/<member_id>").replace("/club", "/<org_id>").replace("seed-pay", "<request_id>")
+              .replace("{iou}", "<iou_id>")) for m, p, *_ in WRONG_CLIENT_ENDPOINTS}
     assert tried == served, "every /api route is tried"
     statuses: collections.Counter[tuple[str, int]] = collections.Counter()
     for method, path, body, wrong_scope, wrong_binding in WRONG_CLIENT_ENDPOINTS:
@@ -649,6 +663,7 @@ def test_every_endpoint_refuses_the_wrong_client_and_changes_nothing(api, engine
                    "wrong scope": {"Authorization": f"Bearer {wrong_clients[wrong_scope]}"}}
         if wrong_binding is not None:
             callers["wrong binding"] = {"Authorization": f"Bearer {wrong_clients[wrong_binding]}"}
+        path = path.replace("{iou}", wrong_clients["{iou}"])
         for case, headers in callers.items():
             before = row_counts(engine)
             response = api.open(path, method=method, json=body, headers=headers)
