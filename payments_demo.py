@@ -297,22 +297,19 @@ class Story:
     # (7)
     def club_tops_up_ann(self) -> str:
         """ORIGINAL 2.7 "Club top-up at table": the club pays the member from its balance."""
-        request_id = self.rid("club-top-up")
-        self.api.post("/api/transfers", {
-            "request_id": request_id, "from_organisation_id": self.club, "to_member_id": self.ann,
-            "amount": "20.00", "description": "Cash at the table", "payment_type": "Club Top Up",
-            "session_id": f"session-{self.suffix}"})
-        self.api.outcome(request_id, "paid")
-        return (f"paid; ann {self.api.balance(f'/api/members/{self.ann}')}, "
-                f"club {self.api.balance(f'/api/organisations/{self.club}')}")
+        return self.club_pays_ann("club-top-up", "20.00", "Cash at the table", "Club Top Up",
+                                  session_id=f"session-{self.suffix}")
 
     # (8)
     def club_refunds_entry(self) -> str:
-        request_id = self.rid("event-refund")
+        return self.club_pays_ann("event-refund", "15.00", "Congress entry withdrawn", "Refund",
+                                  event_id=f"congress-{self.suffix}")
+
+    def club_pays_ann(self, name: str, amount: str, description: str, payment_type: str, **ids: str) -> str:
+        request_id = self.rid(name)
         self.api.post("/api/transfers", {
             "request_id": request_id, "from_organisation_id": self.club, "to_member_id": self.ann,
-            "amount": "15.00", "description": "Congress entry withdrawn", "payment_type": "Refund",
-            "event_id": f"congress-{self.suffix}"})
+            "amount": amount, "description": description, "payment_type": payment_type, **ids})
         self.api.outcome(request_id, "paid")
         return (f"paid; ann {self.api.balance(f'/api/members/{self.ann}')}, "
                 f"club {self.api.balance(f'/api/organisations/{self.club}')}")

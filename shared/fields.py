@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping
 from datetime import date
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -80,6 +81,20 @@ def email(value: object, field: str = "email") -> str:
     if len(labels) < 2 or not all(_DOMAIN_LABEL.fullmatch(label) for label in labels) or labels[-1].isdigit():
         raise refused
     return address
+
+
+def route_code(body: Mapping[str, Any]) -> str | None:
+    """A request's callback route code (a payment's, a transfer's, an IOU's), if it has one."""
+    found = body.get("route_code")
+    return None if found is None else identifier(found, "route_code")
+
+
+def route_payload(body: Mapping[str, Any]) -> Any:
+    """What the callback hands back to the caller, as sent; bounded so a request stays small."""
+    found = body.get("route_payload")
+    if found is not None and len(repr(found)) > 2000:
+        raise InvalidInput("route_payload: larger than 2000 characters", field="route_payload")
+    return found
 
 
 def boolean(value: object, field: str) -> bool:

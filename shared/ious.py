@@ -63,8 +63,8 @@ def parse(body: Mapping[str, Any], settings: Settings) -> IouOrder:
         member_id=fields.identifier(body.get("member_id"), "member_id"),
         amount=parse_cents(body.get("amount"), "amount", minimum=1, maximum=settings.max_amount),
         description=fields.text(body.get("description"), "description", max_length=80),
-        route_code=payments.route_code(body),
-        route_payload=payments.route_payload(body),
+        route_code=fields.route_code(body),
+        route_payload=fields.route_payload(body),
         session_id=optional_id("session_id"),
         event_id=optional_id("event_id"),
     )

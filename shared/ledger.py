@@ -173,7 +173,7 @@ def _post_portable(session: Session, entry: Entry, created_at: datetime) -> Book
         if first is not None:
             return first
         if entry.allow_negative and entry.type is EntryType.REFUND:
-            _only_organisations(session, entry, held)
+            _refuse_member_overdraft(session, entry, held)
         if not entry.allow_negative:
             before = balances(session, held)
             for account_id in held:
@@ -208,7 +208,7 @@ def _post_portable(session: Session, entry: Entry, created_at: datetime) -> Book
     return Booking(entry_id=entry_id, created_at=created_at, balances=after)
 
 
-def _only_organisations(session: Session, entry: Entry, debited: list[int]) -> None:
+def _refuse_member_overdraft(session: Session, entry: Entry, debited: list[int]) -> None:
     kinds = set(session.scalars(select(Account.kind).where(Account.id.in_(debited))))
     if AccountKind.MEMBER.value in kinds:
         raise InvalidInput(f"entry {entry.key}: a refund may never take a member below zero",

@@ -141,8 +141,8 @@ def parse(body: Mapping[str, Any], settings: Settings) -> PaymentOrder:
         payment_type=payment_type,
         organisation_id=optional_id("organisation_id"),
         other_member_id=optional_id("other_member_id"),
-        route_code=route_code(body),
-        route_payload=route_payload(body),
+        route_code=fields.route_code(body),
+        route_payload=fields.route_payload(body),
         book_internals=fields.boolean(body.get("book_internals", True), "book_internals"),
         allow_checkout=fields.boolean(body.get("allow_checkout", False), "allow_checkout"),
         event_id=optional_id("event_id"),
@@ -156,19 +156,6 @@ def parse(body: Mapping[str, Any], settings: Settings) -> PaymentOrder:
         raise InvalidInput(f"amount: a payment to another member is at most {format_cents(settings.transfer_max)}",
                            field="amount")
     return order
-
-
-def route_code(body: Mapping[str, Any]) -> str | None:
-    """The callback's route code of a request body (a payment's, a transfer's), if it has one."""
-    found = body.get("route_code")
-    return None if found is None else fields.identifier(found, "route_code")
-
-
-def route_payload(body: Mapping[str, Any]) -> Any:
-    found = body.get("route_payload")
-    if found is not None and len(repr(found)) > 2000:
-        raise InvalidInput("route_payload: larger than 2000 characters", field="route_payload")
-    return found
 
 
 def _iou_id(value: Any) -> int | None:

@@ -113,8 +113,8 @@ def parse(body: Mapping[str, Any], settings: Settings) -> TransferOrder:
         session_id=optional_id("session_id"),
         allow_checkout=fields.boolean(body.get("allow_checkout", False), "allow_checkout"),
         allow_negative=fields.boolean(body.get("allow_negative", False), "allow_negative"),
-        route_code=payments.route_code(body),
-        route_payload=payments.route_payload(body),
+        route_code=fields.route_code(body),
+        route_payload=fields.route_payload(body),
         **{source: fields.identifier(body[source], source), target: fields.identifier(body[target], target)},
     )
     if direction[0] == direction[1] and body[source] == body[target]:

@@ -43,18 +43,18 @@ def post_iou() -> ResponseReturnValue:
 @blueprint.get("/members/<member_id>/ious")
 @action(access.IOUS_MEMBER_READ)
 def member_ious(member_id: str) -> ResponseReturnValue:
-    member_id = fields.identifier(member_id, "member_id")
-    with context.transaction() as session:
-        found = ious.listing(session, member_id=member_id, status=request.args.get("status"))
-        return jsonify({"ious": [ious.document(iou) for iou in found]})
+    return _listing(member_id=fields.identifier(member_id, "member_id"))
 
 
 @blueprint.get("/organisations/<org_id>/ious")
 @action(access.IOUS_ORGANISATION_READ)
 def organisation_ious(org_id: str) -> ResponseReturnValue:
-    org_id = fields.identifier(org_id, "organisation_id")
+    return _listing(organisation_id=fields.identifier(org_id, "organisation_id"))
+
+
+def _listing(**whose: str) -> ResponseReturnValue:
     with context.transaction() as session:
-        found = ious.listing(session, organisation_id=org_id, status=request.args.get("status"))
+        found = ious.listing(session, status=request.args.get("status"), **whose)
         return jsonify({"ious": [ious.document(iou) for iou in found]})
 
 

@@ -99,8 +99,7 @@ def test_each_flow_books_both_sides_with_its_type_and_ids_and_calls_back(
                         "amount": "12.00", "reason": None, "member_id": member, "organisation_id": organisation,
                         "client": "admin", "signature": callback["signature"]}
     assert payments_client.verify_callback(callback, payments_client.admin_callback_key(API_TOKEN))
-    for side in ("from", "to"):  # the statements of both sides show the ids
-        owner = next(iter(sides)) if side == "from" else list(sides)[1]
+    for owner in sides:  # the statements of both sides show the ids
         kind = "organisations" if owner in ("club", "other") else "members"
         [line] = [r for r in client.get(f"/api/{kind}/{owner}/statement", headers=auth).get_json()["rows"]
                   if r["reference"] == "f1"]
