@@ -9,15 +9,18 @@ so that running sum is never below what the ledger's funds check saw.
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Sequence
+import base64
+import hashlib
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select, true
+from sqlalchemy.orm import Session, aliased
 
 from shared import ledger
 from shared.errors import InvalidInput
@@ -91,63 +94,293 @@ def last_top_up(session: Session, account_id: int) -> datetime | None:
 def statement(
     session: Session, account_id: int, zone: ZoneInfo, *, limit: int | None = None
 ) -> list[StatementRow]:
-    """Every line of the account (or the newest `limit`), newest first, with the balance after each."""
-    running = func.sum(Posting.amount).over(order_by=Posting.id)
-    lines = session.execute(
-        select(
-            Posting.id,
-            Posting.amount,
-            running.label("balance"),
-            JournalEntry.id.label("entry_id"),
-            JournalEntry.created_at,
-            JournalEntry.type,
-            JournalEntry.description,
-            JournalEntry.reference,
-            JournalEntry.event_id,
-            JournalEntry.session_id,
-        )
+    """Every line of the account (or the newest `limit`), newest first, with the balance after
+    each: a short list for an e-mail, or (without `limit`) a small account's whole statement."""
+    if limit is not None:
+        return page(session, account_id, zone, Filters(), limit=limit).rows
+    return list(lines(session, account_id, zone, Filters()))
+
+
+# Pages and downloads ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which lines a statement shows: local dates (inclusive; None leaves that end open) and, on
+    an organisation's statement, an event, a club session, an entry type and a search text."""
+
+    first: date | None = None
+    last: date | None = None
+    event_id: str | None = None
+    session_id: str | None = None
+    type: str | None = None
+    search: str | None = None
+
+    def conditions(self, zone: ZoneInfo) -> list[ColumnElement[bool]]:
+        """SQL conditions on the entry (JournalEntry) of a line."""
+        found: list[ColumnElement[bool]] = list(self.dated(zone))
+        if self.event_id is not None:
+            found.append(JournalEntry.event_id == self.event_id)
+        if self.session_id is not None:
+            found.append(JournalEntry.session_id == self.session_id)
+        if self.type is not None:
+            found.append(JournalEntry.type == self.type)
+        if self.search is not None:
+            found.append(_matches_search(self.search))
+        return found
+
+    def dated(self, zone: ZoneInfo) -> list[ColumnElement[bool]]:
+        """The conditions of the date range alone."""
+        found: list[ColumnElement[bool]] = []
+        if self.first is not None:
+            found.append(JournalEntry.created_at >= datetime.combine(self.first, time(0), tzinfo=zone))
+        if self.last is not None:
+            found.append(JournalEntry.created_at < end_of_local_day(self.last, zone))
+        return found
+
+    def fingerprint(self, account_id: int) -> str:
+        """What a cursor is bound to: this account and these filters."""
+        parts = [account_id, self.first, self.last, self.event_id, self.session_id, self.type, self.search]
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[StatementRow]
+    next_cursor: str | None  # None: this is the last page
+    opening_balance: int  # before the oldest row (ORIGINAL 6.2: its balance minus its amount)
+    closing_balance: int  # after the newest row
+
+
+def page(
+    session: Session,
+    account_id: int,
+    zone: ZoneInfo,
+    filters: Filters,
+    *,
+    limit: int,
+    cursor: str | None = None,
+) -> Page:
+    """Up to `limit` lines, newest first, older than the cursor's line (keyset pagination: a
+    line booked between pages has a higher id, so it never shifts a page).
+
+    Cost: the rows, plus one index-only pass over the account's postings between the page's
+    oldest and newest line (all of them, not only the shown ones, so filters keep each line's
+    balance the account's running balance) and one index-only sum of the postings before the
+    oldest line. A page without rows shows, as both balances, the balance where it would have
+    begun: just before the cursor's line, else at the end of `last` (else now).
+    """
+    before = None if cursor is None else read_cursor(cursor, filters.fingerprint(account_id))
+    query = _lines_query(account_id, filters.conditions(zone)).order_by(Posting.id.desc()).limit(limit + 1)
+    if before is not None:
+        query = query.where(Posting.id < before)
+    found = session.execute(query).all()
+    shown = found[:limit]
+    if not shown:
+        balance = _balance_before(session, account_id, before, filters, zone)
+        return Page([], None, balance, balance)
+    after = _balances_after(session, account_id, [line.id for line in shown])
+    names = _counterparties(session, account_id, [line.entry_id for line in shown])
+    rows = [_row(line, after[line.id], names, zone) for line in shown]
+    more = len(found) > limit
+    return Page(
+        rows=rows,
+        next_cursor=make_cursor(shown[-1].id, filters.fingerprint(account_id)) if more else None,
+        opening_balance=rows[-1].balance - rows[-1].amount,
+        closing_balance=rows[0].balance,
+    )
+
+
+def lines(
+    session: Session, account_id: int, zone: ZoneInfo, filters: Filters, *, batch: int = 1000
+) -> Iterator[StatementRow]:
+    """Every line in the range, newest first, read from a server-side cursor `batch` rows at a
+    time (a download of any size holds one batch). The account's balance at the newest posting
+    of the range is summed in the same statement (one snapshot); each older line's balance is
+    the newer one's minus the newer one's amount, over every posting in the range, filtered or
+    not, so filters never break the running balance."""
+    span = _dated_span(session, account_id, filters.dated(zone))
+    if span is None:
+        return
+    low, high = span
+    in_span = [Posting.account_id == account_id]
+    if low is not None:
+        in_span += [Posting.id >= low, Posting.id <= high]
+    opening = (
+        select(func.coalesce(func.sum(Posting.amount), 0))
+        .where(*([Posting.account_id == account_id] + ([] if high is None else [Posting.id <= high])))
+        .scalar_subquery()
+    )
+    conditions = filters.conditions(zone)
+    shown = and_(*conditions) if conditions else true()
+    query = (
+        select(*_LINE_COLUMNS, shown.label("shown"), opening.label("balance_after_newest"))
         .join(JournalEntry, JournalEntry.id == Posting.entry_id)
-        .where(Posting.account_id == account_id)
+        .where(*in_span)
         .order_by(Posting.id.desc())
-        .limit(limit)
-    ).all()
-    names = _counterparties(session, account_id, [line.entry_id for line in lines])
-    return [
-        StatementRow(
-            date=line.created_at.astimezone(zone),
-            counterparty=names.get(line.entry_id, ""),
-            reference=line.reference,
-            type=line.type,
-            description=line.description,
-            amount=line.amount,
-            balance=int(line.balance),
-            event_id=line.event_id,
-            session_id=line.session_id,
+        .execution_options(yield_per=batch)
+    )
+    balance: int | None = None
+    for part in session.execute(query).partitions():
+        wanted = [line for line in part if line.shown]
+        names = _counterparties(session, account_id, [line.entry_id for line in wanted])
+        for line in part:
+            if balance is None:
+                balance = int(line.balance_after_newest)
+            if line.shown:
+                yield _row(line, balance, names, zone)
+            balance -= line.amount
+
+
+# A cursor is opaque to clients: the id of the last posting shown, bound (by a check) to the
+# account and filters it was issued for, so one from another statement is refused, not misread.
+_CURSOR = re.compile(r"([1-9][0-9]{0,17})\.([0-9a-f]{16})")
+
+
+def make_cursor(posting_id: int, fingerprint: str) -> str:
+    check = hashlib.sha256(f"{fingerprint}:{posting_id}".encode()).hexdigest()[:16]
+    return base64.urlsafe_b64encode(f"{posting_id}.{check}".encode()).decode().rstrip("=")
+
+
+def read_cursor(cursor: str, fingerprint: str) -> int:
+    """The posting id of a cursor this statement issued; InvalidInput naming `cursor` otherwise."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (ValueError, UnicodeError):
+        text = ""
+    found = _CURSOR.fullmatch(text)
+    if found is None or len(cursor) > 64:
+        raise InvalidInput("cursor: not a cursor of this service; use next_cursor as given", field="cursor")
+    posting_id = int(found.group(1))
+    if make_cursor(posting_id, fingerprint) != cursor.rstrip("="):
+        raise InvalidInput(
+            "cursor: issued for another statement (account, dates or filters); start again without it",
+            field="cursor",
         )
-        for line in lines
-    ]
+    return posting_id
 
 
-def statement_csv(rows: Sequence[StatementRow]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
-    for row in rows:
+def download_rows(lines: Iterable[StatementRow]) -> Iterator[tuple[object, ...]]:
+    """A CSV's rows: the header, then each line's cells as the JSON shows them."""
+    yield CSV_COLUMNS
+    for row in lines:
         cells = row.as_json()
-        writer.writerow(
-            [
-                cells["date"],
-                _csv_safe(row.counterparty),
-                _csv_safe(row.reference),
-                cells["type"],
-                _csv_safe(row.description),
-                cells["amount"],
-                cells["balance"],
-                _csv_safe(row.event_id or ""),
-                _csv_safe(row.session_id or ""),
-            ]
+        yield (cells["date"], row.counterparty, row.reference, row.type, row.description,
+               cells["amount"], cells["balance"], row.event_id, row.session_id)
+
+
+def sheet_rows(lines: Iterable[StatementRow]) -> Iterator[tuple[object, ...]]:
+    """An XLSX sheet's rows: the same columns; dates as local times, money as Decimal."""
+    yield CSV_COLUMNS
+    for row in lines:
+        yield (row.date.replace(tzinfo=None), row.counterparty, row.reference, row.type, row.description,
+               cents_decimal(row.amount), cents_decimal(row.balance), row.event_id, row.session_id)
+
+
+def cents_decimal(cents: int) -> Decimal:
+    return Decimal(cents).scaleb(-2)
+
+
+_LINE_COLUMNS = (
+    Posting.id,
+    Posting.amount,
+    Posting.entry_id,
+    JournalEntry.created_at,
+    JournalEntry.type,
+    JournalEntry.description,
+    JournalEntry.reference,
+    JournalEntry.event_id,
+    JournalEntry.session_id,
+)
+
+
+def _lines_query(account_id: int, conditions: list[ColumnElement[bool]]) -> Select[*tuple[Any, ...]]:
+    return (
+        select(*_LINE_COLUMNS)
+        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+        .where(Posting.account_id == account_id, *conditions)
+    )
+
+
+def _row(line: Any, balance: int, names: dict[int, str], zone: ZoneInfo) -> StatementRow:
+    return StatementRow(
+        date=line.created_at.astimezone(zone),
+        counterparty=names.get(line.entry_id, ""),
+        reference=line.reference,
+        type=line.type,
+        description=line.description,
+        amount=line.amount,
+        balance=balance,
+        event_id=line.event_id,
+        session_id=line.session_id,
+    )
+
+
+def _matches_search(search: str) -> ColumnElement[bool]:
+    """The description, or the first or last name of a member with a posting in the entry,
+    holds `search` (any case; `%` and `_` are plain characters)."""
+    other = aliased(Posting)
+    named = (
+        select(other.id)
+        .join(Member, Member.account_id == other.account_id)
+        .where(
+            other.entry_id == JournalEntry.id,
+            or_(Member.first_name.icontains(search, autoescape=True), Member.last_name.icontains(search, autoescape=True)),
         )
-    return out.getvalue()
+        .exists()
+    )
+    return or_(JournalEntry.description.icontains(search, autoescape=True), named)
+
+
+def _balances_after(session: Session, account_id: int, ids: list[int]) -> dict[int, int]:
+    """The account's balance after each of these postings, in one statement: the sum of the
+    postings before the oldest (index-only), plus a running sum over the postings between the
+    oldest and the newest (index-only, every posting of the account there)."""
+    low, high = min(ids), max(ids)
+    before = (
+        select(func.coalesce(func.sum(Posting.amount), 0))
+        .where(Posting.account_id == account_id, Posting.id < low)
+        .scalar_subquery()
+    )
+    span = (
+        select(Posting.id, func.sum(Posting.amount).over(order_by=Posting.id).label("running"))
+        .where(Posting.account_id == account_id, Posting.id >= low, Posting.id <= high)
+        .subquery()
+    )
+    found = session.execute(select(span.c.id, span.c.running + before).where(span.c.id.in_(ids)))
+    return {posting_id: int(balance) for posting_id, balance in found}
+
+
+def _balance_before(
+    session: Session, account_id: int, before: int | None, filters: Filters, zone: ZoneInfo
+) -> int:
+    """Where an empty page stands: before the cursor's line, else at the end of the range."""
+    if before is not None:
+        total = session.scalar(
+            select(func.coalesce(func.sum(Posting.amount), 0)).where(
+                Posting.account_id == account_id, Posting.id < before
+            )
+        )
+        return int(total or 0)
+    if filters.last is not None:
+        return ledger.balance_at(session, account_id, end_of_local_day(filters.last, zone))
+    return ledger.balance(session, account_id)
+
+
+def _dated_span(
+    session: Session, account_id: int, dated: list[ColumnElement[bool]]
+) -> tuple[int | None, int | None] | None:
+    """The lowest and highest posting id of the account's lines in the date range: (None, None)
+    without a range, None when the range holds none. Ids follow booking times only roughly
+    (concurrent bookings), so a download walks every posting between the two, in range or not."""
+    if not dated:
+        return None, None
+    low, high = session.execute(
+        select(func.min(Posting.id), func.max(Posting.id))
+        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+        .where(Posting.account_id == account_id, *dated)
+    ).one()
+    return None if low is None else (low, high)
 
 
 def summary_days(value: object) -> int | None:
@@ -264,6 +497,3 @@ def _counterparties(session: Session, account_id: int, entry_ids: list[int]) -> 
     return names
 
 
-def _csv_safe(cell: str) -> str:
-    """Keep spreadsheets from running a cell as a formula (CSV injection)."""
-    return "'" + cell if cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
