@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -160,33 +161,39 @@ def page(
     *,
     limit: int,
     cursor: str | None = None,
+    key: bytes | None = None,
 ) -> Page:
     """Up to `limit` lines, newest first, older than the cursor's line (keyset pagination: a
     line booked between pages has a higher id, so it never shifts a page).
 
     Cost: the rows, plus one index-only pass over the account's postings between the page's
-    oldest and newest line (all of them, not only the shown ones, so filters keep each line's
-    balance the account's running balance) and one index-only sum of the postings before the
-    oldest line. A page without rows shows, as both balances, the balance where it would have
-    begun: just before the cursor's line, else at the end of `last` (else now).
+    oldest line and the cursor (all of them, not only the shown ones, so filters keep each
+    line's balance the account's running balance). The balance those are counted from is, on
+    a first page, one index-only sum of the account's postings before the page; on a later
+    page, the one the cursor carries (the previous page's opening balance), which `key` signs:
+    without a key the cursor's balance is not trusted and the sum is run again.
+
+    A page without rows shows, as both balances, the balance where it would have begun: just
+    before the cursor's line, else at the end of `last` (else now).
     """
-    before = None if cursor is None else read_cursor(cursor, filters.fingerprint(account_id))
+    fingerprint = filters.fingerprint(account_id)
+    before = None if cursor is None else read_cursor(cursor, fingerprint, key)
     query = _lines_query(account_id, filters.conditions(zone)).order_by(Posting.id.desc()).limit(limit + 1)
     if before is not None:
-        query = query.where(Posting.id < before)
+        query = query.where(Posting.id < before.posting_id)
     found = session.execute(query).all()
     shown = found[:limit]
     if not shown:
-        balance = _balance_before(session, account_id, before, filters, zone)
+        balance = _empty_page_balance(session, account_id, before, filters, zone)
         return Page([], None, balance, balance)
-    after = _balances_after(session, account_id, [line.id for line in shown])
+    after = _balances_after(session, account_id, [line.id for line in shown], before)
     names = _counterparties(session, account_id, [line.entry_id for line in shown])
     rows = [_row(line, after[line.id], names, zone) for line in shown]
-    more = len(found) > limit
+    opening = rows[-1].balance - rows[-1].amount
     return Page(
         rows=rows,
-        next_cursor=make_cursor(shown[-1].id, filters.fingerprint(account_id)) if more else None,
-        opening_balance=rows[-1].balance - rows[-1].amount,
+        next_cursor=make_cursor(Position(shown[-1].id, opening), fingerprint, key) if len(found) > limit else None,
+        opening_balance=opening,
         closing_balance=rows[0].balance,
     )
 
@@ -232,32 +239,49 @@ def lines(
             balance -= line.amount
 
 
-# A cursor is opaque to clients: the id of the last posting shown, bound (by a check) to the
-# account and filters it was issued for, so one from another statement is refused, not misread.
-_CURSOR = re.compile(r"([1-9][0-9]{0,17})\.([0-9a-f]{16})")
+# A cursor is opaque to clients: the id of the last posting shown and the balance before it,
+# with a check that binds both to the account and filters it was issued for (one from another
+# statement is refused, not misread) and, keyed by the service's secret, vouches for the balance.
+_CURSOR = re.compile(r"([1-9][0-9]{0,17})\.(-?[0-9]{1,18})\.([0-9a-f]{32})")
 
 
-def make_cursor(posting_id: int, fingerprint: str) -> str:
-    check = hashlib.sha256(f"{fingerprint}:{posting_id}".encode()).hexdigest()[:16]
-    return base64.urlsafe_b64encode(f"{posting_id}.{check}".encode()).decode().rstrip("=")
+@dataclass(frozen=True)
+class Position:
+    posting_id: int  # the next page shows older postings than this one
+    balance: int | None  # the account's balance before it; None: not vouched for
 
 
-def read_cursor(cursor: str, fingerprint: str) -> int:
-    """The posting id of a cursor this statement issued; InvalidInput naming `cursor` otherwise."""
+def make_cursor(position: Position, fingerprint: str, key: bytes | None) -> str:
+    text = f"{position.posting_id}.{position.balance or 0}"
+    return base64.urlsafe_b64encode(f"{text}.{_check(text, fingerprint, key)}".encode()).decode().rstrip("=")
+
+
+def read_cursor(cursor: str, fingerprint: str, key: bytes | None) -> Position:
+    """Where a cursor this statement issued points; InvalidInput naming `cursor` otherwise."""
     try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii") if len(cursor) <= 100 else ""
     except (ValueError, UnicodeError):
         text = ""
     found = _CURSOR.fullmatch(text)
-    if found is None or len(cursor) > 64:
+    if found is None:
         raise InvalidInput("cursor: not a cursor of this service; use next_cursor as given", field="cursor")
-    posting_id = int(found.group(1))
-    if make_cursor(posting_id, fingerprint) != cursor.rstrip("="):
+    posting_id, balance, check = found.groups()
+    if not hmac.compare_digest(check, _check(f"{posting_id}.{balance}", fingerprint, key)):
         raise InvalidInput(
             "cursor: issued for another statement (account, dates or filters); start again without it",
             field="cursor",
         )
-    return posting_id
+    return Position(int(posting_id), int(balance) if key is not None else None)
+
+
+def _check(text: str, fingerprint: str, key: bytes | None) -> str:
+    return hmac.new(key or b"unkeyed", f"{fingerprint}:{text}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def cursor_key(secret: str | None) -> bytes | None:
+    """The key that signs cursors, derived from the service's secret (PAYMENTS_API_TOKEN), so a
+    cursor reveals nothing of it; None without one."""
+    return hmac.new(secret.encode(), b"payments statement cursor", hashlib.sha256).digest() if secret else None
 
 
 def download_rows(lines: Iterable[StatementRow]) -> Iterator[tuple[object, ...]]:
@@ -332,33 +356,46 @@ def _matches_search(search: str) -> ColumnElement[bool]:
     return or_(JournalEntry.description.icontains(search, autoescape=True), named)
 
 
-def _balances_after(session: Session, account_id: int, ids: list[int]) -> dict[int, int]:
-    """The account's balance after each of these postings, in one statement: the sum of the
-    postings before the oldest (index-only), plus a running sum over the postings between the
-    oldest and the newest (index-only, every posting of the account there)."""
-    low, high = min(ids), max(ids)
-    before = (
-        select(func.coalesce(func.sum(Posting.amount), 0))
-        .where(Posting.account_id == account_id, Posting.id < low)
-        .scalar_subquery()
-    )
-    span = (
-        select(Posting.id, func.sum(Posting.amount).over(order_by=Posting.id).label("running"))
-        .where(Posting.account_id == account_id, Posting.id >= low, Posting.id <= high)
-        .subquery()
-    )
-    found = session.execute(select(span.c.id, span.c.running + before).where(span.c.id.in_(ids)))
+def _balances_after(session: Session, account_id: int, ids: list[int], before: Position | None) -> dict[int, int]:
+    """The account's balance after each of these postings, in one statement: a running sum over
+    every posting of the account from the oldest of them up to the cursor (index-only), counted
+    from the balance the cursor vouches for, else from an index-only sum of the postings before
+    the oldest."""
+    low = min(ids)
+    if before is not None and before.balance is not None:
+        # Newest first from just below the cursor: the balance after a posting is the balance
+        # before the cursor less every posting after it.
+        later = func.sum(Posting.amount).over(order_by=Posting.id.desc()) - Posting.amount
+        span = (
+            select(Posting.id, (before.balance - later).label("after"))
+            .where(Posting.account_id == account_id, Posting.id >= low, Posting.id < before.posting_id)
+            .subquery()
+        )
+    else:
+        opening = (
+            select(func.coalesce(func.sum(Posting.amount), 0))
+            .where(Posting.account_id == account_id, Posting.id < low)
+            .scalar_subquery()
+        )
+        span = (
+            select(Posting.id, (opening + func.sum(Posting.amount).over(order_by=Posting.id)).label("after"))
+            .where(Posting.account_id == account_id, Posting.id >= low, Posting.id <= max(ids))
+            .subquery()
+        )
+    found = session.execute(select(span.c.id, span.c.after).where(span.c.id.in_(ids)))
     return {posting_id: int(balance) for posting_id, balance in found}
 
 
-def _balance_before(
-    session: Session, account_id: int, before: int | None, filters: Filters, zone: ZoneInfo
+def _empty_page_balance(
+    session: Session, account_id: int, before: Position | None, filters: Filters, zone: ZoneInfo
 ) -> int:
     """Where an empty page stands: before the cursor's line, else at the end of the range."""
     if before is not None:
+        if before.balance is not None:
+            return before.balance
         total = session.scalar(
             select(func.coalesce(func.sum(Posting.amount), 0)).where(
-                Posting.account_id == account_id, Posting.id < before
+                Posting.account_id == account_id, Posting.id < before.posting_id
             )
         )
         return int(total or 0)

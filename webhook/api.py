@@ -278,7 +278,8 @@ def _statement_response(account_id: int, owner: dict[str, str], filename: str) -
     limit = _limit(request.args.get("limit"))
     cursor = request.args.get("cursor")
     with context.transaction() as session:
-        page = statements.page(session, account_id, zone, filters, limit=limit, cursor=cursor)
+        page = statements.page(session, account_id, zone, filters, limit=limit, cursor=cursor,
+                               key=statements.cursor_key(context.settings().api_token))
     return jsonify({
         **owner,
         "rows": [row.as_json() for row in page.rows],
