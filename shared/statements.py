@@ -17,13 +17,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select, true
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import BigInteger, ColumnElement, Select, and_, any_, bindparam, func, or_, select, true
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from shared import ledger
+from shared.db import dialect_name
 from shared.errors import InvalidInput
 from shared.models import (
     TOP_UP_TYPES,
@@ -44,8 +46,7 @@ SUMMARY_PERIODS = {"30": 30, "90": 90, "365": 365, "all": None}
 _SYSTEM_NAMES = {s.value: s.value.capitalize() for s in SystemAccount}
 
 
-@dataclass(frozen=True)
-class StatementRow:
+class StatementRow(NamedTuple):  # a tuple: a download makes one per line
     date: datetime  # local time
     counterparty: str
     reference: str
@@ -228,9 +229,10 @@ def lines(
         .execution_options(yield_per=batch)
     )
     balance: int | None = None
-    for part in session.execute(query).partitions():
+    known: dict[int, str] = {}  # account id -> name, for the whole download
+    for part in session.connection().execute(query).partitions():
         wanted = [line for line in part if line.shown]
-        names = _counterparties(session, account_id, [line.entry_id for line in wanted])
+        names = _counterparties(session, account_id, [line.entry_id for line in wanted], known)
         for line in part:
             if balance is None:
                 balance = int(line.balance_after_newest)
@@ -288,9 +290,8 @@ def download_rows(lines: Iterable[StatementRow]) -> Iterator[tuple[object, ...]]
     """A CSV's rows: the header, then each line's cells as the JSON shows them."""
     yield CSV_COLUMNS
     for row in lines:
-        cells = row.as_json()
-        yield (cells["date"], row.counterparty, row.reference, row.type, row.description,
-               cells["amount"], cells["balance"], row.event_id, row.session_id)
+        yield (row.date.isoformat(timespec="seconds"), row.counterparty, row.reference, row.type, row.description,
+               format_cents(row.amount), format_cents(row.balance), row.event_id, row.session_id)
 
 
 def sheet_rows(lines: Iterable[StatementRow]) -> Iterator[tuple[object, ...]]:
@@ -327,17 +328,9 @@ def _lines_query(account_id: int, conditions: list[ColumnElement[bool]]) -> Sele
 
 
 def _row(line: Any, balance: int, names: dict[int, str], zone: ZoneInfo) -> StatementRow:
-    return StatementRow(
-        date=line.created_at.astimezone(zone),
-        counterparty=names.get(line.entry_id, ""),
-        reference=line.reference,
-        type=line.type,
-        description=line.description,
-        amount=line.amount,
-        balance=balance,
-        event_id=line.event_id,
-        session_id=line.session_id,
-    )
+    _, amount, entry_id, created_at, type_, description, reference, event_id, session_id = line[:9]
+    return StatementRow(created_at.astimezone(zone), names.get(entry_id, ""), reference, type_, description,
+                        amount, balance, event_id, session_id)
 
 
 def _matches_search(search: str) -> ColumnElement[bool]:
@@ -501,36 +494,47 @@ def admin_summary(session: Session, *, now: datetime | None = None) -> dict[str,
     }
 
 
-def _counterparties(session: Session, account_id: int, entry_ids: list[int]) -> dict[int, str]:
-    """For each entry, the name of the other side with the largest amount."""
+def _counterparties(
+    session: Session, account_id: int, entry_ids: list[int], known: dict[int, str] | None = None
+) -> dict[int, str]:
+    """For each entry, the name of the other side with the largest amount. Names already in
+    `known` (account id -> name; a download keeps one for its whole run) are not read again."""
     if not entry_ids:
         return {}
-    rows = session.execute(
-        select(
-            Posting.entry_id,
-            Posting.amount,
-            Account.kind,
-            Account.owner,
-            Member.first_name,
-            Member.last_name,
-            Organisation.name,
+    connection = session.connection()
+    sides = connection.execute(
+        select(Posting.entry_id, Posting.account_id, Posting.amount).where(
+            _among(session, Posting.entry_id, entry_ids), Posting.account_id != account_id
         )
-        .join(Account, Account.id == Posting.account_id)
-        .outerjoin(Member, Member.account_id == Account.id)
-        .outerjoin(Organisation, Organisation.account_id == Account.id)
-        .where(Posting.entry_id.in_(entry_ids), Posting.account_id != account_id)
-        .order_by(Posting.entry_id, case((Posting.amount < 0, -Posting.amount), else_=Posting.amount).desc())
-    ).all()
-    names: dict[int, str] = {}
-    for row in rows:
-        if row.entry_id in names:
-            continue
-        if row.kind == AccountKind.MEMBER.value:
-            names[row.entry_id] = f"{row.first_name} {row.last_name} ({row.owner})"
-        elif row.kind == AccountKind.ORGANISATION.value:
-            names[row.entry_id] = row.name or row.owner
-        else:
-            names[row.entry_id] = _SYSTEM_NAMES.get(row.owner, row.owner)
-    return names
+    )
+    largest: dict[int, tuple[int, int]] = {}
+    for entry_id, other, amount in sides:
+        if entry_id not in largest or abs(amount) > largest[entry_id][1]:
+            largest[entry_id] = (other, abs(amount))
+    names = {} if known is None else known
+    missing = {other for other, _ in largest.values()} - names.keys()
+    if missing:
+        found = connection.execute(
+            select(Account.id, Account.kind, Account.owner, Member.first_name, Member.last_name, Organisation.name)
+            .outerjoin(Member, Member.account_id == Account.id)
+            .outerjoin(Organisation, Organisation.account_id == Account.id)
+            .where(_among(session, Account.id, sorted(missing)))
+        )
+        for other, kind, owner, first, last, org_name in found:
+            if kind == AccountKind.MEMBER.value:
+                names[other] = f"{first} {last} ({owner})"
+            elif kind == AccountKind.ORGANISATION.value:
+                names[other] = org_name or owner
+            else:
+                names[other] = _SYSTEM_NAMES.get(owner, owner)
+    return {entry_id: names[other] for entry_id, (other, _) in largest.items()}
+
+
+def _among(session: Session, column: InstrumentedAttribute[int], ids: list[int]) -> ColumnElement[bool]:
+    """`column IN ids`; on PostgreSQL as one array parameter (a thousand ids are one value to
+    send, not a thousand placeholders to parse)."""
+    if dialect_name(session) == "postgresql":
+        return column == any_(bindparam(None, ids, type_=ARRAY(BigInteger)))
+    return column.in_(ids)
 
 
