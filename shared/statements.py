@@ -1,10 +1,17 @@
-"""What people see (SPEC 6): balances with detail, statements as rows and CSV, organisation
-summaries by type, and the admin summary. Reads only; times are shown in the configured local
-time zone, newest line first, each with the account's balance after it.
+"""What people see (SPEC 6; ORIGINAL 6.1, 6.2): balances with detail, statements in pages and as
+streamed downloads, organisation summaries by type, and the admin summary. Reads only; times
+are shown in the configured local time zone, newest line first, each with the account's
+balance after it.
 
 The balance after a line is the running sum of the account's postings in id order. A debit is
 only booked under its account's lock after every earlier committed posting has been counted,
 so that running sum is never below what the ledger's funds check saw.
+
+Statements scale (issue 14): a page is found by keyset on the posting id (ix_postings_account_
+id_id), and its balances come from an index-only running sum between the page and the cursor,
+counted from the balance the cursor carries (or, on a first page, from one index-only sum); no
+read walks an account's whole history in Python or with a window function. A download walks
+the range once from a server-side cursor, a batch at a time.
 """
 
 from __future__ import annotations
