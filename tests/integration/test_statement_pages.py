@@ -177,6 +177,22 @@ def test_a_members_statement_crosses_the_month_end_by_local_date(client, auth, c
     assert (march["opening_balance"], march["closing_balance"]) == ("50.00", "32.00")
 
 
+def test_a_line_at_exactly_local_midnight_of_a_new_month_belongs_to_the_new_day(client, auth, sessions, club_history) -> None:
+    # 2026-03-31T13:00Z is 00:00 on 1 April in Sydney (AEDT until 5 April).
+    _book(sessions, "2026-03-31T13:00:00Z", _pays(club_history["ann"], club_history["club"], 1_00, "midnight",
+                                                  EntryType.CLUB_PAYMENT, "At midnight"))
+    path = "/api/organisations/club/statement"
+    march = client.get(path, query_string={"from": "2026-03-01", "to": "2026-03-31"}, headers=auth).get_json()
+    assert [r["reference"] for r in march["rows"]] == ["pay-2", "adj-1", "ref-1", "evt-1"]
+    april = client.get(path, query_string={"from": "2026-04-01", "to": "2026-04-01"}, headers=auth).get_json()
+    assert [(r["date"], r["balance"]) for r in april["rows"]] == [("2026-04-01T00:00:00+11:00", "79.00")]
+    assert (april["opening_balance"], april["closing_balance"]) == ("78.00", "79.00")
+    with freeze_time("2026-04-15T00:00:00Z"):  # a preset: last month is March
+        preset = client.get(path, query_string={"period": "last_month"}, headers=auth).get_json()
+    assert (preset["from"], preset["to"]) == ("2026-03-01", "2026-03-31")
+    assert preset["rows"] == march["rows"]
+
+
 # Pagination while bookings arrive ---------------------------------------------------------
 
 
