@@ -344,3 +344,31 @@ def test_pages_put_together_are_the_naive_statement_and_the_download(engine, amo
             downloaded = [(r.reference, r.amount, r.balance) for r in statements.lines(s, account_id, SYDNEY, filters, batch=3)]
         assert got == expected
         assert downloaded == expected
+
+
+def test_pages_and_downloads_work_on_the_embedded_sqlite_default(tmp_path) -> None:
+    from shared.db import make_engine, make_sessions
+    from shared.schema import upgrade
+
+    url = f"sqlite:///{tmp_path}/payments.db"
+    upgrade(url)
+    engine = make_engine(url)
+    try:
+        lite = make_sessions(engine)
+        with lite.begin() as s:
+            ann, club = add_member(s, "ann"), add_organisation(s, "club")
+            top_up(s, ann, 20_00, "t1")
+            for n in range(5):
+                _pays(ann, club, 1_00 + n, f"p{n}", EntryType.CLUB_PAYMENT, f"Table {n}% off")(s)
+        with lite.begin() as s:
+            first = statements.page(s, ann, SYDNEY, statements.Filters(), limit=4, key=b"k")
+            second = statements.page(s, ann, SYDNEY, statements.Filters(), limit=4, cursor=first.next_cursor, key=b"k")
+            everything = list(statements.lines(s, ann, SYDNEY, statements.Filters()))
+            found = statements.page(s, club, SYDNEY, statements.Filters(search="lee"), limit=2)
+        assert [(r.reference, r.balance) for r in everything] == [
+            ("p4", 14_90), ("p3", 15_94), ("p2", 16_97), ("p1", 17_99), ("p0", 19_00), ("t1", 20_00)]
+        assert first.rows + second.rows == everything and second.next_cursor is None
+        assert (first.opening_balance, first.closing_balance) == (19_00, 14_90)  # before p1, after p4
+        assert [(r.reference, r.balance) for r in found.rows] == [("p4", 5_10), ("p3", 4_06)]
+    finally:
+        engine.dispose()
