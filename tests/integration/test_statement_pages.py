@@ -275,6 +275,24 @@ def test_bad_arguments_are_400s_naming_the_field(client, auth, club_history) -> 
     assert client.get(org, query_string={"cursor": first}, headers=auth).status_code == 200
 
 
+def test_any_argument_text_is_a_200_or_a_400_never_a_500(client, auth, club_history) -> None:
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(who=st.sampled_from(["members/ann", "organisations/club"]),
+           args=st.dictionaries(st.sampled_from(["from", "to", "limit", "cursor", "type", "search", "event_id",
+                                                 "session_id", "format", "period"]),
+                                st.one_of(st.text(max_size=30), st.sampled_from(["2026-03-01", "5", "csv", "xlsx",
+                                                                                 "Refund", "%", "_", "all"])),
+                                max_size=4))
+    def run(who: str, args: dict[str, str]) -> None:
+        response = client.get(f"/api/{who}/statement", query_string=args, headers=auth)
+        assert response.status_code in (200, 400), (args, response.get_data(as_text=True)[:300])
+        if response.status_code == 400:
+            assert response.get_json()["error"]["field"] in args
+        response.close()
+
+    run()
+
+
 def test_a_cursor_with_another_balance_is_refused(client, auth, club_history) -> None:
     """The balance a cursor carries is vouched for by the service's key: a client cannot make
     the next page show other balances."""
