@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -189,7 +190,8 @@ def page(
     query = _lines_query(account_id, filters.conditions(zone)).order_by(Posting.id.desc()).limit(limit + 1)
     if before is not None:
         query = query.where(Posting.id < before.posting_id)
-    found = session.execute(query).all()
+    with _planned_for_its_values(session):
+        found = session.execute(query).all()
     shown = found[:limit]
     if not shown:
         balance = _empty_page_balance(session, account_id, before, filters, zone)
@@ -404,6 +406,24 @@ def _empty_page_balance(
     return ledger.balance(session, account_id)
 
 
+@contextmanager
+def _planned_for_its_values(session: Session) -> Iterator[None]:
+    """Run a query unprepared, so PostgreSQL plans it for its values. psycopg prepares a query
+    on its fifth run, and PostgreSQL may then keep one generic plan, which cannot see that a
+    cursor or a date range makes walking the account's index from the newest line cheap or
+    dear (measured: 150 ms a page with a generic plan, 25 ms planned for the values)."""
+    if dialect_name(session) != "postgresql":
+        yield
+        return
+    driver: Any = session.connection().connection.driver_connection  # a psycopg Connection
+    before = driver.prepare_threshold
+    driver.prepare_threshold = None
+    try:
+        yield
+    finally:
+        driver.prepare_threshold = before
+
+
 def _dated_span(
     session: Session, account_id: int, dated: list[ColumnElement[bool]]
 ) -> tuple[int | None, int | None] | None:
@@ -412,11 +432,12 @@ def _dated_span(
     (concurrent bookings), so a download walks every posting between the two, in range or not."""
     if not dated:
         return None, None
-    low, high = session.execute(
-        select(func.min(Posting.id), func.max(Posting.id))
-        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
-        .where(Posting.account_id == account_id, *dated)
-    ).one()
+    with _planned_for_its_values(session):
+        low, high = session.execute(
+            select(func.min(Posting.id), func.max(Posting.id))
+            .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+            .where(Posting.account_id == account_id, *dated)
+        ).one()
     return None if low is None else (low, high)
 
 
