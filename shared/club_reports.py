@@ -30,7 +30,7 @@ from datetime import date, datetime
 from typing import Any, Unpack
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Select, SQLColumnExpression, case, func, literal, or_, select
+from sqlalchemy import ColumnElement, Select, SQLColumnExpression, case, func, literal, or_, select, true
 from sqlalchemy.orm import Session, aliased
 
 from shared import fields, periods
@@ -209,42 +209,40 @@ def _filtered(query: Lines, category: Category | None, search: str | None, type_
     return query
 
 
-def _as_lines(session: Session, account_id: int, rows: Sequence[Any], zone: ZoneInfo) -> list[Line]:
-    names = counterparties(session, account_id, [row.entry_id for row in rows])
-    return [Line(row.id, row.created_at.astimezone(zone), names.get(row.entry_id, ""), row.reference, row.type,
-                 row.description, row.session_id, row.event_id, row.amount) for row in rows]
+def _named(query: Lines, account_id: int) -> Lines:
+    """The query with who is on the other side of each line: the member or organisation (or
+    system account) with the largest amount, as statements name them. A lateral join: one index
+    look-up per line, in the same (streamed) query."""
+    other = aliased(Posting)
+    side = (
+        select(Account.kind, Account.owner, Member.first_name, Member.last_name, Organisation.name)
+        .select_from(other)
+        .join(Account, Account.id == other.account_id)
+        .outerjoin(Member, Member.account_id == Account.id)
+        .outerjoin(Organisation, Organisation.account_id == Account.id)
+        .where(other.entry_id == Posting.entry_id, other.account_id != account_id)
+        .order_by(func.abs(other.amount).desc(), other.id)
+        .limit(1)
+        .lateral("other_side")
+    )
+    return query.outerjoin(side, true()).add_columns(*side.c)
+
+
+def _as_line(row: Any, zone: ZoneInfo) -> Line:
+    if row.kind == AccountKind.MEMBER.value:
+        counterparty = f"{row.first_name} {row.last_name} ({row.owner})"
+    elif row.kind == AccountKind.ORGANISATION.value:
+        counterparty = row.name
+    else:
+        counterparty = (row.owner or "").capitalize()
+    return Line(row.id, row.created_at.astimezone(zone), counterparty, row.reference, row.type, row.description,
+                row.session_id, row.event_id, row.amount)
 
 
 def _streamed_lines(session: Session, account_id: int, query: Lines, zone: ZoneInfo) -> Iterator[Line]:
-    """The query's lines from a server-side cursor, a batch of 1,000 at a time."""
-    result = session.execute(query.execution_options(yield_per=1000))
-    for batch in result.partitions():
-        yield from _as_lines(session, account_id, batch, zone)
-
-
-def counterparties(session: Session, account_id: int, entry_ids: list[int]) -> dict[int, str]:
-    """For each entry, who is on the other side: the member or organisation (or system account)
-    with the largest amount, as statements name them."""
-    if not entry_ids:
-        return {}
-    rows = session.execute(
-        select(Posting.entry_id, Account.kind, Account.owner, Member.first_name, Member.last_name, Organisation.name)
-        .join(Account, Account.id == Posting.account_id)
-        .outerjoin(Member, Member.account_id == Account.id)
-        .outerjoin(Organisation, Organisation.account_id == Account.id)
-        .where(Posting.entry_id.in_(entry_ids), Posting.account_id != account_id)
-        .order_by(Posting.entry_id, func.abs(Posting.amount).desc(), Posting.id)
-    ).all()
-    names: dict[int, str] = {}
-    for row in rows:
-        if row.entry_id not in names:
-            if row.kind == AccountKind.MEMBER.value:
-                names[row.entry_id] = f"{row.first_name} {row.last_name} ({row.owner})"
-            elif row.kind == AccountKind.ORGANISATION.value:
-                names[row.entry_id] = row.name
-            else:
-                names[row.entry_id] = row.owner.capitalize()
-    return names
+    """The query's lines from a server-side cursor, 1,000 rows at a time."""
+    for row in session.execute(_named(query, account_id).execution_options(yield_per=1000)):
+        yield _as_line(row, zone)
 
 
 # Movements: one GROUP BY for one organisation or for all ------------------------------------
@@ -361,9 +359,9 @@ def report_json(session: Session, org: Organisation, query: Query, zone: ZoneInf
     page = matching.order_by(Posting.id).limit(query.limit + 1)
     if query.cursor is not None:
         page = page.where(Posting.id > query.cursor)
-    rows = session.execute(page).all()
+    rows = session.execute(_named(page, org.account_id)).all()
     more = len(rows) > query.limit
-    lines = _as_lines(session, org.account_id, rows[: query.limit], zone)
+    lines = [_as_line(row, zone) for row in rows[: query.limit]]
     return {**head, "search": query.search, "type": query.type, "count": count, "total": format_cents(int(total)),
             "rows": [line.as_json() for line in lines], "next_cursor": str(lines[-1].id) if more else None}
 
