@@ -209,6 +209,13 @@ def test_presets_follow_the_frozen_local_today(client, auth, history) -> None:
     # "to" alone: from the default preset's first day (month to date) to that day
     body = report(client, auth, "view=movement&to=2026-03-03").get_json()
     assert (body["from"], body["to"], body["closing_balance"]) == ("2026-03-01", "2026-03-03", "127.75")
+    # "Today" is Sydney's: at 00:30 on 1 March local it is still 28 February in UTC.
+    with freeze_time("2026-02-28T13:30:00Z"):
+        body = client.get("/api/organisations/club/report?view=movement", headers=auth).get_json()
+        last = client.get("/api/organisations/club/report?view=movement&period=last_month", headers=auth).get_json()
+    assert (body["from"], body["to"], body["opening_balance"], body["club_sessions"]) == (
+        "2026-03-01", "2026-03-01", "119.75", "8.00")
+    assert (last["from"], last["to"], last["closing_balance"]) == ("2026-02-01", "2026-02-28", "119.75")
 
 
 def test_the_31_january_midnight_splits_the_months(client, auth, history) -> None:
@@ -384,7 +391,7 @@ def movement(client, auth, query: str = ""):  # type: ignore[no-untyped-def]
         return client.get(f"/api/reports/movement?{query}", headers=auth)
 
 
-def test_the_movement_report_as_json(client, auth, history) -> None:
+def test_the_movement_report_as_json(client, auth, history, sessions) -> None:
     for query in ("", FEB, "period=last_month"):  # last month is the default
         response = movement(client, auth, query)
         assert response.status_code == 200
@@ -393,8 +400,12 @@ def test_the_movement_report_as_json(client, auth, history) -> None:
             "rows": [dict(zip(MOVEMENT_COLUMNS, row, strict=True)) for row in MOVEMENT_ROWS],
             "totals": dict(zip(MOVEMENT_COLUMNS[2:], MOVEMENT_TOTALS, strict=True)),
         }, query
-    for row in MOVEMENT_ROWS:  # opening + the columns = closing
-        assert sum(Decimal(cell) for cell in row[2:9]) == Decimal(row[9])
+    with sessions.begin() as session:  # opening + the columns = closing, the ledger's balances
+        for org_id, _, opening, *columns, closing in MOVEMENT_ROWS:
+            assert sum(Decimal(cell) for cell in [opening, *columns]) == Decimal(closing)
+            account = profiles.get_organisation(session, org_id).account_id
+            assert [ledger.balance_at(session, account, datetime.fromisoformat(f"{day}T00:00:00+11:00"))
+                    for day in ("2026-02-01", "2026-03-01")] == [int(Decimal(opening) * 100), int(Decimal(closing) * 100)]
 
 
 def test_the_movement_report_as_csv_and_xlsx(client, auth, history) -> None:
