@@ -1,28 +1,20 @@
-"""Club finance (ORIGINAL 6.3) and the organisation movement report (ORIGINAL 6.7), both built
-on one classification of an organisation's postings: `RULES`, read by `category_of` in Python
-and by `category_sql` in SQL, so the Movement Summary, the per-session and per-event views, the
-listings, the eight XLSX sheets and the federation's movement report cannot disagree.
-
-The rule, first match wins: a Settlement; a Manual Adjustment; anything with an event id (event
-entries and their refunds); anything with a session id (table money); a Club Membership; else
-Other. Every posting falls in exactly one category, so opening + categories = closing. A club's
-own views fold Manual Adjustments into Other (the original's Movement Summary has no column for
-them); the federation's report shows them apart (its "Manual Adjustments").
+"""Club finance (ORIGINAL 6.3): an organisation's report by view (the Movement Summary, per
+session, per event, membership, other, transactions) and the original's eight-sheet workbook,
+all on the classification of `shared.org_movements`, so every view adds up to the summary.
 
 The original's "Other Artificial" listing left out Club Payments without an event or session,
-which then appeared in no view at all; here Other is exactly the Movement Summary's Other, so
-its rows add up to that figure.
+which then appeared in no view at all; here Other is exactly the Movement Summary's Other.
 
 The service knows session and event ids only (another module owns their names and dates), so
 per-session and per-event rows show the id, the payments' count and total, and the first and
 last payment. Reads are bounded: aggregates are GROUP BY queries over the organisation's
-postings in the period; listings are pages (`limit`, a posting-id cursor); the XLSX is written
-from server-side cursors, a batch at a time.
+postings in the period (one row per session or event); listings are pages (`limit`, a
+posting-id cursor, oldest first, so postings that arrive meanwhile only add later pages); the
+XLSX is written from server-side cursors, 1,000 rows at a time.
 """
 
 from __future__ import annotations
 
-import enum
 import heapq
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,74 +22,15 @@ from datetime import date, datetime
 from typing import Any, Unpack
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Select, SQLColumnExpression, case, func, literal, or_, select, true
+from sqlalchemy import Select, func, literal, or_, select, true
 from sqlalchemy.orm import Session, aliased
 
 from shared import fields, periods
 from shared.errors import InvalidInput
 from shared.models import Account, AccountKind, EntryType, JournalEntry, Member, Organisation, Posting
 from shared.money import format_cents, to_decimal
+from shared.org_movements import CATEGORY, Category, club_category_is, movement_summary
 from shared.periods import Period
-
-
-class Category(enum.StrEnum):
-    SETTLEMENTS = "settlements"
-    MANUAL_ADJUSTMENTS = "manual_adjustments"
-    EVENT_ENTRIES = "event_entries"
-    CLUB_SESSIONS = "club_sessions"
-    CLUB_MEMBERSHIPS = "club_memberships"
-    OTHER = "other"
-
-
-# The classification, in order; the first rule that holds names the category, else OTHER.
-# (category, the entry's field, the type it must have; None: the field must be set)
-RULES: tuple[tuple[Category, str, EntryType | None], ...] = (
-    (Category.SETTLEMENTS, "type", EntryType.SETTLEMENT),
-    (Category.MANUAL_ADJUSTMENTS, "type", EntryType.MANUAL_ADJUSTMENT),
-    (Category.EVENT_ENTRIES, "event_id", None),
-    (Category.CLUB_SESSIONS, "session_id", None),
-    (Category.CLUB_MEMBERSHIPS, "type", EntryType.CLUB_MEMBERSHIP),
-)
-# A club's Movement Summary, in the original's order; Manual Adjustments count as Other there.
-CLUB_CATEGORIES = (Category.SETTLEMENTS, Category.EVENT_ENTRIES, Category.CLUB_SESSIONS,
-                   Category.CLUB_MEMBERSHIPS, Category.OTHER)
-# The federation's movement report, in ORIGINAL 6.7's column order.
-REPORT_CATEGORIES = (Category.EVENT_ENTRIES, Category.CLUB_SESSIONS, Category.CLUB_MEMBERSHIPS, Category.OTHER,
-                     Category.MANUAL_ADJUSTMENTS, Category.SETTLEMENTS)
-
-
-def category_of(type_: str, event_id: str | None, session_id: str | None) -> Category:
-    facts = {"type": type_, "event_id": event_id, "session_id": session_id}
-    for category, field, wanted in RULES:
-        if facts[field] is not None and (wanted is None or facts[field] == wanted.value):
-            return category
-    return Category.OTHER
-
-
-def category_sql(
-    type_: SQLColumnExpression[str], event_id: SQLColumnExpression[str | None],
-    session_id: SQLColumnExpression[str | None],
-) -> ColumnElement[str]:
-    """`category_of` as a SQL expression over an entry's columns."""
-    columns: dict[str, SQLColumnExpression[Any]] = {"type": type_, "event_id": event_id, "session_id": session_id}
-    return case(
-        *[(columns[field] == wanted.value if wanted is not None else columns[field].is_not(None), category.value)
-          for category, field, wanted in RULES],
-        else_=Category.OTHER.value,
-    )
-
-
-def club_category(category: Category) -> Category:
-    return Category.OTHER if category is Category.MANUAL_ADJUSTMENTS else category
-
-
-_CATEGORY = category_sql(JournalEntry.type, JournalEntry.event_id, JournalEntry.session_id)
-
-
-def _club_category_is(category: Category) -> ColumnElement[bool]:
-    if category is Category.OTHER:
-        return _CATEGORY.in_([Category.OTHER.value, Category.MANUAL_ADJUSTMENTS.value])
-    return _CATEGORY == category.value
 
 
 # The request ------------------------------------------------------------------------------
@@ -194,7 +127,7 @@ def _lines(account_id: int, period: Period, zone: ZoneInfo) -> Lines:
 
 def _filtered(query: Lines, category: Category | None, search: str | None, type_: str | None) -> Lines:
     if category is not None:
-        query = query.where(_club_category_is(category))
+        query = query.where(club_category_is(category))
     if type_ is not None:
         query = query.where(JournalEntry.type == type_)
     if search is not None:
@@ -245,55 +178,6 @@ def _streamed_lines(session: Session, account_id: int, query: Lines, zone: ZoneI
         yield _as_line(row, zone)
 
 
-# Movements: one GROUP BY for one organisation or for all ------------------------------------
-
-
-@dataclass(frozen=True)
-class Movement:
-    opening: int
-    by_category: dict[Category, int]
-
-    @property
-    def closing(self) -> int:
-        return self.opening + sum(self.by_category.values())
-
-    def for_club(self) -> dict[Category, int]:
-        folded = dict.fromkeys(CLUB_CATEGORIES, 0)
-        for category, cents in self.by_category.items():
-            folded[club_category(category)] += cents
-        return folded
-
-
-def movements(session: Session, period: Period, zone: ZoneInfo, account_id: int | None = None) -> dict[int, Movement]:
-    """Each organisation account's opening balance and movements by category in the period (one
-    account, or every organisation): a single GROUP BY, each posting before the period's end
-    counted once, in `opening` if it is before the start, else in its category."""
-    start, end = period.start(zone), period.end(zone)
-    bucket = case((JournalEntry.created_at < start, literal("opening")), else_=_CATEGORY)
-    query = (
-        select(Posting.account_id, bucket.label("bucket"), func.sum(Posting.amount))
-        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
-        .where(JournalEntry.created_at < end)
-        .group_by(Posting.account_id, bucket)
-    )
-    if account_id is not None:
-        query = query.where(Posting.account_id == account_id)
-    else:
-        query = query.join(Account, Account.id == Posting.account_id).where(
-            Account.kind == AccountKind.ORGANISATION.value)
-    found: dict[int, dict[str, int]] = {}
-    for account, name, cents in session.execute(query):
-        found.setdefault(account, {})[name] = int(cents)
-    return {
-        account: Movement(buckets.pop("opening", 0), {Category(name): cents for name, cents in buckets.items()})
-        for account, buckets in found.items()
-    }
-
-
-def movement_summary(session: Session, org: Organisation, period: Period, zone: ZoneInfo) -> Movement:
-    return movements(session, period, zone, org.account_id).get(org.account_id, Movement(0, {}))
-
-
 @dataclass(frozen=True)
 class Group:
     """The payments of one session or event in the period (or all memberships: id None)."""
@@ -329,7 +213,7 @@ def groups(session: Session, account_id: int, view: str, period: Period, zone: Z
     first = func.min(JournalEntry.created_at)
     columns = [key if key is not None else literal(None), func.count(), func.sum(Posting.amount), first,
                func.max(JournalEntry.created_at)]
-    query = _lines(account_id, period, zone).with_only_columns(*columns).where(_club_category_is(category))
+    query = _lines(account_id, period, zone).with_only_columns(*columns).where(club_category_is(category))
     if key is not None:
         query = query.group_by(key).order_by(first, key)
     rows: Sequence[Any] = session.execute(query).all()
@@ -439,7 +323,7 @@ def _combined_sheet(session: Session, account_id: int, period: Period, zone: Zon
     grouped.sort(key=lambda item: item[0])
     rest = (
         _lines(account_id, period, zone)
-        .where(_CATEGORY.in_([Category.SETTLEMENTS.value, Category.MANUAL_ADJUSTMENTS.value, Category.OTHER.value]))
+        .where(CATEGORY.in_([Category.SETTLEMENTS.value, Category.MANUAL_ADJUSTMENTS.value, Category.OTHER.value]))
         .order_by(JournalEntry.created_at, Posting.id)
     )
     singles = ((line.date, [line.date.replace(tzinfo=None), line.type, line.reference, line.description,
@@ -449,41 +333,3 @@ def _combined_sheet(session: Session, account_id: int, period: Period, zone: Zon
         total += row[-1]
         yield row
     yield ["Total", None, None, None, to_decimal(0) + total]
-
-
-# The federation's organisation movement report (ORIGINAL 6.7) ------------------------------
-
-REPORT_COLUMNS = ["organisation_id", "name", "opening_balance", "event_entries", "club_sessions", "club_memberships",
-                  "other", "manual_adjustments", "settlements", "closing_balance"]
-
-
-def movement_report(session: Session, period: Period, zone: ZoneInfo) -> tuple[list[dict[str, Any]], dict[str, int]]:
-    """One row per organisation, by org_id (every organisation: the service keeps no Open or
-    Closed status), in cents, and the totals: two queries, however many organisations."""
-    found = movements(session, period, zone)
-    rows: list[dict[str, Any]] = []
-    totals = dict.fromkeys(REPORT_COLUMNS[2:], 0)
-    for org_id, name, account_id in session.execute(
-        select(Organisation.org_id, Organisation.name, Organisation.account_id).order_by(Organisation.org_id)
-    ):
-        movement = found.get(account_id, Movement(0, {}))
-        row: dict[str, Any] = {"organisation_id": org_id, "name": name, "opening_balance": movement.opening,
-               **{c.value: movement.by_category.get(c, 0) for c in REPORT_CATEGORIES},
-               "closing_balance": movement.closing}
-        for column in totals:
-            totals[column] += row[column]
-        rows.append(row)
-    return rows, totals
-
-
-def report_row_json(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {key: value if key in ("organisation_id", "name") else format_cents(value) for key, value in row.items()}
-
-
-def report_table(rows: list[dict[str, Any]], totals: dict[str, int], *, money: Any) -> Iterator[list[Any]]:
-    """The report as a table (CSV or a sheet): a header, a row per organisation, a Total row;
-    `money` turns cents into the cell (a string for CSV, a Decimal for XLSX)."""
-    yield REPORT_COLUMNS
-    for row in rows:
-        yield [row["organisation_id"], row["name"], *[money(row[c]) for c in REPORT_COLUMNS[2:]]]
-    yield ["Total", None, *[money(totals[c]) for c in REPORT_COLUMNS[2:]]]

@@ -10,7 +10,7 @@ from datetime import datetime
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from shared import access, club_reports, fields, periods, profiles
+from shared import access, club_reports, fields, org_movements, periods, profiles
 from shared.errors import InvalidInput
 from shared.money import format_cents, to_decimal
 from webhook import context, downloads
@@ -46,12 +46,12 @@ def movement_report() -> ResponseReturnValue:
     period = periods.from_args(request.args, datetime.now(zone).date(), default="last_month")
     name = f"organisation-movement-{period.first}-{period.last}"
     if wanted == "csv":
-        return downloads.csv_download(f"{name}.csv", lambda session: club_reports.report_table(
-            *club_reports.movement_report(session, period, zone), money=format_cents))
+        return downloads.csv_download(f"{name}.csv", lambda session: org_movements.report_table(
+            *org_movements.movement_report(session, period, zone), money=format_cents))
     if wanted == "xlsx":
-        return downloads.xlsx_download(f"{name}.xlsx", lambda session: [("Movement Report", club_reports.report_table(
-            *club_reports.movement_report(session, period, zone), money=to_decimal))])
+        return downloads.xlsx_download(f"{name}.xlsx", lambda session: [("Movement Report", org_movements.report_table(
+            *org_movements.movement_report(session, period, zone), money=to_decimal))])
     with context.transaction() as session:
-        rows, totals = club_reports.movement_report(session, period, zone)
-    return jsonify({**period.as_json(), "rows": [club_reports.report_row_json(row) for row in rows],
+        rows, totals = org_movements.movement_report(session, period, zone)
+    return jsonify({**period.as_json(), "rows": [org_movements.report_row_json(row) for row in rows],
                     "totals": {key: format_cents(value) for key, value in totals.items()}})

@@ -18,9 +18,9 @@ from openpyxl import load_workbook
 from sqlalchemy import literal, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import access, club_reports, ledger, profiles
+from shared import access, club_reports, ledger, org_movements, profiles
 from shared.adjustments import Adjustment, book_adjustment
-from shared.club_reports import Category
+from shared.org_movements import Category
 from shared.ledger import Entry, Line
 from shared.models import EntryType, JournalEntry, Posting, SystemAccount
 from tests.integration.helpers import add_member, add_organisation
@@ -159,16 +159,16 @@ def test_sql_and_python_classify_every_type_and_id_combination_alike(sessions) -
     combos = list(itertools.product([t.value for t in EntryType], [None, "EV-1"], [None, "S-1"]))
     with sessions.begin() as session:
         in_sql = session.execute(select(*[
-            club_reports.category_sql(literal(t), literal(e, type_=JournalEntry.event_id.type),
+            org_movements.category_sql(literal(t), literal(e, type_=JournalEntry.event_id.type),
                                       literal(s, type_=JournalEntry.session_id.type)) for t, e, s in combos
         ])).one()
-    assert list(in_sql) == [club_reports.category_of(*combo).value for combo in combos]
-    assert club_reports.category_of("Settlement", "EV-1", "S-1") is Category.SETTLEMENTS
-    assert club_reports.category_of("Manual Adjustment", None, None) is Category.MANUAL_ADJUSTMENTS
-    assert club_reports.category_of("Refund", "EV-1", "S-1") is Category.EVENT_ENTRIES
-    assert club_reports.category_of("Club Membership", None, "S-1") is Category.CLUB_SESSIONS
-    assert club_reports.category_of("Club Membership", None, None) is Category.CLUB_MEMBERSHIPS
-    assert club_reports.category_of("Club Payment", None, None) is Category.OTHER
+    assert list(in_sql) == [org_movements.category_of(*combo).value for combo in combos]
+    assert org_movements.category_of("Settlement", "EV-1", "S-1") is Category.SETTLEMENTS
+    assert org_movements.category_of("Manual Adjustment", None, None) is Category.MANUAL_ADJUSTMENTS
+    assert org_movements.category_of("Refund", "EV-1", "S-1") is Category.EVENT_ENTRIES
+    assert org_movements.category_of("Club Membership", None, "S-1") is Category.CLUB_SESSIONS
+    assert org_movements.category_of("Club Membership", None, None) is Category.CLUB_MEMBERSHIPS
+    assert org_movements.category_of("Club Payment", None, None) is Category.OTHER
 
 
 # JSON views --------------------------------------------------------------------------------
