@@ -71,14 +71,15 @@ def parse_query(args: Mapping[str, str], today: date) -> Query:
     type_ = args.get("type")
     if type_ is not None and type_ not in {t.value for t in EntryType}:
         raise InvalidInput(f"type: {fields.fit(type_, 40)!r} is not a transaction type", field="type")
-    return Query(view=view, period=period, format=fmt, limit=_count(args, "limit", DEFAULT_LIMIT, MAX_LIMIT),
-                 cursor=_count(args, "cursor", None, 2**63 - 1), search=search, type=type_)
+    limit = _whole_number(args, "limit", MAX_LIMIT)
+    return Query(view=view, period=period, format=fmt, limit=DEFAULT_LIMIT if limit is None else limit,
+                 cursor=_whole_number(args, "cursor", 2**63 - 1), search=search, type=type_)
 
 
-def _count(args: Mapping[str, str], name: str, default: int | None, most: int) -> Any:
+def _whole_number(args: Mapping[str, str], name: str, most: int) -> int | None:
     value = args.get(name)
     if value is None:
-        return default
+        return None
     if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= most:
         raise InvalidInput(f"{name}: {fields.fit(value, 20)!r} is not a whole number from 1 to {most}", field=name)
     return int(value)
@@ -252,14 +253,14 @@ def report_json(session: Session, org: Organisation, query: Query, zone: ZoneInf
 
 # The club report as XLSX: the original's eight sheets -----------------------------------------
 
-SHEETS = ("Movement Summary", "Transactions", "Sessions", "Events", "Combined", "Membership", "Settlements", "Other")
 _SUMMARY_LABELS = {Category.SETTLEMENTS: "Settlements", Category.EVENT_ENTRIES: "Event Entries",
                    Category.CLUB_SESSIONS: "Club Sessions", Category.CLUB_MEMBERSHIPS: "Club Memberships",
                    Category.OTHER: "Other"}
 
 
 def workbook(session: Session, org: Organisation, period: Period, zone: ZoneInfo) -> Iterator[tuple[str, Iterable[Any]]]:
-    """The sheets of `statement.xlsx` for the whole period, in the original's order. Each sheet's
+    """The sheets of the original's `statement.xlsx` for the whole period, in its order: Movement
+    Summary, Transactions, Sessions, Events, Combined, Membership, Settlements, Other. Each sheet's
     rows are generated as the workbook is written, so listings come straight off their cursor."""
     movement = movement_summary(session, org, period, zone)
     yield "Movement Summary", [
@@ -328,8 +329,8 @@ def _combined_sheet(session: Session, account_id: int, period: Period, zone: Zon
     )
     singles = ((line.date, [line.date.replace(tzinfo=None), line.type, line.reference, line.description,
                             to_decimal(line.amount)]) for line in _streamed_lines(session, account_id, rest, zone))
-    total = 0
+    total = to_decimal(0)
     for _, row in heapq.merge(grouped, singles, key=lambda item: item[0]):
         total += row[-1]
         yield row
-    yield ["Total", None, None, None, to_decimal(0) + total]
+    yield ["Total", None, None, None, total]

@@ -1,14 +1,17 @@
 """Club finance reports over HTTP (CONTRACT "Statements, reports and lists"; the rules are
-`shared.club_reports`): a club's report by view, or its eight-sheet workbook (`reports`, or
+`shared.club_reports` and `shared.org_movements`): a club's report by view, or its eight-sheet workbook (`reports`, or
 `clubs` for its own organisation), and the federation's organisation movement report
 (`reports`). Arguments are checked before any download starts, so errors stay JSON 400s."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from datetime import datetime
+from typing import Any
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
+from sqlalchemy.orm import Session
 
 from shared import access, club_reports, fields, org_movements, periods, profiles
 from shared.errors import InvalidInput
@@ -30,7 +33,7 @@ def organisation_report(org_id: str) -> ResponseReturnValue:
         if query.format == "json":
             return jsonify(club_reports.report_json(session, org, query, zone))
 
-    def sheets(session):  # type: ignore[no-untyped-def]
+    def sheets(session: Session) -> Iterator[tuple[str, Iterable[Any]]]:
         return club_reports.workbook(session, profiles.get_organisation(session, org_id), query.period, zone)
 
     return downloads.xlsx_download(f"statement-{org_id}.xlsx", sheets)
