@@ -1,7 +1,8 @@
 """Club finance reports over HTTP (CONTRACT "Statements, reports and lists"; the rules are
-`shared.club_reports` and `shared.org_movements`): a club's report by view, or its eight-sheet workbook (`reports`, or
-`clubs` for its own organisation), and the federation's organisation movement report
-(`reports`). Arguments are checked before any download starts, so errors stay JSON 400s."""
+`shared.club_reports` and `shared.org_movements`): a club's report by view, or its eight-sheet
+workbook (`reports`, or `clubs` for its own organisation), and the federation's organisation
+movement report (`reports`). Arguments are checked before any download starts, so errors stay
+JSON 400s."""
 
 from __future__ import annotations
 
