@@ -68,6 +68,8 @@ IOUS_PAY = "ious.pay"
 IOUS_MEMBER_READ = "ious.member_read"
 IOUS_ORGANISATION_READ = "ious.organisation_read"
 METRICS_READ = "metrics.read"
+ORGANISATIONS_REPORT = "organisations.report"
+REPORTS_MOVEMENT = "reports.movement"
 
 # What each action is called in a 403's message.
 ACTIONS: dict[str, str] = {
@@ -95,6 +97,8 @@ ACTIONS: dict[str, str] = {
     IOUS_MEMBER_READ: "reading a member's IOUs",
     IOUS_ORGANISATION_READ: "reading an organisation's IOUs",
     METRICS_READ: "reading metrics",
+    ORGANISATIONS_REPORT: "reading an organisation's finance report",
+    REPORTS_MOVEMENT: "the organisation movement report",
 }
 # Actions that create a request under a caller-chosen `request_id` (the prefix binding).
 CREATES = frozenset({ADJUSTMENTS_CREATE, PAYMENTS_CREATE, TRANSFERS_CREATE, SETTLEMENTS_CREATE, REFUNDS_CREATE,
@@ -240,13 +244,13 @@ def _scopes_allowing(action: str, fields: Mapping[str, Any]) -> tuple[str, ...]:
         return (PROFILES, REPORTS)
     if action in (MEMBERS_BALANCE, IOUS_MEMBER_READ):
         return (PAYMENTS, REPORTS)
-    if action in (MEMBERS_STATEMENT, ADMIN_SUMMARY, REQUESTS_READ):
+    if action in (MEMBERS_STATEMENT, ADMIN_SUMMARY, REQUESTS_READ, REPORTS_MOVEMENT):
         return (REPORTS,)
     if action == ORGANISATIONS_WRITE:
         return () if any(name in fields for name in ADMIN_ORGANISATION_FIELDS) else (PROFILES,)
     if action == ORGANISATIONS_PROFILE:
         return (PROFILES, REPORTS, CLUBS)
-    if action in (ORGANISATIONS_READ, IOUS_ORGANISATION_READ):
+    if action in (ORGANISATIONS_READ, IOUS_ORGANISATION_READ, ORGANISATIONS_REPORT):
         return (REPORTS, CLUBS)
     if action in (IOUS_CREATE, IOUS_CANCEL):
         return (CLUBS,)
@@ -268,7 +272,7 @@ def _organisations_of(action: str, fields: Mapping[str, Any]) -> list[Any]:
     (a payment's `organisation_id`, a transfer's `to_organisation_id`, paying an IOU) is not
     acting on it; raising, cancelling or listing its IOUs is (a cancel's view passes the IOU's)."""
     if action in (ORGANISATIONS_WRITE, ORGANISATIONS_PROFILE, ORGANISATIONS_READ, IOUS_CREATE, IOUS_CANCEL,
-                  IOUS_ORGANISATION_READ):
+                  IOUS_ORGANISATION_READ, ORGANISATIONS_REPORT):
         return [fields.get("organisation_id")]
     if action == TRANSFERS_CREATE:
         source = fields.get("from_organisation_id")

@@ -267,3 +267,5 @@ from webhook import cards, ious, movements  # noqa: E402
 blueprint.register_blueprint(movements.blueprint)
 blueprint.register_blueprint(cards.blueprint)
 blueprint.register_blueprint(ious.blueprint)
+from webhook import club_reports  # noqa: E402
+blueprint.register_blueprint(club_reports.blueprint)
