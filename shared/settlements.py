@@ -30,7 +30,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import case, func, select
+from sqlalchemy import case, func, literal_column, select
 from sqlalchemy.orm import Session
 
 from shared import fields, ledger, profiles, requests, statements
@@ -50,6 +50,9 @@ from shared.models import (
 from shared.money import format_cents, parse_cents
 
 MAX_ORGANISATIONS = 1000
+# A literal, not a bound parameter, so the planner matches the partial index of Settlement
+# entries (migration 0015) even in a generic (prepared) plan.
+IS_SETTLEMENT = JournalEntry.type == literal_column(f"'{EntryType.SETTLEMENT.value}'")
 
 
 ALL = "all"  # `"organisations": "all"`: every candidate at the reference date, found when settled
@@ -255,7 +258,7 @@ def positions(session: Session, reference_date: date, zone: ZoneInfo,
         select(Posting.account_id, func.sum(Posting.amount).label("total"))
         .where(Posting.account_id.in_(accounts)).group_by(Posting.account_id).cte("totals")
     )
-    is_settlement = JournalEntry.type == EntryType.SETTLEMENT.value
+    is_settlement = IS_SETTLEMENT
     since = (
         select(Posting.account_id, func.sum(Posting.amount).label("moved"),
                func.sum(case((is_settlement, -Posting.amount), else_=0)).label("settled"))
