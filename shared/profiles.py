@@ -46,8 +46,8 @@ class OrganisationDetails:
     bank_account: str | None | Keep = KEEP  # 5 to 9 digits; None: clear it
 
 
-_BSB = re.compile(r"(\d{3})-?(\d{3})")
-_ACCOUNT = re.compile(r"\d{5,9}")
+_BSB = re.compile(r"([0-9]{3})-?([0-9]{3})")  # ASCII digits only (\\d would take any script's digits)
+_ACCOUNT = re.compile(r"[0-9]{5,9}")
 
 
 def bank_bsb(value: object, field: str = "bank_bsb") -> str:

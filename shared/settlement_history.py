@@ -20,7 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import and_, case, exists, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from shared import exports, keyset, profiles
 from shared.errors import Conflict, NotFound
@@ -136,13 +136,14 @@ def bank_file_lines(session: Session, request_id: str) -> tuple[date, list[BankL
     lines: list[BankLine] = []
     if entry_ids:
         bank = profiles.system_account(session, SystemAccount.BANK)
+        to_bank = aliased(Posting)
         found = session.execute(
             select(Organisation.org_id, Organisation.name, Organisation.bank_bsb, Organisation.bank_account,
-                   select(Posting.amount).where(Posting.entry_id == JournalEntry.id, Posting.account_id == bank)
-                   .scalar_subquery().label("amount"))
+                   to_bank.amount)
             .select_from(JournalEntry)
             .join(Posting, Posting.entry_id == JournalEntry.id)
             .join(Organisation, Organisation.account_id == Posting.account_id)
+            .outerjoin(to_bank, and_(to_bank.entry_id == JournalEntry.id, to_bank.account_id == bank))
             .where(JournalEntry.id.in_(entry_ids), IS_SETTLEMENT)
             .order_by(Organisation.org_id)
         )

@@ -32,7 +32,7 @@ blueprint = Blueprint("settlement_reads", __name__)
 
 @blueprint.get("/settlements/candidates")
 @action(access.SETTLEMENTS_READ)
-def settlement_candidates() -> ResponseReturnValue:
+def get_settlement_candidates() -> ResponseReturnValue:
     settings = context.settings()
     today = _today()
     raw = request.args.get("reference_date")
@@ -55,7 +55,7 @@ def settlement_candidates() -> ResponseReturnValue:
 
 @blueprint.get("/settlements")
 @action(access.SETTLEMENTS_READ, in_view=True)
-def settlement_history() -> ResponseReturnValue:
+def get_settlements() -> ResponseReturnValue:
     raw_org = request.args.get("organisation_id")
     access.authorise(auth.principal(), access.SETTLEMENTS_READ, {"organisation_id": raw_org})
     org = None if raw_org is None else fields.identifier(raw_org, "organisation_id")
@@ -71,7 +71,7 @@ def settlement_history() -> ResponseReturnValue:
 
 @blueprint.get("/settlements/<request_id>/bank-file")
 @action(access.SETTLEMENTS_READ)
-def settlement_bank_file(request_id: str) -> ResponseReturnValue:
+def get_settlement_bank_file(request_id: str) -> ResponseReturnValue:
     request_id = fields.identifier(request_id, "request_id")
     with context.transaction() as session:
         reference_date, lines = settlement_history.bank_file_lines(session, request_id)
@@ -85,7 +85,7 @@ def settlement_bank_file(request_id: str) -> ResponseReturnValue:
 
 @blueprint.get("/card-payments")
 @action(access.CARD_PAYMENTS_READ, in_view=True)
-def card_payments() -> ResponseReturnValue:
+def get_card_payments() -> ResponseReturnValue:
     raw_member = request.args.get("member_id")
     access.authorise(auth.principal(), access.CARD_PAYMENTS_READ, {"member_id": raw_member})
     settings = context.settings()
