@@ -631,6 +631,11 @@ WRONG_CLIENT_ENDPOINTS: list[tuple[str, str, dict[str, Any] | None, str, str | N
     ("GET", "/api/organisations/club/ious", None, "portal", "club-bound"),
     ("POST", "/api/ious/{iou}/pay", {"request_id": "wc-iou-pay"}, "reporter", "portal-bound"),  # the seeded IOU
     ("DELETE", "/api/ious/{iou}", None, "portal", "club-bound"),
+    # Federation-wide settlement reads: a client bound to organisations is refused them.
+    ("GET", "/api/settlements/candidates", None, "portal", "reporter-bound"),
+    ("GET", "/api/settlements", None, "club-bound", "reporter-bound"),
+    ("GET", "/api/settlements/seed-pay/bank-file", None, "portal", "staff-bound"),
+    ("GET", "/api/card-payments", None, "portal", None),  # no member_id: reports only
 ]
 
 
