@@ -317,3 +317,28 @@ def test_the_database_refuses_bank_details_that_break_the_rule(sessions) -> None
             session.execute(update(Organisation).values({column: value}))
     with sessions.begin() as session:
         session.execute(text("UPDATE organisations SET bank_bsb = '012345', bank_account = '123456789'"))
+
+
+def test_the_runtime_role_sets_bank_details_settles_all_and_reads_the_lists(runtime_sessions, clubs) -> None:
+    """Migration 0015's columns are covered by the runtime role's grants (0010's function, run
+    again after migrating), and every read of the run works with them."""
+    with runtime_sessions.begin() as session:
+        profiles.put_organisation(session, "alpha", OrganisationDetails(name="Alpha", bank_bsb="062000", bank_account="12345"))
+        profiles.put_organisation(session, "beta", OrganisationDetails(name="Beta", bank_bsb="733123", bank_account="54321"))
+    with freeze_time(TODAY):
+        assert [c.org_id for c in _candidates(runtime_sessions)] == ["alpha", "beta"]
+        result = _settle(runtime_sessions, "run-oct", OCTOBER, "all")
+        assert [r["status"] for r in result["organisations"]] == ["settled", "settled"]
+        assert _candidates(runtime_sessions) == []
+    from shared import periods, settlement_history
+
+    with runtime_sessions.begin() as session:
+        rows, _ = settlement_history.history(session, periods.Period(periods.EARLIEST, periods.LATEST), Settings().time_zone)
+        _, lines = settlement_history.bank_file_lines(session, "run-oct")
+    assert [r.organisation_id for r in rows] == ["beta", "alpha", "delta"]
+    assert [(line.bsb, line.account, line.amount) for line in lines] == [("062000", "12345", 1029_00), ("733123", "54321", 229_83)]
+
+
+def _candidates(sessions: sessionmaker[Session]) -> list[settlements.Candidate]:
+    with sessions.begin() as session:
+        return settlements.candidates(session, datetime(2025, 10, 31).date(), Settings())
