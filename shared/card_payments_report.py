@@ -9,6 +9,8 @@ that succeeded, for one member or over a period, newest first, in keyset pages.
   says when the window closes, so a portal can offer the button; the balance it knows.
 - `status`: `succeeded`, `partially_refunded` or `refunded` (the original's Succeeded,
   Partial refund, Refunded).
+- `disputed`: Stripe reported a dispute of it (`charge.dispute.created`, kept in its notes),
+  so a portal should not offer a refund of it.
 - `created_at`: when the card payment was started (a checkout's money arrives within 24 h of
   it); periods select on it, as the refund window counts from it.
 
@@ -84,6 +86,8 @@ def as_json(card: CardPayment, settings: Settings) -> dict[str, Any]:
         "status": status,
         "card": {"brand": card.card_brand, "last4": card.card_last4, "exp_month": card.card_exp_month,
                  "exp_year": card.card_exp_year},
+        "disputed": any(isinstance(n, dict) and n.get("type") == "charge.dispute.created"
+                        for n in card.stripe_notes or []),
         "created_at": card.created_at.astimezone(zone).isoformat(timespec="seconds"),
         "member_refund_until": window_closes.astimezone(zone).isoformat(timespec="seconds"),
         "request_id": card.request_id,

@@ -21,11 +21,13 @@ TODAY = "2025-12-05T01:00:00Z"  # 12:00 in Sydney
 
 def _card(session: Session, intent: str | None, member: str, cents: int, moment: datetime, *,
           kind: CardPaymentKind = CardPaymentKind.MANUAL_TOP_UP,
-          status: CardPaymentStatus = CardPaymentStatus.SUCCEEDED, request_id: str | None = None) -> None:
+          status: CardPaymentStatus = CardPaymentStatus.SUCCEEDED, request_id: str | None = None,
+          notes: list | None = None) -> None:
     session.add(CardPayment(
         attempt_key=f"attempt:{intent or moment.isoformat()}", kind=kind.value, status=status.value, member_id=member,
         amount=cents, request_id=request_id, payment_intent_id=intent, tries=1, refunded=0, created_at=moment,
         updated_at=moment, heal_tries=0, card_brand="visa", card_last4="4242", card_exp_month=12, card_exp_year=2030,
+        stripe_notes=notes,
     ))
 
 
@@ -33,7 +35,7 @@ def _card(session: Session, intent: str | None, member: str, cents: int, moment:
 def cards(sessions: sessionmaker[Session]) -> None:
     """ann: pi_1 100.00 at 23:30 on 31 October in Sydney (12:30 UTC), of which an admin refunded
     30.00; pi_2 50.00 (auto top-up) at 00:30 on 1 November, refunded in full; a failed attempt.
-    bob: pi_3 40.00 (checkout of request r-9) on 2 November."""
+    bob: pi_3 40.00 (checkout of request r-9) on 2 November, disputed at Stripe."""
     with sessions.begin() as session:
         top_up(session, add_member(session, "ann"), 200_00, "money")
         add_member(session, "bob", "Bob", "Ray")
@@ -41,7 +43,7 @@ def cards(sessions: sessionmaker[Session]) -> None:
         _card(session, "pi_2", "ann", 50_00, datetime(2025, 10, 31, 13, 30, tzinfo=UTC), kind=CardPaymentKind.AUTO_TOP_UP)
         _card(session, "pi_x", "ann", 60_00, datetime(2025, 11, 1, tzinfo=UTC), status=CardPaymentStatus.FAILED)
         _card(session, "pi_3", "bob", 40_00, datetime(2025, 11, 2, tzinfo=UTC), kind=CardPaymentKind.CHECKOUT,
-              request_id="r-9")
+              request_id="r-9", notes=[{"type": "charge.refunded"}, {"type": "charge.dispute.created"}])
     with freeze_time("2025-11-10T00:00:00Z"):
         for request_id, intent, amount in (("rf-1", "pi_1", "30.00"), ("rf-2", "pi_2", None)):
             body = {"request_id": request_id, "payment_intent_id": intent, "by": "admin", "admin_id": "adm"}
@@ -52,13 +54,13 @@ def cards(sessions: sessionmaker[Session]) -> None:
 
 CARD = {"brand": "visa", "last4": "4242", "exp_month": 12, "exp_year": 2030}
 PI_1 = {"payment_intent_id": "pi_1", "kind": "manual_topup", "member_id": "ann", "amount": "100.00", "refunded": "30.00",
-        "refundable": "70.00", "status": "partially_refunded", "card": CARD, "created_at": "2025-10-31T23:30:00+11:00",
+        "refundable": "70.00", "status": "partially_refunded", "card": CARD, "disputed": False, "created_at": "2025-10-31T23:30:00+11:00",
         "member_refund_until": "2026-01-23T23:30:00+11:00", "request_id": None}
 PI_2 = {"payment_intent_id": "pi_2", "kind": "auto_topup", "member_id": "ann", "amount": "50.00", "refunded": "50.00",
-        "refundable": "0.00", "status": "refunded", "card": CARD, "created_at": "2025-11-01T00:30:00+11:00",
+        "refundable": "0.00", "status": "refunded", "card": CARD, "disputed": False, "created_at": "2025-11-01T00:30:00+11:00",
         "member_refund_until": "2026-01-24T00:30:00+11:00", "request_id": None}
 PI_3 = {"payment_intent_id": "pi_3", "kind": "checkout", "member_id": "bob", "amount": "40.00", "refunded": "0.00",
-        "refundable": "40.00", "status": "succeeded", "card": CARD, "created_at": "2025-11-02T11:00:00+11:00",
+        "refundable": "40.00", "status": "succeeded", "card": CARD, "disputed": True, "created_at": "2025-11-02T11:00:00+11:00",
         "member_refund_until": "2026-01-25T11:00:00+11:00", "request_id": "r-9"}
 
 
