@@ -197,6 +197,8 @@ class Position:
     at_end: int  # the balance at the end of the reference date (local time), cents
     settled_since: int  # what settlements booked since that end took out, cents (>= 0)
     latest_settled: date | None  # the latest reference date it was settled to
+    bank_bsb: str | None = None  # where it is paid (for the candidates' export)
+    bank_account: str | None = None
 
 
 @dataclass(frozen=True)
@@ -274,7 +276,8 @@ def positions(session: Session, reference_date: date, zone: ZoneInfo,
     )
     chosen = select(
         Organisation.org_id, Organisation.name, Organisation.account_id, Organisation.minimum_balance_after_settlement,
-        Organisation.settlement_fee_percent, totals.c.total, since.c.moved, since.c.settled, latest.c.latest,
+        Organisation.settlement_fee_percent, Organisation.bank_bsb, Organisation.bank_account,
+        totals.c.total, since.c.moved, since.c.settled, latest.c.latest,
     ).outerjoin(totals, totals.c.account_id == Organisation.account_id
     ).outerjoin(since, since.c.account_id == Organisation.account_id
     ).outerjoin(latest, latest.c.org_id == Organisation.org_id)
@@ -286,6 +289,7 @@ def positions(session: Session, reference_date: date, zone: ZoneInfo,
             org_id=r.org_id, name=r.name, account_id=r.account_id, minimum=r.minimum_balance_after_settlement,
             fee_percent=r.settlement_fee_percent, at_end=int(r.total or 0) - int(r.moved or 0),
             settled_since=int(r.settled or 0), latest_settled=None if r.latest is None else date.fromisoformat(r.latest),
+            bank_bsb=r.bank_bsb, bank_account=r.bank_account,
         )
         for r in rows
     ]
@@ -293,15 +297,30 @@ def positions(session: Session, reference_date: date, zone: ZoneInfo,
 
 @dataclass(frozen=True)
 class Candidate:
-    org_id: str
-    name: str
+    position: Position
     assessment: Assessment
+
+    @property
+    def org_id(self) -> str:
+        return self.position.org_id
 
     def as_json(self) -> dict[str, str]:
         a = self.assessment
-        return {"organisation_id": self.org_id, "name": self.name, "gross": format_cents(a.gross),
+        return {"organisation_id": self.org_id, "name": self.position.name, "gross": format_cents(a.gross),
                 "net": format_cents(a.net), "fee": format_cents(a.fee), "bank_amount": format_cents(a.bank),
                 "fee_percent": f"{a.fee_percent:.2f}"}
+
+    def as_csv_row(self) -> tuple[object, ...]:
+        """ORIGINAL 2.9's export row (CANDIDATES_CSV_HEADER)."""
+        a, p = self.assessment, self.position
+        return (p.org_id, p.name, profiles.show_bsb(p.bank_bsb), p.bank_account, format_cents(a.gross),
+                format_cents(p.minimum), format_cents(a.net), f"{a.fee_percent:.2f}", format_cents(a.bank))
+
+
+# ORIGINAL 2.9's `settlements.csv` columns (its "CLub" spelling mended); Settlement Amount is
+# the bank amount.
+CANDIDATES_CSV_HEADER = ("Club Number", "Club Name", "BSB", "Account Number", "Gross Amount", "Minimum Balance",
+                         "Net Amount", "Fees %", "Settlement Amount")
 
 
 def candidates(session: Session, reference_date: date, settings: Settings) -> list[Candidate]:
@@ -311,7 +330,7 @@ def candidates(session: Session, reference_date: date, settings: Settings) -> li
     for position in positions(session, reference_date, settings.time_zone):
         assessment = assess(position, reference_date, settings.settlement_fee_percent)
         if assessment.settles:
-            found.append(Candidate(position.org_id, position.name, assessment))
+            found.append(Candidate(position, assessment))
     return found
 
 

@@ -2,7 +2,8 @@
 "Statements, reports and lists"); the rules live in shared/settlements.py,
 shared/settlement_history.py and shared/card_payments_report.py.
 
-- `GET /api/settlements/candidates?reference_date=` (default: the last day of last month).
+- `GET /api/settlements/candidates?reference_date=[&format=csv]` (default: the last day of
+  last month; CSV: ORIGINAL 2.9's export columns).
 - `GET /api/settlements?from&to|period[&organisation_id]&limit&cursor`: booked settlements,
   newest first (default period: all, paged).
 - `GET /api/settlements/{request_id}/bank-file`: the bank file CSV of one settlement request.
@@ -19,7 +20,7 @@ from datetime import date
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from shared import access, card_payments_report, fields, keyset, periods, settlement_history, settlements
+from shared import access, card_payments_report, exports, fields, keyset, periods, settlement_history, settlements
 from shared.errors import InvalidInput
 from shared.keyset import Cursor
 from shared.models import utcnow
@@ -39,8 +40,15 @@ def get_settlement_candidates() -> ResponseReturnValue:
     reference = settlements.default_reference_date(today) if raw is None else fields.local_date(raw, "reference_date")
     if reference >= today:
         raise InvalidInput(f"reference_date: {reference} has not ended yet (today is {today})", field="reference_date")
+    wanted = request.args.get("format", "json")
+    if wanted not in ("json", "csv"):
+        raise InvalidInput(f"format: {wanted[:20]!r} is not json or csv", field="format")
     with context.transaction() as session:
         found = settlements.candidates(session, reference, settings)
+    if wanted == "csv":  # at most one row per organisation
+        rows = [settlements.CANDIDATES_CSV_HEADER, *(c.as_csv_row() for c in found)]
+        return Response("".join(exports.csv_lines(rows)), mimetype="text/csv", headers={
+            "Content-Disposition": f'attachment; filename="settlements-{reference.isoformat()}.csv"'})
     totals = {name: sum(getattr(c.assessment, name) for c in found) for name in ("gross", "net", "fee", "bank")}
     return jsonify({
         "reference_date": reference.isoformat(),

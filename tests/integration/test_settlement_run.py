@@ -100,6 +100,22 @@ def test_candidates_are_those_with_a_net_above_zero_not_yet_settled_to_the_date(
     }
 
 
+def test_the_candidates_csv_has_the_original_export_columns(client, auth, clubs) -> None:
+    assert client.put("/api/organisations/alpha", headers=auth,
+                      json={"name": "Alpha Bridge Club", "bank_bsb": "062000", "bank_account": "00123456"}).status_code == 200
+    with freeze_time(TODAY):
+        response = client.get(f"/api/settlements/candidates?reference_date={OCTOBER}&format=csv", headers=auth)
+        assert_error(client.get("/api/settlements/candidates?format=xlsx", headers=auth), 400, "invalid_input", "format")
+    assert response.status_code == 200
+    assert 'filename="settlements-2025-10-31.csv"' in response.headers["Content-Disposition"]
+    assert list(csv.reader(io.StringIO(response.get_data(as_text=True)))) == [
+        ["Club Number", "Club Name", "BSB", "Account Number", "Gross Amount", "Minimum Balance", "Net Amount", "Fees %",
+         "Settlement Amount"],
+        ["alpha", "Alpha Bridge Club", "062-000", "00123456", "1050.00", "0.00", "1050.00", "2.00", "1029.00"],
+        ["beta", "'=Beta Club", "", "", "333.33", "100.00", "233.33", "1.50", "229.83"],
+    ]
+
+
 def test_all_settles_exactly_the_candidates_and_books_what_they_showed(client, auth, sessions, clubs) -> None:
     with freeze_time(TODAY):
         listed = client.get(f"/api/settlements/candidates?reference_date={OCTOBER}", headers=auth).get_json()
