@@ -100,14 +100,19 @@ def bank_amount(net: int, fee_percent: Decimal) -> int:
     return int((Decimal(net) * (100 - fee_percent) / 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def parse(body: Mapping[str, Any], settings: Settings, *, now: datetime | None = None) -> SettlementOrder:
-    today = (now or utcnow()).astimezone(settings.time_zone).date()
-    raw_date = body.get("reference_date")
-    reference = default_reference_date(today) if raw_date is None else fields.local_date(raw_date, "reference_date")
+def reference_date(raw: object, today: date) -> date:
+    """A settlement's (or its candidates') reference date: given, or the last day of last
+    month; one that has not ended yet (local `today` or later) is refused."""
+    reference = default_reference_date(today) if raw is None else fields.local_date(raw, "reference_date")
     if reference >= today:
         raise InvalidInput(
             f"reference_date: {reference} has not ended yet (today is {today})", field="reference_date"
         )
+    return reference
+
+
+def parse(body: Mapping[str, Any], settings: Settings, *, now: datetime | None = None) -> SettlementOrder:
+    reference = reference_date(body.get("reference_date"), (now or utcnow()).astimezone(settings.time_zone).date())
     items = body.get("organisations")
     request_id = fields.identifier(body.get("request_id"), "request_id")
     if items == ALL:

@@ -35,11 +35,7 @@ blueprint = Blueprint("settlement_reads", __name__)
 @action(access.SETTLEMENTS_READ)
 def get_settlement_candidates() -> ResponseReturnValue:
     settings = context.settings()
-    today = _today()
-    raw = request.args.get("reference_date")
-    reference = settlements.default_reference_date(today) if raw is None else fields.local_date(raw, "reference_date")
-    if reference >= today:
-        raise InvalidInput(f"reference_date: {reference} has not ended yet (today is {today})", field="reference_date")
+    reference = settlements.reference_date(request.args.get("reference_date"), _today())
     wanted = request.args.get("format", "json")
     if wanted not in ("json", "csv"):
         raise InvalidInput(f"format: {wanted[:20]!r} is not json or csv", field="format")
