@@ -70,6 +70,10 @@ IOUS_ORGANISATION_READ = "ious.organisation_read"
 METRICS_READ = "metrics.read"
 ORGANISATIONS_REPORT = "organisations.report"
 REPORTS_MOVEMENT = "reports.movement"
+# Settlement run and card payments lists (issue 14). Both read query arguments, so their views
+# authorise in the view with them (`organisation_id`, `member_id`).
+SETTLEMENTS_READ = "settlements.read"
+CARD_PAYMENTS_READ = "card_payments.read"
 
 # What each action is called in a 403's message.
 ACTIONS: dict[str, str] = {
@@ -99,6 +103,8 @@ ACTIONS: dict[str, str] = {
     METRICS_READ: "reading metrics",
     ORGANISATIONS_REPORT: "reading an organisation's finance report",
     REPORTS_MOVEMENT: "the organisation movement report",
+    SETTLEMENTS_READ: "reading settlements, their candidates or a bank file",
+    CARD_PAYMENTS_READ: "reading card payments",
 }
 # Actions that create a request under a caller-chosen `request_id` (the prefix binding).
 CREATES = frozenset({ADJUSTMENTS_CREATE, PAYMENTS_CREATE, TRANSFERS_CREATE, SETTLEMENTS_CREATE, REFUNDS_CREATE,
@@ -264,6 +270,10 @@ def _scopes_allowing(action: str, fields: Mapping[str, Any]) -> tuple[str, ...]:
         return (PAYMENTS,) if fields.get("by") == "member" else ()
     if action == METRICS_READ:
         return (OPS,)
+    if action == SETTLEMENTS_READ:  # an organisation's own settlements: its club too
+        return (REPORTS, CLUBS) if fields.get("organisation_id") is not None else (REPORTS,)
+    if action == CARD_PAYMENTS_READ:  # one member's: the portal that refunds them too
+        return (PAYMENTS, REPORTS) if fields.get("member_id") is not None else (REPORTS,)
     return ()  # adjustments: admin only
 
 
@@ -285,6 +295,10 @@ def _organisations_of(action: str, fields: Mapping[str, Any]) -> list[Any]:
         if not isinstance(items, list) or not items:
             return [_UNKNOWN]  # "all", or a shape parse will refuse
         return [item.get("organisation_id") if isinstance(item, dict) else _UNKNOWN for item in items]
+    if action == SETTLEMENTS_READ:
+        # Without an organisation it reads every organisation's: refused to a client bound to some.
+        org = fields.get("organisation_id")
+        return [_UNKNOWN] if org is None else [org]
     return []
 
 

@@ -108,6 +108,8 @@ def put_organisation(org_id: str) -> ResponseReturnValue:
             "minimum_balance_after_settlement",
             lambda value, field: parse_cents(value, field, minimum=0, maximum=limit),
         ),
+        bank_bsb=_optional(body, "bank_bsb", profiles.bank_bsb),
+        bank_account=_optional(body, "bank_account", profiles.bank_account),
     )
     with context.transaction() as session:
         org, created = profiles.put_organisation(session, org_id, details)
@@ -225,6 +227,8 @@ def _organisation_json(org: Organisation) -> dict[str, Any]:
         "name": org.name,
         "settlement_fee_percent": None if fee is None else f"{fee:.2f}",
         "minimum_balance_after_settlement": format_cents(org.minimum_balance_after_settlement),
+        "bank_bsb": profiles.show_bsb(org.bank_bsb),  # stored as 6 digits, shown as 123-456
+        "bank_account": org.bank_account,
     }
 
 
@@ -262,10 +266,7 @@ def _statement_response(rows: list[statements.StatementRow], filename: str) -> R
 # /api, so the client check above guards them too. Nested here, once per process: Flask
 # refuses to change a blueprint after it has been registered, so doing it in create_app broke
 # every app after the first.
-from webhook import cards, ious, movements  # noqa: E402
+from webhook import cards, club_reports, ious, movements, settlement_reads  # noqa: E402
 
-blueprint.register_blueprint(movements.blueprint)
-blueprint.register_blueprint(cards.blueprint)
-blueprint.register_blueprint(ious.blueprint)
-from webhook import club_reports  # noqa: E402
-blueprint.register_blueprint(club_reports.blueprint)
+for nested in (movements, cards, ious, club_reports, settlement_reads):
+    blueprint.register_blueprint(nested.blueprint)

@@ -634,6 +634,11 @@ WRONG_CLIENT_ENDPOINTS: list[tuple[str, str, dict[str, Any] | None, str, str | N
     ("DELETE", "/api/ious/{iou}", None, "portal", "club-bound"),
     ("GET", "/api/organisations/club/report", None, "portal", "club-bound"),
     ("GET", "/api/reports/movement", None, "club-bound", None),
+    # Federation-wide settlement reads: a client bound to organisations is refused them.
+    ("GET", "/api/settlements/candidates", None, "portal", "reporter-bound"),
+    ("GET", "/api/settlements", None, "club-bound", "reporter-bound"),
+    ("GET", "/api/settlements/seed-pay/bank-file", None, "portal", "staff-bound"),
+    ("GET", "/api/card-payments", None, "portal", None),  # no member_id: reports only
 ]
 
 

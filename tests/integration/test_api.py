@@ -238,6 +238,8 @@ def test_put_organisation_stores_the_fee_percent_and_minimum_balance(client, aut
         "name": "North Shore Bridge Club",
         "settlement_fee_percent": "2.50",
         "minimum_balance_after_settlement": "100.00",
+        "bank_bsb": None,
+        "bank_account": None,
     }
     updated = put_organisation(client, auth, "club", name="North Shore BC", settlement_fee_percent=3)
     assert updated.status_code == 200
@@ -246,6 +248,8 @@ def test_put_organisation_stores_the_fee_percent_and_minimum_balance(client, aut
         "name": "North Shore BC",
         "settlement_fee_percent": "3.00",
         "minimum_balance_after_settlement": "100.00",  # kept when not sent
+        "bank_bsb": None,
+        "bank_account": None,
     }
     assert updated.get_json() == expected
     assert client.get("/api/organisations/club", headers=auth).get_json() == expected
