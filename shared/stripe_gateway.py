@@ -46,6 +46,8 @@ from shared.money import format_cents
 CURRENCY = "aud"
 # requests' (connect, read) timeouts in seconds; the SDK's default read timeout is 80 s.
 TIMEOUT = (5.0, 30.0)
+# The balance is only shown (the admin summary), so it is not waited for: a short timeout.
+BALANCE_TIMEOUT = (2.0, 2.0)
 WEBHOOK_TOLERANCE = 300
 
 # Secret keys, webhook secrets and client secrets, whole or masked ("sk_test_****1234").
@@ -120,12 +122,16 @@ class StripeGateway:
     def __init__(self, settings: Settings) -> None:
         self._secrets = tuple(s for s in (settings.stripe_api_key, *settings.webhook_secrets) if s)
         self._client: stripe.StripeClient | None = None
+        self._quick_client: stripe.StripeClient | None = None
         if settings.stripe_api_key:
-            self._client = stripe.StripeClient(
-                settings.stripe_api_key,
-                base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else None,
-                max_network_retries=0,
-                http_client=stripe.RequestsClient(timeout=TIMEOUT),
+            self._client, self._quick_client = (
+                stripe.StripeClient(
+                    settings.stripe_api_key,
+                    base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else None,
+                    max_network_retries=0,
+                    http_client=stripe.RequestsClient(timeout=timeout),
+                )
+                for timeout in (TIMEOUT, BALANCE_TIMEOUT)
             )
 
     # Customers and saved cards (SPEC 4.1) -------------------------------------------------
@@ -337,6 +343,18 @@ class StripeGateway:
         if not matches:
             return None
         return next((m for m in matches if m.status in REFUND_MADE), matches[0])
+
+    # The federation's Stripe account (ORIGINAL 6.4) ---------------------------------------
+
+    def available_balance(self) -> int:
+        """The Stripe account's available balance in CURRENCY, in cents, asked with
+        BALANCE_TIMEOUT: an admin screen shows it and must not wait on Stripe."""
+        if self._quick_client is None:
+            raise ServiceUnavailable("Stripe is not configured: PAYMENTS_STRIPE_API_KEY is not set")
+        with self._errors("read the Stripe balance"):
+            balance = _as_dict(self._quick_client.v1.balance.retrieve())
+        return sum(int(funds.get("amount") or 0) for funds in balance.get("available") or ()
+                   if funds.get("currency") == CURRENCY)
 
     @staticmethod
     def verify_webhook(

@@ -193,7 +193,9 @@ def post_adjustment() -> ResponseReturnValue:
 @action(access.ADMIN_SUMMARY)
 def admin_summary() -> ResponseReturnValue:
     with context.transaction() as session:
-        return jsonify(statements.admin_summary(session))
+        summary = statements.admin_summary(session)
+    # Read after the transaction ends: Stripe may take its (short) timeout.
+    return jsonify({**summary, "stripe_balance": reports.stripe_balance()})
 
 
 # Shaping ----------------------------------------------------------------------------------
@@ -262,8 +264,9 @@ def _statement_response(rows: list[statements.StatementRow], filename: str) -> R
 # /api, so the client check above guards them too. Nested here, once per process: Flask
 # refuses to change a blueprint after it has been registered, so doing it in create_app broke
 # every app after the first.
-from webhook import cards, ious, movements  # noqa: E402
+from webhook import cards, ious, movements, reports  # noqa: E402
 
 blueprint.register_blueprint(movements.blueprint)
 blueprint.register_blueprint(cards.blueprint)
 blueprint.register_blueprint(ious.blueprint)
+blueprint.register_blueprint(reports.blueprint)
