@@ -52,7 +52,7 @@ HEADERS = {
 
 def parse_kind(value: str | None) -> Kind:
     try:
-        return Kind(value)
+        return Kind(value or "")
     except ValueError:
         raise InvalidInput(f"kind: {value!r} is not member or organisation", field="kind") from None
 
@@ -146,15 +146,15 @@ def page(session: Session, kind: Kind, day: date, zone: ZoneInfo, *, size: int, 
     listed = _owners(kind, end_of(day, zone)).subquery("listed")
     counted = select(
         listed,
-        func.count().over().label("count"),
-        func.sum(listed.c.balance).over().label("total"),
+        func.count().over().label("listed_count"),
+        func.sum(listed.c.balance).over().label("listed_total"),
     ).subquery("counted")
     query = select(counted).order_by(counted.c.id).limit(size + 1)
     if after is not None:
         query = query.where(counted.c.id > after)
     found = session.execute(query).all()
     if found:
-        count, total = found[0].count, int(found[0].total)
+        count, total = found[0].listed_count, int(found[0].listed_total)
     else:  # a cursor past the last row: count the list on its own
         count, total = session.execute(
             select(func.count(), func.coalesce(func.sum(listed.c.balance), 0))

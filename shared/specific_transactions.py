@@ -108,7 +108,7 @@ def parse_cursor(raw: str | None) -> tuple[datetime, int] | None:
     return moment, int(match[2])
 
 
-def _lines(type_: str, start: datetime, end: datetime, kinds: tuple[str, ...]) -> Select[Any]:
+def _lines(type_: str, start: datetime, end: datetime, kinds: tuple[str, ...]) -> Select[*tuple[Any, ...]]:
     bank_posting = aliased(Posting)
     bank_account = aliased(Account)
     bank = (

@@ -631,6 +631,9 @@ WRONG_CLIENT_ENDPOINTS: list[tuple[str, str, dict[str, Any] | None, str, str | N
     ("GET", "/api/organisations/club/ious", None, "portal", "club-bound"),
     ("POST", "/api/ious/{iou}/pay", {"request_id": "wc-iou-pay"}, "reporter", "portal-bound"),  # the seeded IOU
     ("DELETE", "/api/ious/{iou}", None, "portal", "club-bound"),
+    ("GET", "/api/reports/balances", None, "portal", None),
+    ("GET", "/api/reports/reconciliation", None, "club-bound", None),
+    ("GET", "/api/reports/transactions", None, "people", None),
 ]
 
 
