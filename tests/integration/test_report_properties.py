@@ -1,9 +1,11 @@
 """Property: for any history of top-ups, payments, transfers, adjustments and settlements booked
 at random times, the reconciliation at any date sums to zero, and the balances list's total (and
-each of its lines) agrees with the accounts' own balances at that date (`ledger.balance_at`)."""
+each of its lines) agrees with the accounts' own balances at that date (`ledger.balance_at`).
+On PostgreSQL and on SQLite (the embedded default), as the ledger's own property test."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -18,8 +20,8 @@ from shared.errors import InsufficientFunds
 from shared.ledger import Entry, Line
 from shared.models import EntryType, SystemAccount
 from shared.settlements import bank_amount
-from tests.conftest import empty_database
 from tests.integration.helpers import add_member, add_organisation
+from tests.integration import test_properties
 
 MEMBERS = ("ann", "bob", "cat")
 CLUBS = ("north", "south")
@@ -35,14 +37,17 @@ operation = st.one_of(
     st.tuples(st.just("adjust"), minutes, st.sampled_from(MEMBERS + CLUBS), st.integers(-200_00, 200_00).filter(bool)),
     st.tuples(st.just("settle"), minutes, st.sampled_from(CLUBS), st.sampled_from([0, 2, 5])),
 )
+# The ledger property test's fixture: an empty ledger per example, on PostgreSQL and on SQLite.
+fresh_engine = test_properties.fresh_engine
 dates = st.dates(min_value=date(2026, 1, 31), max_value=date(2026, 4, 10))
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(operations=st.lists(operation, min_size=1, max_size=20), days=st.lists(dates, min_size=1, max_size=3))
-def test_reconciliation_sums_to_zero_and_balances_lists_add_up(engine: Engine, operations: list, days: list) -> None:
-    empty_database(engine)
-    sessions = make_sessions(engine)
+def test_reconciliation_sums_to_zero_and_balances_lists_add_up(
+    fresh_engine: Callable[[], Engine], operations: list, days: list
+) -> None:
+    sessions = make_sessions(fresh_engine())
     with sessions.begin() as session:
         account = {m: add_member(session, m) for m in MEMBERS}
         account.update({c: add_organisation(session, c) for c in CLUBS})
