@@ -34,7 +34,7 @@ TYPES = {"adjustments": EntryType.MANUAL_ADJUSTMENT, "settlements": EntryType.SE
 MEMBER_COLUMNS = ("Date", "Administrator", "Client", "Transaction Type", "ABF Number", "User", "Description", "Amount")
 ORGANISATION_COLUMNS = ("Date", "Administrator", "Client", "Transaction Type", "Club ID", "Organisation",
                         "Description", "Amount", "Payment", "Fee", "GST")
-_CURSOR = re.compile(r"([0-9]{1,20})_([0-9]{1,20})")
+_CURSOR = re.compile(r"([0-9]{1,18})_([0-9]{1,18})")  # 18 digits: still a bigint
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 

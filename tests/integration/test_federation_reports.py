@@ -13,6 +13,8 @@ from decimal import Decimal
 
 import pytest
 from freezegun import freeze_time
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from openpyxl import load_workbook
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -349,12 +351,41 @@ def test_gst_is_a_eleventh_of_the_fee_rounded_half_up(fee, expected) -> None:
     ("/api/reports/transactions", {"type": "settlements", "from": "2026-04-01", "to": "2026-03-01"}, "from"),
     ("/api/reports/transactions", {"type": "settlements", "period": "fortnight"}, "period"),
     ("/api/reports/transactions", {"type": "settlements", "cursor": "x_1"}, "cursor"),
+    ("/api/reports/transactions", {"type": "settlements", "cursor": "0_99999999999999999999"}, "cursor"),
+    ("/api/reports/transactions", {"type": "settlements", "cursor": "999999999999999999_1"}, "cursor"),
     ("/api/reports/transactions", {"type": "settlements", "format": "csv", "to": "2026-13-01"}, "to"),
 ])
 def test_bad_arguments_are_400s_naming_the_field(client, auth, path, args, field) -> None:
     response = client.get(path, query_string=args, headers=auth)
     assert response.status_code == 400
     assert response.get_json()["error"]["field"] == field
+
+
+REPORT_ARGS = {
+    "/api/reports/balances": ("kind", "date", "format", "limit", "cursor"),
+    "/api/reports/reconciliation": ("date", "format", "file"),
+    "/api/reports/transactions": ("type", "from", "to", "period", "format", "limit", "cursor"),
+}
+ARG_VALUES = st.one_of(
+    st.sampled_from(["member", "organisation", "settlements", "adjustments", "csv", "xlsx", "json", "2026-03-01",
+                     "9999-12-31", "0001-01-01", "1901-01-01", "2026-02-30", "last_month", "all", "1", "10000",
+                     "10001", "-1", "1e3", "99999999999999999999_1", "0_99999999999999999999", "member_balances",
+                     "", "a" * 300]),
+    st.text(max_size=40),
+)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(path=st.sampled_from(sorted(REPORT_ARGS)), data=st.data())
+def test_any_arguments_are_answered_or_refused_never_a_500(client, auth, path, data) -> None:
+    names = data.draw(st.lists(st.sampled_from(REPORT_ARGS[path]), unique=True))
+    args = {name: data.draw(ARG_VALUES) for name in names}
+    response = client.get(path, query_string=args, headers=auth)
+    response.get_data()
+    response.close()
+    assert response.status_code in (200, 400), (path, args, response.get_data()[:300])
+    if response.status_code == 400:
+        assert set(response.get_json()["error"]) <= {"code", "message", "field"}
 
 
 def test_the_reports_scope_reads_the_reports_and_the_payments_scope_does_not(client, sessions, history) -> None:
