@@ -9,6 +9,7 @@ import csv
 import io
 import time
 from dataclasses import replace
+from datetime import datetime
 from decimal import Decimal
 
 import pytest
@@ -19,7 +20,6 @@ from openpyxl import load_workbook
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import access, ledger, profiles
-from shared.adjustments import Adjustment, book_adjustment
 from shared.errors import StripeUnavailable
 from shared.ledger import Entry, Line
 from shared.models import EntryType, SystemAccount
@@ -27,24 +27,20 @@ from shared.stripe_balance import LiveBalance
 from shared.stripe_gateway import StripeGateway
 from shared.specific_transactions import gst
 from tests.e2e.processes import free_port
-from tests.integration.helpers import add_member, add_organisation, top_up
+from tests.integration.helpers import add_member, add_organisation
 from tests.stripe_fixture import STRIPE_TEST_KEY, customer_with_card
 
 NOW = "2026-04-10T00:00:00Z"  # 10 April local: last month is March, its last day 31 March
 
 
-def _at(moment: str, sessions: sessionmaker[Session], book) -> None:  # type: ignore[no-untyped-def]
-    with freeze_time(moment), sessions.begin() as session:
-        book(session)
-
-
-def _transfer(key: str, payer: int, payee: int, cents: int):  # type: ignore[no-untyped-def]
-    return lambda s: ledger.post(s, Entry(key, EntryType.MEMBER_TRANSFER, "Lunch", (Line(payer, -cents), Line(payee, cents))))
+def _utc(moment: str) -> datetime:
+    return datetime.fromisoformat(moment.replace("Z", "+00:00"))
 
 
 @pytest.fixture
 def history(sessions: sessionmaker[Session]) -> None:
-    """UTC times; Sydney local time (AEDT, UTC+11) in the comments.
+    """Booked in one transaction, each entry at its own time (UTC; Sydney local time, AEDT,
+    UTC+11, in the comments).
 
     ann:  E1 +1100.00  E2 -1000.00  E4 +5.50                         -> 105.50
     club: E2 +1000.00  E5 -1.25  E8 -900.00 (bank 882.00, fees 18.00) -> 98.75
@@ -58,31 +54,36 @@ def history(sessions: sessionmaker[Session]) -> None:
         zed = add_member(session, "zed", "Zed", "Zero")
         club = add_organisation(session, "club")
         add_organisation(session, "east", "East Club")
-    # E1 27 Feb 12:00: card money in.
-    _at("2026-02-27T01:00:00Z", sessions, lambda s: top_up(s, ann, 1100_00, "top-1"))
-    # E2 28 Feb 23:50, ten minutes before the month ends.
-    _at("2026-02-28T12:50:00Z", sessions, lambda s: ledger.post(s, Entry(
-        "pay-1", EntryType.CLUB_PAYMENT, "Congress entry", (Line(ann, -1000_00), Line(club, 1000_00)))))
-    # E3 1 March 00:10, ten minutes after.
-    _at("2026-02-28T13:10:00Z", sessions, lambda s: top_up(s, bob, 50_00, "top-2"))
-    # E4 1 March 09:00 and E5 2 March 10:00: adjustments by an admin, through the staff tool.
-    _at("2026-02-28T22:00:00Z", sessions, lambda s: book_adjustment(
-        s, Adjustment("adj-1", 5_50, "Goodwill credit", "admin-7", member_id="ann"), client="staff"))
-    _at("2026-03-01T23:00:00Z", sessions, lambda s: book_adjustment(
-        s, Adjustment("adj-2", -1_25, "Scorer fee correction", "admin-7", organisation_id="club"), client="staff"))
-    # E6 2 March 11:00 and E7 11:30: zed's money comes and goes the same day.
-    _at("2026-03-02T00:00:00Z", sessions, _transfer("xfer-1", bob, zed, 10_00))
-    _at("2026-03-02T00:30:00Z", sessions, _transfer("xfer-2", zed, bob, 10_00))
+    with sessions.begin() as s:
+        system = {name: profiles.system_account(s, name) for name in SystemAccount}
 
-    # E8 3 March 15:00: the club settled to 28 February, 2 %: net 900.00, bank 882.00, fee 18.00.
-    def settle(s: Session) -> None:
-        bank = profiles.system_account(s, SystemAccount.BANK)
-        fees = profiles.system_account(s, SystemAccount.FEES)
-        ledger.post(s, Entry("settlement:club:2026-02-28", EntryType.SETTLEMENT, "Settlement to 2026-02-28",
-                             (Line(club, -900_00), Line(bank, 882_00), Line(fees, 18_00)), reference="SET-1",
-                             client="staff"))
+        def book(moment: str, key: str, type_: EntryType, text: str, *lines: tuple[int, int], **extra: str) -> None:
+            entry = Entry(key, type_, text, tuple(Line(a, c) for a, c in lines), **extra)  # type: ignore[arg-type]
+            ledger.post(s, entry, now=_utc(moment))
 
-    _at("2026-03-03T04:00:00Z", sessions, settle)
+        def adjust(moment: str, request_id: str, text: str, account: int, cents: int) -> None:
+            # As shared.adjustments books it for the staff tool's request.
+            book(moment, f"adjustment:{request_id}", EntryType.MANUAL_ADJUSTMENT, text, (account, cents),
+                 (system[SystemAccount.ADJUSTMENTS], -cents), reference=request_id, admin_id="admin-7", client="staff")
+
+        stripe = system[SystemAccount.STRIPE]
+        # E1 27 Feb 12:00: card money in.
+        book("2026-02-27T01:00:00Z", "top-1", EntryType.MANUAL_TOP_UP, "Top up", (ann, 1100_00), (stripe, -1100_00))
+        # E2 28 Feb 23:50, ten minutes before the month ends.
+        book("2026-02-28T12:50:00Z", "pay-1", EntryType.CLUB_PAYMENT, "Congress entry", (ann, -1000_00),
+             (club, 1000_00))
+        # E3 1 March 00:10, ten minutes after.
+        book("2026-02-28T13:10:00Z", "top-2", EntryType.MANUAL_TOP_UP, "Top up", (bob, 50_00), (stripe, -50_00))
+        # E4 1 March 09:00 and E5 2 March 10:00: adjustments by an admin.
+        adjust("2026-02-28T22:00:00Z", "adj-1", "Goodwill credit", ann, 5_50)
+        adjust("2026-03-01T23:00:00Z", "adj-2", "Scorer fee correction", club, -1_25)
+        # E6 2 March 11:00 and E7 11:30: zed's money comes and goes the same day.
+        book("2026-03-02T00:00:00Z", "xfer-1", EntryType.MEMBER_TRANSFER, "Lunch", (bob, -10_00), (zed, 10_00))
+        book("2026-03-02T00:30:00Z", "xfer-2", EntryType.MEMBER_TRANSFER, "Lunch", (zed, -10_00), (bob, 10_00))
+        # E8 3 March 15:00: the club settled to 28 February, 2 %: net 900.00, bank 882.00, fee 18.00.
+        book("2026-03-03T04:00:00Z", "settlement:club:2026-02-28", EntryType.SETTLEMENT, "Settlement to 2026-02-28",
+             (club, -900_00), (system[SystemAccount.BANK], 882_00), (system[SystemAccount.FEES], 18_00),
+             reference="SET-1", client="staff")
 
 
 def _get(client, auth, path: str, **args: str):  # type: ignore[no-untyped-def]
