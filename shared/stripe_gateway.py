@@ -124,15 +124,8 @@ class StripeGateway:
         self._client: stripe.StripeClient | None = None
         self._quick_client: stripe.StripeClient | None = None
         if settings.stripe_api_key:
-            self._client, self._quick_client = (
-                stripe.StripeClient(
-                    settings.stripe_api_key,
-                    base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else None,
-                    max_network_retries=0,
-                    http_client=stripe.RequestsClient(timeout=timeout),
-                )
-                for timeout in (TIMEOUT, BALANCE_TIMEOUT)
-            )
+            self._client = _stripe_client(settings.stripe_api_key, settings.stripe_api_base, TIMEOUT)
+            self._quick_client = _stripe_client(settings.stripe_api_key, settings.stripe_api_base, BALANCE_TIMEOUT)
 
     # Customers and saved cards (SPEC 4.1) -------------------------------------------------
 
@@ -387,6 +380,15 @@ class StripeGateway:
                     raise
                 page = v1.payment_intents.list({"limit": 100})
             yield from page.auto_paging_iter()
+
+
+def _stripe_client(key: str, base: str | None, timeout: tuple[float, float]) -> stripe.StripeClient:
+    return stripe.StripeClient(
+        key,
+        base_addresses={"api": base} if base else None,
+        max_network_retries=0,
+        http_client=stripe.RequestsClient(timeout=timeout),
+    )
 
 
 def verify_webhook(
