@@ -53,6 +53,7 @@ ORGANISATIONS_PROFILE = "organisations.profile"
 ORGANISATIONS_READ = "organisations.read"
 ADJUSTMENTS_CREATE = "adjustments.create"
 ADMIN_SUMMARY = "admin.summary"
+REPORTS_FEDERATION = "reports.federation"
 PAYMENTS_CREATE = "payments.create"
 TRANSFERS_CREATE = "transfers.create"
 SETTLEMENTS_CREATE = "settlements.create"
@@ -86,6 +87,7 @@ ACTIONS: dict[str, str] = {
     ORGANISATIONS_READ: "reading an organisation's balance, statement or summary",
     ADJUSTMENTS_CREATE: "an adjustment",
     ADMIN_SUMMARY: "the admin summary",
+    REPORTS_FEDERATION: "the federation's reports (balances, reconciliation, specific transactions)",
     PAYMENTS_CREATE: "a payment",
     TRANSFERS_CREATE: "a transfer",
     SETTLEMENTS_CREATE: "a settlement",
@@ -251,6 +253,7 @@ def _scopes_allowing(action: str, fields: Mapping[str, Any]) -> tuple[str, ...]:
     if action in (MEMBERS_BALANCE, IOUS_MEMBER_READ):
         return (PAYMENTS, REPORTS)
     if action in (MEMBERS_STATEMENT, ADMIN_SUMMARY, REQUESTS_READ, REPORTS_MOVEMENT):
+    if action in (MEMBERS_STATEMENT, ADMIN_SUMMARY, REPORTS_FEDERATION, REQUESTS_READ):
         return (REPORTS,)
     if action == ORGANISATIONS_WRITE:
         return () if any(name in fields for name in ADMIN_ORGANISATION_FIELDS) else (PROFILES,)

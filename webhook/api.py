@@ -195,7 +195,9 @@ def post_adjustment() -> ResponseReturnValue:
 @action(access.ADMIN_SUMMARY)
 def admin_summary() -> ResponseReturnValue:
     with context.transaction() as session:
-        return jsonify(statements.admin_summary(session))
+        summary = statements.admin_summary(session)
+    # Read after the transaction ends: Stripe may take its (short) timeout.
+    return jsonify({**summary, "stripe_balance": reports.stripe_balance()})
 
 
 # Shaping ----------------------------------------------------------------------------------
@@ -266,7 +268,7 @@ def _statement_response(rows: list[statements.StatementRow], filename: str) -> R
 # /api, so the client check above guards them too. Nested here, once per process: Flask
 # refuses to change a blueprint after it has been registered, so doing it in create_app broke
 # every app after the first.
-from webhook import cards, club_reports, ious, movements, settlement_reads  # noqa: E402
+from webhook import cards, club_reports, ious, movements, reports, settlement_reads  # noqa: E402
 
-for nested in (movements, cards, ious, club_reports, settlement_reads):
+for nested in (movements, cards, ious, club_reports, settlement_reads, reports):
     blueprint.register_blueprint(nested.blueprint)

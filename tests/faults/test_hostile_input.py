@@ -639,6 +639,9 @@ WRONG_CLIENT_ENDPOINTS: list[tuple[str, str, dict[str, Any] | None, str, str | N
     ("GET", "/api/settlements", None, "club-bound", "reporter-bound"),
     ("GET", "/api/settlements/seed-pay/bank-file", None, "portal", "staff-bound"),
     ("GET", "/api/card-payments", None, "portal", None),  # no member_id: reports only
+    ("GET", "/api/reports/balances", None, "portal", None),
+    ("GET", "/api/reports/reconciliation", None, "club-bound", None),
+    ("GET", "/api/reports/transactions", None, "people", None),
 ]
 
 
