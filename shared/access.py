@@ -252,8 +252,7 @@ def _scopes_allowing(action: str, fields: Mapping[str, Any]) -> tuple[str, ...]:
         return (PROFILES, REPORTS)
     if action in (MEMBERS_BALANCE, IOUS_MEMBER_READ):
         return (PAYMENTS, REPORTS)
-    if action in (MEMBERS_STATEMENT, ADMIN_SUMMARY, REQUESTS_READ, REPORTS_MOVEMENT):
-    if action in (MEMBERS_STATEMENT, ADMIN_SUMMARY, REPORTS_FEDERATION, REQUESTS_READ):
+    if action in (MEMBERS_STATEMENT, ADMIN_SUMMARY, REPORTS_FEDERATION, REPORTS_MOVEMENT, REQUESTS_READ):
         return (REPORTS,)
     if action == ORGANISATIONS_WRITE:
         return () if any(name in fields for name in ADMIN_ORGANISATION_FIELDS) else (PROFILES,)
@@ -298,6 +297,8 @@ def _organisations_of(action: str, fields: Mapping[str, Any]) -> list[Any]:
         if not isinstance(items, list) or not items:
             return [_UNKNOWN]  # "all", or a shape parse will refuse
         return [item.get("organisation_id") if isinstance(item, dict) else _UNKNOWN for item in items]
+    if action in (REPORTS_FEDERATION, REPORTS_MOVEMENT):
+        return [_UNKNOWN]  # every organisation's figures: refused to a client bound to some
     if action == SETTLEMENTS_READ:
         # Without an organisation it reads every organisation's: refused to a client bound to some.
         org = fields.get("organisation_id")
