@@ -338,7 +338,7 @@ def _listed(value: Any, allowed: Iterable[str] | None) -> bool:
 
 
 def _names(values: Iterable[Any]) -> str:
-    return ", ".join("(unchecked)" if v is _UNKNOWN else _show(v) for v in values) or "none"
+    return ", ".join("all organisations" if v is _UNKNOWN else _show(v) for v in values) or "none"
 
 
 def _show(value: Any) -> str:
