@@ -53,6 +53,7 @@ ORGANISATIONS_PROFILE = "organisations.profile"
 ORGANISATIONS_READ = "organisations.read"
 ADJUSTMENTS_CREATE = "adjustments.create"
 ADMIN_SUMMARY = "admin.summary"
+REPORTS_FEDERATION = "reports.federation"
 PAYMENTS_CREATE = "payments.create"
 TRANSFERS_CREATE = "transfers.create"
 SETTLEMENTS_CREATE = "settlements.create"
@@ -68,6 +69,12 @@ IOUS_PAY = "ious.pay"
 IOUS_MEMBER_READ = "ious.member_read"
 IOUS_ORGANISATION_READ = "ious.organisation_read"
 METRICS_READ = "metrics.read"
+ORGANISATIONS_REPORT = "organisations.report"
+REPORTS_MOVEMENT = "reports.movement"
+# Settlement run and card payments lists (issue 14). Both read query arguments, so their views
+# authorise in the view with them (`organisation_id`, `member_id`).
+SETTLEMENTS_READ = "settlements.read"
+CARD_PAYMENTS_READ = "card_payments.read"
 
 # What each action is called in a 403's message.
 ACTIONS: dict[str, str] = {
@@ -80,6 +87,7 @@ ACTIONS: dict[str, str] = {
     ORGANISATIONS_READ: "reading an organisation's balance, statement or summary",
     ADJUSTMENTS_CREATE: "an adjustment",
     ADMIN_SUMMARY: "the admin summary",
+    REPORTS_FEDERATION: "the federation's reports (balances, reconciliation, specific transactions)",
     PAYMENTS_CREATE: "a payment",
     TRANSFERS_CREATE: "a transfer",
     SETTLEMENTS_CREATE: "a settlement",
@@ -95,6 +103,10 @@ ACTIONS: dict[str, str] = {
     IOUS_MEMBER_READ: "reading a member's IOUs",
     IOUS_ORGANISATION_READ: "reading an organisation's IOUs",
     METRICS_READ: "reading metrics",
+    ORGANISATIONS_REPORT: "reading an organisation's finance report",
+    REPORTS_MOVEMENT: "the organisation movement report",
+    SETTLEMENTS_READ: "reading settlements, their candidates or a bank file",
+    CARD_PAYMENTS_READ: "reading card payments",
 }
 # Actions that create a request under a caller-chosen `request_id` (the prefix binding).
 CREATES = frozenset({ADJUSTMENTS_CREATE, PAYMENTS_CREATE, TRANSFERS_CREATE, SETTLEMENTS_CREATE, REFUNDS_CREATE,
@@ -240,13 +252,13 @@ def _scopes_allowing(action: str, fields: Mapping[str, Any]) -> tuple[str, ...]:
         return (PROFILES, REPORTS)
     if action in (MEMBERS_BALANCE, IOUS_MEMBER_READ):
         return (PAYMENTS, REPORTS)
-    if action in (MEMBERS_STATEMENT, ADMIN_SUMMARY, REQUESTS_READ):
+    if action in (MEMBERS_STATEMENT, ADMIN_SUMMARY, REPORTS_FEDERATION, REPORTS_MOVEMENT, REQUESTS_READ):
         return (REPORTS,)
     if action == ORGANISATIONS_WRITE:
         return () if any(name in fields for name in ADMIN_ORGANISATION_FIELDS) else (PROFILES,)
     if action == ORGANISATIONS_PROFILE:
         return (PROFILES, REPORTS, CLUBS)
-    if action in (ORGANISATIONS_READ, IOUS_ORGANISATION_READ):
+    if action in (ORGANISATIONS_READ, IOUS_ORGANISATION_READ, ORGANISATIONS_REPORT):
         return (REPORTS, CLUBS)
     if action in (IOUS_CREATE, IOUS_CANCEL):
         return (CLUBS,)
@@ -260,6 +272,10 @@ def _scopes_allowing(action: str, fields: Mapping[str, Any]) -> tuple[str, ...]:
         return (PAYMENTS,) if fields.get("by") == "member" else ()
     if action == METRICS_READ:
         return (OPS,)
+    if action == SETTLEMENTS_READ:  # an organisation's own settlements: its club too
+        return (REPORTS, CLUBS) if fields.get("organisation_id") is not None else (REPORTS,)
+    if action == CARD_PAYMENTS_READ:  # one member's: the portal that refunds them too
+        return (PAYMENTS, REPORTS) if fields.get("member_id") is not None else (REPORTS,)
     return ()  # adjustments: admin only
 
 
@@ -268,7 +284,7 @@ def _organisations_of(action: str, fields: Mapping[str, Any]) -> list[Any]:
     (a payment's `organisation_id`, a transfer's `to_organisation_id`, paying an IOU) is not
     acting on it; raising, cancelling or listing its IOUs is (a cancel's view passes the IOU's)."""
     if action in (ORGANISATIONS_WRITE, ORGANISATIONS_PROFILE, ORGANISATIONS_READ, IOUS_CREATE, IOUS_CANCEL,
-                  IOUS_ORGANISATION_READ):
+                  IOUS_ORGANISATION_READ, ORGANISATIONS_REPORT):
         return [fields.get("organisation_id")]
     if action == TRANSFERS_CREATE:
         source = fields.get("from_organisation_id")
@@ -281,6 +297,12 @@ def _organisations_of(action: str, fields: Mapping[str, Any]) -> list[Any]:
         if not isinstance(items, list) or not items:
             return [_UNKNOWN]  # "all", or a shape parse will refuse
         return [item.get("organisation_id") if isinstance(item, dict) else _UNKNOWN for item in items]
+    if action in (REPORTS_FEDERATION, REPORTS_MOVEMENT):
+        return [_UNKNOWN]  # every organisation's figures: refused to a client bound to some
+    if action == SETTLEMENTS_READ:
+        # Without an organisation it reads every organisation's: refused to a client bound to some.
+        org = fields.get("organisation_id")
+        return [_UNKNOWN] if org is None else [org]
     return []
 
 
@@ -316,7 +338,7 @@ def _listed(value: Any, allowed: Iterable[str] | None) -> bool:
 
 
 def _names(values: Iterable[Any]) -> str:
-    return ", ".join("(unchecked)" if v is _UNKNOWN else _show(v) for v in values) or "none"
+    return ", ".join("all organisations" if v is _UNKNOWN else _show(v) for v in values) or "none"
 
 
 def _show(value: Any) -> str:

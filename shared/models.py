@@ -157,6 +157,10 @@ class Member(Base):
     updated_at: Mapped[Timestamp]
 
 
+BSB_RULE = "bank_bsb IS NULL OR (length(bank_bsb) = 6 AND ltrim(bank_bsb, '0123456789') = '')"
+ACCOUNT_RULE = "bank_account IS NULL OR (length(bank_account) BETWEEN 5 AND 9 AND ltrim(bank_account, '0123456789') = '')"
+
+
 class Organisation(Base):
     __tablename__ = "organisations"
     __table_args__ = (
@@ -165,6 +169,9 @@ class Organisation(Base):
             name="settlement_fee_percent",
         ),
         CheckConstraint("minimum_balance_after_settlement >= 0", name="minimum_balance"),
+        # Digits only, written so that PostgreSQL and SQLite both read it (ltrim with a set).
+        CheckConstraint(BSB_RULE, name="bank_bsb"),
+        CheckConstraint(ACCOUNT_RULE, name="bank_account"),
     )
 
     org_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -175,11 +182,21 @@ class Organisation(Base):
     minimum_balance_after_settlement: Mapped[Cents] = mapped_column(default=0)
     created_at: Mapped[Timestamp]
     updated_at: Mapped[Timestamp]
+    # Where settlements are paid (migration 0015), set by `admin` only: a BSB of 6 digits and an
+    # account number of 5 to 9, digits only; NULL: not given yet (no bank file for it).
+    bank_bsb: Mapped[str | None] = mapped_column(String(6))
+    bank_account: Mapped[str | None] = mapped_column(String(9))
 
 
 class JournalEntry(Base):
     __tablename__ = "journal_entries"
-    __table_args__ = (CheckConstraint(_in("type", EntryType), name="type"),)
+    __table_args__ = (
+        CheckConstraint(_in("type", EntryType), name="type"),
+        # Settlements by time (the history, each organisation's settled date), without reading
+        # every entry (migration 0015).
+        Index("ix_journal_entries_settlement_created_at", "created_at",
+              postgresql_where=text("type = 'Settlement'"), sqlite_where=text("type = 'Settlement'")),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
@@ -374,6 +391,9 @@ class CardPayment(Base):
             sqlite_where=text("status = 'pending' AND kind = 'auto_topup'"),
         ),
         Index("ix_card_payments_status_updated_at", "status", "updated_at"),
+        # The card payments list: one member's, or a period's (migration 0015).
+        Index("ix_card_payments_member_id_created_at", "member_id", "created_at"),
+        Index("ix_card_payments_created_at", "created_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

@@ -9,13 +9,14 @@ e-mails: off). So an update that does not mention a negotiated fee never resets 
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass
 from decimal import Decimal
 
 from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
-from shared.errors import NotFound
+from shared.errors import InvalidInput, NotFound
 from shared.models import Account, AccountKind, Member, Organisation, SystemAccount, utcnow
 
 
@@ -41,6 +42,33 @@ class OrganisationDetails:
     name: str
     settlement_fee_percent: Decimal | None | Keep = KEEP  # None: the default of SPEC 2 (stored NULL)
     minimum_balance_after_settlement: int | None | Keep = KEEP  # None: the default, 0
+    bank_bsb: str | None | Keep = KEEP  # 6 digits; None: clear it
+    bank_account: str | None | Keep = KEEP  # 5 to 9 digits; None: clear it
+
+
+_BSB = re.compile(r"([0-9]{3})-?([0-9]{3})")  # ASCII digits only (\\d would take any script's digits)
+_ACCOUNT = re.compile(r"[0-9]{5,9}")
+
+
+def bank_bsb(value: object, field: str = "bank_bsb") -> str:
+    """A BSB as stored: 6 digits, given as `123456` or `123-456` (a string: a number would lose
+    a leading zero, and BSBs of NSW banks start with 0)."""
+    found = _BSB.fullmatch(value) if isinstance(value, str) else None
+    if found is None:
+        raise InvalidInput(f"{field}: a BSB is 6 digits, as \"123456\" or \"123-456\"", field=field)
+    return found.group(1) + found.group(2)
+
+
+def show_bsb(stored: str | None) -> str | None:
+    """A stored BSB as people and banks write it: `123-456`."""
+    return None if stored is None else f"{stored[:3]}-{stored[3:]}"
+
+
+def bank_account(value: object, field: str = "bank_account") -> str:
+    """An account number as stored: 5 to 9 digits, as a string (leading zeros kept)."""
+    if not isinstance(value, str) or not _ACCOUNT.fullmatch(value):
+        raise InvalidInput(f"{field}: an account number is 5 to 9 digits, as a string", field=field)
+    return value
 
 
 def put_member(
@@ -88,6 +116,10 @@ def put_organisation(
         org.settlement_fee_percent = details.settlement_fee_percent
     if not isinstance(details.minimum_balance_after_settlement, Keep):
         org.minimum_balance_after_settlement = details.minimum_balance_after_settlement or 0
+    if not isinstance(details.bank_bsb, Keep):
+        org.bank_bsb = details.bank_bsb
+    if not isinstance(details.bank_account, Keep):
+        org.bank_account = details.bank_account
     org.updated_at = now
     session.flush()
     return org, created

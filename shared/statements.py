@@ -498,6 +498,7 @@ def admin_summary(session: Session, *, now: datetime | None = None) -> dict[str,
             func.count().filter(Member.auto_topup_status == AutoTopUpStatus.ON.value),
         )
     ).one()
+    organisations = session.scalar(select(func.count()).select_from(Organisation))
     since = (now or utcnow()) - timedelta(days=30)
     card_in = session.scalar(
         select(func.coalesce(func.sum(-Posting.amount), 0))
@@ -516,6 +517,7 @@ def admin_summary(session: Session, *, now: datetime | None = None) -> dict[str,
         "members": members,
         "members_auto_topup_on": members_on,
         "members_with_balance": {"count": member_count, "sum": format_cents(int(member_sum))},
+        "organisations": organisations,
         "organisations_with_balance": {"count": org_count, "sum": format_cents(int(org_sum))},
         "net_liability": format_cents(int(member_sum) + int(org_sum)),
         "card_money_last_30_days": format_cents(int(card_in or 0)),

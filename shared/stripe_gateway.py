@@ -46,6 +46,8 @@ from shared.money import format_cents
 CURRENCY = "aud"
 # requests' (connect, read) timeouts in seconds; the SDK's default read timeout is 80 s.
 TIMEOUT = (5.0, 30.0)
+# The balance is only shown (the admin summary), so it is not waited for: a short timeout.
+BALANCE_TIMEOUT = (2.0, 2.0)
 WEBHOOK_TOLERANCE = 300
 
 # Secret keys, webhook secrets and client secrets, whole or masked ("sk_test_****1234").
@@ -120,13 +122,10 @@ class StripeGateway:
     def __init__(self, settings: Settings) -> None:
         self._secrets = tuple(s for s in (settings.stripe_api_key, *settings.webhook_secrets) if s)
         self._client: stripe.StripeClient | None = None
+        self._quick_client: stripe.StripeClient | None = None
         if settings.stripe_api_key:
-            self._client = stripe.StripeClient(
-                settings.stripe_api_key,
-                base_addresses={"api": settings.stripe_api_base} if settings.stripe_api_base else None,
-                max_network_retries=0,
-                http_client=stripe.RequestsClient(timeout=TIMEOUT),
-            )
+            self._client = _stripe_client(settings.stripe_api_key, settings.stripe_api_base, TIMEOUT)
+            self._quick_client = _stripe_client(settings.stripe_api_key, settings.stripe_api_base, BALANCE_TIMEOUT)
 
     # Customers and saved cards (SPEC 4.1) -------------------------------------------------
 
@@ -338,6 +337,18 @@ class StripeGateway:
             return None
         return next((m for m in matches if m.status in REFUND_MADE), matches[0])
 
+    # The federation's Stripe account (ORIGINAL 6.4) ---------------------------------------
+
+    def available_balance(self) -> int:
+        """The Stripe account's available balance in CURRENCY, in cents, asked with
+        BALANCE_TIMEOUT: an admin screen shows it and must not wait on Stripe."""
+        if self._quick_client is None:
+            raise ServiceUnavailable("Stripe is not configured: PAYMENTS_STRIPE_API_KEY is not set")
+        with self._errors("read the Stripe balance"):
+            balance = _as_dict(self._quick_client.v1.balance.retrieve())
+        return sum(int(funds.get("amount") or 0) for funds in balance.get("available") or ()
+                   if funds.get("currency") == CURRENCY)
+
     @staticmethod
     def verify_webhook(
         payload: bytes, signature_header: str | None, *, secret: str | Sequence[str] | None,
@@ -369,6 +380,15 @@ class StripeGateway:
                     raise
                 page = v1.payment_intents.list({"limit": 100})
             yield from page.auto_paging_iter()
+
+
+def _stripe_client(key: str, base: str | None, timeout: tuple[float, float]) -> stripe.StripeClient:
+    return stripe.StripeClient(
+        key,
+        base_addresses={"api": base} if base else None,
+        max_network_retries=0,
+        http_client=stripe.RequestsClient(timeout=timeout),
+    )
 
 
 def verify_webhook(

@@ -111,6 +111,8 @@ def put_organisation(org_id: str) -> ResponseReturnValue:
             "minimum_balance_after_settlement",
             lambda value, field: parse_cents(value, field, minimum=0, maximum=limit),
         ),
+        bank_bsb=_optional(body, "bank_bsb", profiles.bank_bsb),
+        bank_account=_optional(body, "bank_account", profiles.bank_account),
     )
     with context.transaction() as session:
         org, created = profiles.put_organisation(session, org_id, details)
@@ -195,7 +197,9 @@ def post_adjustment() -> ResponseReturnValue:
 @action(access.ADMIN_SUMMARY)
 def admin_summary() -> ResponseReturnValue:
     with context.transaction() as session:
-        return jsonify(statements.admin_summary(session))
+        summary = statements.admin_summary(session)
+    # Read after the transaction ends: Stripe may take its (short) timeout.
+    return jsonify({**summary, "stripe_balance": reports.stripe_balance()})
 
 
 # Shaping ----------------------------------------------------------------------------------
@@ -227,6 +231,8 @@ def _organisation_json(org: Organisation) -> dict[str, Any]:
         "name": org.name,
         "settlement_fee_percent": None if fee is None else f"{fee:.2f}",
         "minimum_balance_after_settlement": format_cents(org.minimum_balance_after_settlement),
+        "bank_bsb": profiles.show_bsb(org.bank_bsb),  # stored as 6 digits, shown as 123-456
+        "bank_account": org.bank_account,
     }
 
 
@@ -315,8 +321,7 @@ def _limit(value: str | None) -> int:
 # /api, so the client check above guards them too. Nested here, once per process: Flask
 # refuses to change a blueprint after it has been registered, so doing it in create_app broke
 # every app after the first.
-from webhook import cards, ious, movements  # noqa: E402
+from webhook import cards, club_reports, ious, movements, reports, settlement_reads  # noqa: E402
 
-blueprint.register_blueprint(movements.blueprint)
-blueprint.register_blueprint(cards.blueprint)
-blueprint.register_blueprint(ious.blueprint)
+for nested in (movements, cards, ious, club_reports, settlement_reads, reports):
+    blueprint.register_blueprint(nested.blueprint)

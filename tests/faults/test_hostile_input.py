@@ -533,6 +533,7 @@ PATH_ENDPOINTS = [
     ("GET", "/api/organisations/{id}/balance", "date"), ("GET", "/api/organisations/{id}/statement", "format"),
     ("GET", "/api/organisations/{id}/summary", "days"), ("GET", "/api/payments/{id}", None),
     ("DELETE", "/api/members/{id}/auto-topup", None), ("POST", "/api/members/{id}/auto-topup/setup", None),
+    ("GET", "/api/organisations/{id}/report", "from"),
 ]
 QUERY_VALUES = ["2026-03-10", "9999-12-31", "0001-01-01", "2026-02-30", "csv", "json", "xml", "30", "90", "all",
                 "-1", "0", "1e9", "%00", "%ff", "%27%3B--", "", "a" * 500]
@@ -631,6 +632,16 @@ WRONG_CLIENT_ENDPOINTS: list[tuple[str, str, dict[str, Any] | None, str, str | N
     ("GET", "/api/organisations/club/ious", None, "portal", "club-bound"),
     ("POST", "/api/ious/{iou}/pay", {"request_id": "wc-iou-pay"}, "reporter", "portal-bound"),  # the seeded IOU
     ("DELETE", "/api/ious/{iou}", None, "portal", "club-bound"),
+    ("GET", "/api/organisations/club/report", None, "portal", "club-bound"),
+    ("GET", "/api/reports/movement", None, "club-bound", None),
+    # Federation-wide settlement reads: a client bound to organisations is refused them.
+    ("GET", "/api/settlements/candidates", None, "portal", "reporter-bound"),
+    ("GET", "/api/settlements", None, "club-bound", "reporter-bound"),
+    ("GET", "/api/settlements/seed-pay/bank-file", None, "portal", "staff-bound"),
+    ("GET", "/api/card-payments", None, "portal", None),  # no member_id: reports only
+    ("GET", "/api/reports/balances", None, "portal", None),
+    ("GET", "/api/reports/reconciliation", None, "club-bound", None),
+    ("GET", "/api/reports/transactions", None, "people", None),
 ]
 
 

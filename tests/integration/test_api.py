@@ -238,6 +238,8 @@ def test_put_organisation_stores_the_fee_percent_and_minimum_balance(client, aut
         "name": "North Shore Bridge Club",
         "settlement_fee_percent": "2.50",
         "minimum_balance_after_settlement": "100.00",
+        "bank_bsb": None,
+        "bank_account": None,
     }
     updated = put_organisation(client, auth, "club", name="North Shore BC", settlement_fee_percent=3)
     assert updated.status_code == 200
@@ -246,6 +248,8 @@ def test_put_organisation_stores_the_fee_percent_and_minimum_balance(client, aut
         "name": "North Shore BC",
         "settlement_fee_percent": "3.00",
         "minimum_balance_after_settlement": "100.00",  # kept when not sent
+        "bank_bsb": None,
+        "bank_account": None,
     }
     assert updated.get_json() == expected
     assert client.get("/api/organisations/club", headers=auth).get_json() == expected
@@ -676,11 +680,14 @@ def test_the_admin_summary_counts_and_sums_members_organisations_and_card_money(
         "members_auto_topup_on": 1,
         # ann 400.00 + bob 60.00 + cat 15.50 + dan -3.00
         "members_with_balance": {"count": 4, "sum": "472.50"},
+        "organisations": 3,
         # club 75.25; congress is back at 0.00 and empty never moved
         "organisations_with_balance": {"count": 1, "sum": "75.25"},
         "net_liability": "547.75",
         # card-1 and card-2; old-card is 54 days old
         "card_money_last_30_days": "75.50",
+        # No Stripe key in these settings: never read (tests/integration/test_federation_reports.py reads it)
+        "stripe_balance": None,
     }
 
 
@@ -689,9 +696,11 @@ def test_the_admin_summary_of_an_empty_service_is_all_zero(client, auth) -> None
         "members": 0,
         "members_auto_topup_on": 0,
         "members_with_balance": {"count": 0, "sum": "0.00"},
+        "organisations": 0,
         "organisations_with_balance": {"count": 0, "sum": "0.00"},
         "net_liability": "0.00",
         "card_money_last_30_days": "0.00",
+        "stripe_balance": None,
     }
 
 

@@ -58,6 +58,12 @@ ALLOWED = [
     (ADMIN, access.ADJUSTMENTS_CREATE, {"request_id": "a-1", "member_id": "ann", "amount": "1.00"}),
     (ADMIN, access.SETTLEMENTS_CREATE, {"request_id": "s-2", "organisations": "all"}),
     (ADMIN, access.ORGANISATIONS_WRITE, {"organisation_id": "club", "settlement_fee_percent": "1.00"}),
+    (ADMIN, access.ORGANISATIONS_WRITE, {"organisation_id": "club", "bank_bsb": "123456"}),
+    # Settlement reads and card payments (issue 14).
+    (REPORTS, access.SETTLEMENTS_READ, {"organisation_id": None}),
+    (CLUB, access.SETTLEMENTS_READ, {"organisation_id": "club"}),
+    (REPORTS, access.CARD_PAYMENTS_READ, {"member_id": None}),
+    (PORTAL, access.CARD_PAYMENTS_READ, {"member_id": "ann"}),
     (ADMIN, access.METRICS_READ, {}),
     # IOUs: a club raises, cancels and lists its own; a portal lists and pays a member's.
     (CLUB, access.IOUS_CREATE, IOU),
@@ -109,6 +115,14 @@ REFUSED = [
     (STAFF, access.TRANSFERS_CREATE, {**CLUB_TRANSFER, "from_organisation_id": "other-club"}, "bound to"),
     (STAFF, access.ORGANISATIONS_READ, {"organisation_id": "other-club"}, "bound to"),
     (PORTAL, "payments.mint", {}, "not an action"),
+    # Bank details, settlement reads and card payments (issue 14).
+    (PROFILES, access.ORGANISATIONS_WRITE, {"organisation_id": "club", "bank_account": "12345"}, "admin scope"),
+    (CLUB, access.SETTLEMENTS_READ, {"organisation_id": None}, "reports or admin scope"),
+    (CLUB, access.SETTLEMENTS_READ, {"organisation_id": "other-club"}, "covers only"),
+    (STAFF, access.SETTLEMENTS_READ, {"organisation_id": None}, "bound to"),
+    (PORTAL, access.SETTLEMENTS_READ, {}, "reports or admin scope"),
+    (PORTAL, access.CARD_PAYMENTS_READ, {"member_id": None}, "reports or admin scope"),
+    (PROFILES, access.CARD_PAYMENTS_READ, {"member_id": "ann"}, "payments or reports or admin scope"),
     # IOUs.
     (PORTAL, access.IOUS_CREATE, {**IOU, "request_id": "portal-9"}, "raising an IOU needs the clubs or admin scope"),
     (CLUB, access.IOUS_CREATE, {**IOU, "organisation_id": "other-club"}, "covers only its organisations (club)"),
