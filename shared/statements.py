@@ -180,7 +180,10 @@ def page(
     line's balance the account's running balance). The balance those are counted from is, on
     a first page, one index-only sum of the account's postings before the page; on a later
     page, the one the cursor carries (the previous page's opening balance), which `key` signs:
-    without a key the cursor's balance is not trusted and the sum is run again.
+    without a key the cursor's balance is not trusted and the sum is run again. (The carried
+    balance is the one the previous page saw: a posting committed after it with a lower id, a
+    transaction left open while `limit` newer postings of the account committed, would shift
+    the later pages' balances by its amount until the client starts again.)
 
     A page without rows shows, as both balances, the balance where it would have begun: just
     before the cursor's line, else at the end of `last` (else now).
