@@ -1,25 +1,39 @@
-"""What people see (SPEC 6): balances with detail, statements as rows and CSV, organisation
-summaries by type, and the admin summary. Reads only; times are shown in the configured local
-time zone, newest line first, each with the account's balance after it.
+"""What people see (SPEC 6; ORIGINAL 6.1, 6.2): balances with detail, statements in pages and as
+streamed downloads, organisation summaries by type, and the admin summary. Reads only; times
+are shown in the configured local time zone, newest line first, each with the account's
+balance after it.
 
 The balance after a line is the running sum of the account's postings in id order. A debit is
 only booked under its account's lock after every earlier committed posting has been counted,
 so that running sum is never below what the ledger's funds check saw.
+
+Statements scale (issue 14): a page is found by keyset on the posting id (ix_postings_account_
+id_id), and its balances come from an index-only running sum between the page and the cursor,
+counted from the balance the cursor carries (or, on a first page, from one index-only sum); no
+read walks an account's whole history in Python or with a window function. A download walks
+the range once from a server-side cursor, a batch at a time.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Sequence
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import BigInteger, ColumnElement, Select, and_, any_, bindparam, func, or_, select, true
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.orm import InstrumentedAttribute, Session, aliased
 
 from shared import ledger
+from shared.db import dialect_name
 from shared.errors import InvalidInput
 from shared.models import (
     TOP_UP_TYPES,
@@ -40,8 +54,7 @@ SUMMARY_PERIODS = {"30": 30, "90": 90, "365": 365, "all": None}
 _SYSTEM_NAMES = {s.value: s.value.capitalize() for s in SystemAccount}
 
 
-@dataclass(frozen=True)
-class StatementRow:
+class StatementRow(NamedTuple):  # a tuple: a download makes one per line
     date: datetime  # local time
     counterparty: str
     reference: str
@@ -91,63 +104,344 @@ def last_top_up(session: Session, account_id: int) -> datetime | None:
 def statement(
     session: Session, account_id: int, zone: ZoneInfo, *, limit: int | None = None
 ) -> list[StatementRow]:
-    """Every line of the account (or the newest `limit`), newest first, with the balance after each."""
-    running = func.sum(Posting.amount).over(order_by=Posting.id)
-    lines = session.execute(
-        select(
-            Posting.id,
-            Posting.amount,
-            running.label("balance"),
-            JournalEntry.id.label("entry_id"),
-            JournalEntry.created_at,
-            JournalEntry.type,
-            JournalEntry.description,
-            JournalEntry.reference,
-            JournalEntry.event_id,
-            JournalEntry.session_id,
-        )
+    """Every line of the account (or the newest `limit`), newest first, with the balance after
+    each: a short list for an e-mail, or (without `limit`) a small account's whole statement."""
+    if limit is not None:
+        return page(session, account_id, zone, Filters(), limit=limit).rows
+    return list(lines(session, account_id, zone, Filters()))
+
+
+# Pages and downloads ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which lines a statement shows: local dates (inclusive; None leaves that end open) and, on
+    an organisation's statement, an event, a club session, an entry type and a search text."""
+
+    first: date | None = None
+    last: date | None = None
+    event_id: str | None = None
+    session_id: str | None = None
+    type: str | None = None
+    search: str | None = None
+
+    def conditions(self, zone: ZoneInfo) -> list[ColumnElement[bool]]:
+        """SQL conditions on the entry (JournalEntry) of a line."""
+        found: list[ColumnElement[bool]] = list(self.dated(zone))
+        if self.event_id is not None:
+            found.append(JournalEntry.event_id == self.event_id)
+        if self.session_id is not None:
+            found.append(JournalEntry.session_id == self.session_id)
+        if self.type is not None:
+            found.append(JournalEntry.type == self.type)
+        if self.search is not None:
+            found.append(_matches_search(self.search))
+        return found
+
+    def dated(self, zone: ZoneInfo) -> list[ColumnElement[bool]]:
+        """The conditions of the date range alone."""
+        found: list[ColumnElement[bool]] = []
+        if self.first is not None:
+            found.append(JournalEntry.created_at >= datetime.combine(self.first, time(0), tzinfo=zone))
+        if self.last is not None:
+            found.append(JournalEntry.created_at < end_of_local_day(self.last, zone))
+        return found
+
+    def fingerprint(self, account_id: int) -> str:
+        """What a cursor is bound to: this account and these filters."""
+        parts = [account_id, self.first, self.last, self.event_id, self.session_id, self.type, self.search]
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Page:
+    rows: list[StatementRow]
+    next_cursor: str | None  # None: this is the last page
+    opening_balance: int  # before the oldest row (ORIGINAL 6.2: its balance minus its amount)
+    closing_balance: int  # after the newest row
+
+
+def page(
+    session: Session,
+    account_id: int,
+    zone: ZoneInfo,
+    filters: Filters,
+    *,
+    limit: int,
+    cursor: str | None = None,
+    key: bytes | None = None,
+) -> Page:
+    """Up to `limit` lines, newest first, older than the cursor's line (keyset pagination: a
+    line booked between pages has a higher id, so it never shifts a page).
+
+    Cost: the rows, plus one index-only pass over the account's postings between the page's
+    oldest line and the cursor (all of them, not only the shown ones, so filters keep each
+    line's balance the account's running balance). The balance those are counted from is, on
+    a first page, one index-only sum of the account's postings before the page; on a later
+    page, the one the cursor carries (the previous page's opening balance), which `key` signs:
+    without a key the cursor's balance is not trusted and the sum is run again. (The carried
+    balance is the one the previous page saw: a posting committed after it with a lower id, a
+    transaction left open while `limit` newer postings of the account committed, would shift
+    the later pages' balances by its amount until the client starts again.)
+
+    A page without rows shows, as both balances, the balance where it would have begun: just
+    before the cursor's line, else at the end of `last` (else now).
+    """
+    fingerprint = filters.fingerprint(account_id)
+    before = None if cursor is None else read_cursor(cursor, fingerprint, key)
+    query = _lines_query(account_id, filters.conditions(zone)).order_by(Posting.id.desc()).limit(limit + 1)
+    if before is not None:
+        query = query.where(Posting.id < before.posting_id)
+    with _planned_for_its_values(session):
+        found = session.execute(query).all()
+    shown = found[:limit]
+    if not shown:
+        balance = _empty_page_balance(session, account_id, before, filters, zone)
+        return Page([], None, balance, balance)
+    after = _balances_after(session, account_id, [line.id for line in shown], before)
+    names = _counterparties(session, account_id, [line.entry_id for line in shown])
+    rows = [_row(line, after[line.id], names, zone) for line in shown]
+    opening = rows[-1].balance - rows[-1].amount
+    return Page(
+        rows=rows,
+        next_cursor=make_cursor(Position(shown[-1].id, opening), fingerprint, key) if len(found) > limit else None,
+        opening_balance=opening,
+        closing_balance=rows[0].balance,
+    )
+
+
+def lines(
+    session: Session, account_id: int, zone: ZoneInfo, filters: Filters, *, batch: int = 1000
+) -> Iterator[StatementRow]:
+    """Every line in the range, newest first, read from a server-side cursor `batch` rows at a
+    time (a download of any size holds one batch). The account's balance at the newest posting
+    of the range is summed in the same statement (one snapshot); each older line's balance is
+    the newer one's minus the newer one's amount, over every posting in the range, filtered or
+    not, so filters never break the running balance."""
+    span = _dated_span(session, account_id, filters.dated(zone))
+    if span is None:
+        return
+    low, high = span
+    in_span = [Posting.account_id == account_id]
+    if low is not None:
+        in_span += [Posting.id >= low, Posting.id <= high]
+    opening = (
+        select(func.coalesce(func.sum(Posting.amount), 0))
+        .where(*([Posting.account_id == account_id] + ([] if high is None else [Posting.id <= high])))
+        .scalar_subquery()
+    )
+    conditions = filters.conditions(zone)
+    shown = and_(*conditions) if conditions else true()
+    query = (
+        select(*_LINE_COLUMNS, shown.label("shown"), opening.label("balance_after_newest"))
         .join(JournalEntry, JournalEntry.id == Posting.entry_id)
-        .where(Posting.account_id == account_id)
+        .where(*in_span)
         .order_by(Posting.id.desc())
-        .limit(limit)
-    ).all()
-    names = _counterparties(session, account_id, [line.entry_id for line in lines])
-    return [
-        StatementRow(
-            date=line.created_at.astimezone(zone),
-            counterparty=names.get(line.entry_id, ""),
-            reference=line.reference,
-            type=line.type,
-            description=line.description,
-            amount=line.amount,
-            balance=int(line.balance),
-            event_id=line.event_id,
-            session_id=line.session_id,
-        )
-        for line in lines
-    ]
+        .execution_options(yield_per=batch)
+    )
+    balance: int | None = None
+    known: dict[int, str] = {}  # account id -> name, for the whole download
+    for part in session.connection().execute(query).partitions():
+        wanted = [line for line in part if line.shown]
+        names = _counterparties(session, account_id, [line.entry_id for line in wanted], known)
+        for line in part:
+            if balance is None:
+                balance = int(line.balance_after_newest)
+            if line.shown:
+                yield _row(line, balance, names, zone)
+            balance -= line.amount
 
 
-def statement_csv(rows: Sequence[StatementRow]) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
-    for row in rows:
-        cells = row.as_json()
-        writer.writerow(
-            [
-                cells["date"],
-                _csv_safe(row.counterparty),
-                _csv_safe(row.reference),
-                cells["type"],
-                _csv_safe(row.description),
-                cells["amount"],
-                cells["balance"],
-                _csv_safe(row.event_id or ""),
-                _csv_safe(row.session_id or ""),
-            ]
+# A cursor is opaque to clients: the id of the last posting shown and the balance before it,
+# with a check that binds both to the account and filters it was issued for (one from another
+# statement is refused, not misread) and, keyed by the service's secret, vouches for the balance.
+_CURSOR = re.compile(r"([1-9][0-9]{0,17})\.(-?[0-9]{1,18})\.([0-9a-f]{32})")
+
+
+@dataclass(frozen=True)
+class Position:
+    posting_id: int  # the next page shows older postings than this one
+    balance: int | None  # the account's balance before it; None: not vouched for
+
+
+def make_cursor(position: Position, fingerprint: str, key: bytes | None) -> str:
+    text = f"{position.posting_id}.{position.balance or 0}"
+    return base64.urlsafe_b64encode(f"{text}.{_check(text, fingerprint, key)}".encode()).decode().rstrip("=")
+
+
+def read_cursor(cursor: str, fingerprint: str, key: bytes | None) -> Position:
+    """Where a cursor this statement issued points; InvalidInput naming `cursor` otherwise."""
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii") if len(cursor) <= 100 else ""
+    except (ValueError, UnicodeError):
+        text = ""
+    found = _CURSOR.fullmatch(text)
+    if found is None:
+        raise InvalidInput("cursor: not a cursor of this service; use next_cursor as given", field="cursor")
+    posting_id, balance, check = found.groups()
+    if not hmac.compare_digest(check, _check(f"{posting_id}.{balance}", fingerprint, key)):
+        raise InvalidInput(
+            "cursor: issued for another statement (account, dates or filters); start again without it",
+            field="cursor",
         )
-    return out.getvalue()
+    return Position(int(posting_id), int(balance) if key is not None else None)
+
+
+def _check(text: str, fingerprint: str, key: bytes | None) -> str:
+    return hmac.new(key or b"unkeyed", f"{fingerprint}:{text}".encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def cursor_key(secret: str | None) -> bytes | None:
+    """The key that signs cursors, derived from the service's secret (PAYMENTS_API_TOKEN), so a
+    cursor reveals nothing of it; None without one."""
+    return hmac.new(secret.encode(), b"payments statement cursor", hashlib.sha256).digest() if secret else None
+
+
+def download_rows(lines: Iterable[StatementRow]) -> Iterator[tuple[object, ...]]:
+    """A CSV's rows: the header, then each line's cells as the JSON shows them."""
+    yield CSV_COLUMNS
+    for row in lines:
+        yield (row.date.isoformat(timespec="seconds"), row.counterparty, row.reference, row.type, row.description,
+               format_cents(row.amount), format_cents(row.balance), row.event_id, row.session_id)
+
+
+def sheet_rows(lines: Iterable[StatementRow]) -> Iterator[tuple[object, ...]]:
+    """An XLSX sheet's rows: the same columns; dates as local times, money as Decimal."""
+    yield CSV_COLUMNS
+    for row in lines:
+        yield (row.date.replace(tzinfo=None), row.counterparty, row.reference, row.type, row.description,
+               cents_decimal(row.amount), cents_decimal(row.balance), row.event_id, row.session_id)
+
+
+def cents_decimal(cents: int) -> Decimal:
+    return Decimal(cents).scaleb(-2)
+
+
+_LINE_COLUMNS = (
+    Posting.id,
+    Posting.amount,
+    Posting.entry_id,
+    JournalEntry.created_at,
+    JournalEntry.type,
+    JournalEntry.description,
+    JournalEntry.reference,
+    JournalEntry.event_id,
+    JournalEntry.session_id,
+)
+
+
+def _lines_query(account_id: int, conditions: list[ColumnElement[bool]]) -> Select[*tuple[Any, ...]]:
+    return (
+        select(*_LINE_COLUMNS)
+        .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+        .where(Posting.account_id == account_id, *conditions)
+    )
+
+
+def _row(line: Any, balance: int, names: dict[int, str], zone: ZoneInfo) -> StatementRow:
+    _, amount, entry_id, created_at, type_, description, reference, event_id, session_id = line[:9]
+    return StatementRow(created_at.astimezone(zone), names.get(entry_id, ""), reference, type_, description,
+                        amount, balance, event_id, session_id)
+
+
+def _matches_search(search: str) -> ColumnElement[bool]:
+    """The description, or the first or last name of a member with a posting in the entry,
+    holds `search` (any case; `%` and `_` are plain characters)."""
+    other = aliased(Posting)
+    named = (
+        select(other.id)
+        .join(Member, Member.account_id == other.account_id)
+        .where(
+            other.entry_id == JournalEntry.id,
+            or_(Member.first_name.icontains(search, autoescape=True), Member.last_name.icontains(search, autoescape=True)),
+        )
+        .exists()
+    )
+    return or_(JournalEntry.description.icontains(search, autoescape=True), named)
+
+
+def _balances_after(session: Session, account_id: int, ids: list[int], before: Position | None) -> dict[int, int]:
+    """The account's balance after each of these postings, in one statement: a running sum over
+    every posting of the account from the oldest of them up to the cursor (index-only), counted
+    from the balance the cursor vouches for, else from an index-only sum of the postings before
+    the oldest."""
+    low = min(ids)
+    if before is not None and before.balance is not None:
+        # Newest first from just below the cursor: the balance after a posting is the balance
+        # before the cursor less every posting after it.
+        later = func.sum(Posting.amount).over(order_by=Posting.id.desc()) - Posting.amount
+        span = (
+            select(Posting.id, (before.balance - later).label("after"))
+            .where(Posting.account_id == account_id, Posting.id >= low, Posting.id < before.posting_id)
+            .subquery()
+        )
+    else:
+        opening = (
+            select(func.coalesce(func.sum(Posting.amount), 0))
+            .where(Posting.account_id == account_id, Posting.id < low)
+            .scalar_subquery()
+        )
+        span = (
+            select(Posting.id, (opening + func.sum(Posting.amount).over(order_by=Posting.id)).label("after"))
+            .where(Posting.account_id == account_id, Posting.id >= low, Posting.id <= max(ids))
+            .subquery()
+        )
+    found = session.execute(select(span.c.id, span.c.after).where(span.c.id.in_(ids)))
+    return {posting_id: int(balance) for posting_id, balance in found}
+
+
+def _empty_page_balance(
+    session: Session, account_id: int, before: Position | None, filters: Filters, zone: ZoneInfo
+) -> int:
+    """Where an empty page stands: before the cursor's line, else at the end of the range."""
+    if before is not None:
+        if before.balance is not None:
+            return before.balance
+        total = session.scalar(
+            select(func.coalesce(func.sum(Posting.amount), 0)).where(
+                Posting.account_id == account_id, Posting.id < before.posting_id
+            )
+        )
+        return int(total or 0)
+    if filters.last is not None:
+        return ledger.balance_at(session, account_id, end_of_local_day(filters.last, zone))
+    return ledger.balance(session, account_id)
+
+
+@contextmanager
+def _planned_for_its_values(session: Session) -> Iterator[None]:
+    """Run a query unprepared, so PostgreSQL plans it for its values. psycopg prepares a query
+    on its fifth run, and PostgreSQL may then keep one generic plan, which cannot see that a
+    cursor or a date range makes walking the account's index from the newest line cheap or
+    dear (measured: 150 ms a page with a generic plan, 25 ms planned for the values)."""
+    if dialect_name(session) != "postgresql":
+        yield
+        return
+    driver: Any = session.connection().connection.driver_connection  # a psycopg Connection
+    before = driver.prepare_threshold
+    driver.prepare_threshold = None
+    try:
+        yield
+    finally:
+        driver.prepare_threshold = before
+
+
+def _dated_span(
+    session: Session, account_id: int, dated: list[ColumnElement[bool]]
+) -> tuple[int | None, int | None] | None:
+    """The lowest and highest posting id of the account's lines in the date range: (None, None)
+    without a range, None when the range holds none. Ids follow booking times only roughly
+    (concurrent bookings), so a download walks every posting between the two, in range or not."""
+    if not dated:
+        return None, None
+    with _planned_for_its_values(session):
+        low, high = session.execute(
+            select(func.min(Posting.id), func.max(Posting.id))
+            .join(JournalEntry, JournalEntry.id == Posting.entry_id)
+            .where(Posting.account_id == account_id, *dated)
+        ).one()
+    return None if low is None else (low, high)
 
 
 def summary_days(value: object) -> int | None:
@@ -233,39 +527,47 @@ def admin_summary(session: Session, *, now: datetime | None = None) -> dict[str,
     }
 
 
-def _counterparties(session: Session, account_id: int, entry_ids: list[int]) -> dict[int, str]:
-    """For each entry, the name of the other side with the largest amount."""
+def _counterparties(
+    session: Session, account_id: int, entry_ids: list[int], known: dict[int, str] | None = None
+) -> dict[int, str]:
+    """For each entry, the name of the other side with the largest amount. Names already in
+    `known` (account id -> name; a download keeps one for its whole run) are not read again."""
     if not entry_ids:
         return {}
-    rows = session.execute(
-        select(
-            Posting.entry_id,
-            Posting.amount,
-            Account.kind,
-            Account.owner,
-            Member.first_name,
-            Member.last_name,
-            Organisation.name,
+    connection = session.connection()
+    sides = connection.execute(
+        select(Posting.entry_id, Posting.account_id, Posting.amount).where(
+            _among(session, Posting.entry_id, entry_ids), Posting.account_id != account_id
         )
-        .join(Account, Account.id == Posting.account_id)
-        .outerjoin(Member, Member.account_id == Account.id)
-        .outerjoin(Organisation, Organisation.account_id == Account.id)
-        .where(Posting.entry_id.in_(entry_ids), Posting.account_id != account_id)
-        .order_by(Posting.entry_id, case((Posting.amount < 0, -Posting.amount), else_=Posting.amount).desc())
-    ).all()
-    names: dict[int, str] = {}
-    for row in rows:
-        if row.entry_id in names:
-            continue
-        if row.kind == AccountKind.MEMBER.value:
-            names[row.entry_id] = f"{row.first_name} {row.last_name} ({row.owner})"
-        elif row.kind == AccountKind.ORGANISATION.value:
-            names[row.entry_id] = row.name or row.owner
-        else:
-            names[row.entry_id] = _SYSTEM_NAMES.get(row.owner, row.owner)
-    return names
+    )
+    largest: dict[int, tuple[int, int]] = {}
+    for entry_id, other, amount in sides:
+        if entry_id not in largest or abs(amount) > largest[entry_id][1]:
+            largest[entry_id] = (other, abs(amount))
+    names = {} if known is None else known
+    missing = {other for other, _ in largest.values()} - names.keys()
+    if missing:
+        found = connection.execute(
+            select(Account.id, Account.kind, Account.owner, Member.first_name, Member.last_name, Organisation.name)
+            .outerjoin(Member, Member.account_id == Account.id)
+            .outerjoin(Organisation, Organisation.account_id == Account.id)
+            .where(_among(session, Account.id, sorted(missing)))
+        )
+        for other, kind, owner, first, last, org_name in found:
+            if kind == AccountKind.MEMBER.value:
+                names[other] = f"{first} {last} ({owner})"
+            elif kind == AccountKind.ORGANISATION.value:
+                names[other] = org_name or owner
+            else:
+                names[other] = _SYSTEM_NAMES.get(owner, owner)
+    return {entry_id: names[other] for entry_id, (other, _) in largest.items()}
 
 
-def _csv_safe(cell: str) -> str:
-    """Keep spreadsheets from running a cell as a formula (CSV injection)."""
-    return "'" + cell if cell[:1] in ("=", "+", "-", "@", "\t", "\r") else cell
+def _among(session: Session, column: InstrumentedAttribute[int], ids: list[int]) -> ColumnElement[bool]:
+    """`column IN ids`; on PostgreSQL as one array parameter (a thousand ids are one value to
+    send, not a thousand placeholders to parse)."""
+    if dialect_name(session) == "postgresql":
+        return column == any_(bindparam(None, ids, type_=ARRAY(BigInteger)))
+    return column.in_(ids)
+
+

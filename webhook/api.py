@@ -7,17 +7,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from shared import access, fields, ledger, profiles, statements
+from shared import access, fields, ledger, periods, profiles, statements
 from shared.adjustments import Adjustment, book_adjustment
 from shared.errors import InvalidInput
-from shared.models import Member, Organisation
+from shared.models import EntryType, Member, Organisation, utcnow
 from shared.money import format_cents, parse_cents
 from shared.profiles import KEEP, Keep, MemberDetails, OrganisationDetails
 from webhook import auth, context
 from webhook.auth import action
+from webhook.downloads import csv_download, xlsx_download
 
 blueprint = Blueprint("api", __name__, url_prefix="/api")
 T = TypeVar("T")
@@ -85,10 +86,12 @@ def member_balance(member_id: str) -> ResponseReturnValue:
 @action(access.MEMBERS_STATEMENT)
 def member_statement(member_id: str) -> ResponseReturnValue:
     member_id = fields.identifier(member_id, "member_id")
+    for narrowing in _NARROWING:  # a member's statement is short: dates only (CONTRACT)
+        if narrowing in request.args:
+            raise InvalidInput(f"{narrowing}: only an organisation's statement takes it", field=narrowing)
     with context.transaction() as session:
-        member = profiles.get_member(session, member_id)
-        rows = statements.statement(session, member.account_id, context.settings().time_zone)
-    return _statement_response(rows, f"statement-member-{member_id}.csv")
+        account_id = profiles.get_member(session, member_id).account_id
+    return _statement_response(account_id, {"member_id": member_id}, f"statement-member-{member_id}")
 
 
 # Organisations ----------------------------------------------------------------------------
@@ -144,9 +147,8 @@ def organisation_balance(org_id: str) -> ResponseReturnValue:
 def organisation_statement(org_id: str) -> ResponseReturnValue:
     org_id = fields.identifier(org_id, "organisation_id")
     with context.transaction() as session:
-        org = profiles.get_organisation(session, org_id)
-        rows = statements.statement(session, org.account_id, context.settings().time_zone)
-    return _statement_response(rows, f"statement-organisation-{org_id}.csv")
+        account_id = profiles.get_organisation(session, org_id).account_id
+    return _statement_response(account_id, {"organisation_id": org_id}, f"statement-organisation-{org_id}")
 
 
 @blueprint.get("/organisations/<org_id>/summary")
@@ -251,17 +253,68 @@ def _balance_on(session: Any, account_id: int, day: str, **who: str) -> dict[str
     return {**who, "date": local.isoformat(), "balance": format_cents(cents)}
 
 
-def _statement_response(rows: list[statements.StatementRow], filename: str) -> ResponseReturnValue:
+_NARROWING = ("event_id", "session_id", "type", "search")
+_STATEMENT_FORMATS = ("json", "csv", "xlsx")
+MAX_STATEMENT_LIMIT = 1000
+
+
+def _statement_response(account_id: int, owner: dict[str, str], filename: str) -> ResponseReturnValue:
+    """A statement page (JSON), or the whole range as a streamed CSV or XLSX (no limit or
+    cursor there). Every argument is checked before a download starts, so errors stay JSON."""
+    zone = context.settings().time_zone
     wanted = request.args.get("format", "json")
+    if wanted not in _STATEMENT_FORMATS:
+        raise InvalidInput(f"format: {wanted!r} is not one of {', '.join(_STATEMENT_FORMATS)}", field="format")
+    period = periods.from_args(request.args, utcnow().astimezone(zone).date())
+    chosen = {"from", "to", "period"} & set(request.args)
+    filters = statements.Filters(
+        first=period.first if chosen - {"to"} else None,
+        last=period.last if chosen - {"from"} else None,
+        event_id=_optional_arg("event_id", fields.identifier),
+        session_id=_optional_arg("session_id", fields.identifier),
+        type=_optional_arg("type", _entry_type),
+        search=_optional_arg("search", lambda value, field: fields.text(value, field, max_length=100) or None),
+    )
     if wanted == "csv":
-        return Response(
-            statements.statement_csv(rows),
-            mimetype="text/csv",
-            headers={"Content-Disposition": f'attachment; filename="{filename}"'},
-        )
-    if wanted != "json":
-        raise InvalidInput(f"format: {wanted!r} is not json or csv", field="format")
-    return jsonify({"rows": [row.as_json() for row in rows]})
+        return csv_download(f"{filename}.csv", lambda session: statements.download_rows(
+            statements.lines(session, account_id, zone, filters)))
+    if wanted == "xlsx":
+        return xlsx_download(f"{filename}.xlsx", lambda session: [("Transactions", statements.sheet_rows(
+            statements.lines(session, account_id, zone, filters)))])
+    limit = _limit(request.args.get("limit"))
+    cursor = request.args.get("cursor")
+    with context.transaction() as session:
+        page = statements.page(session, account_id, zone, filters, limit=limit, cursor=cursor,
+                               key=statements.cursor_key(context.settings().api_token))
+    return jsonify({
+        **owner,
+        "rows": [row.as_json() for row in page.rows],
+        "next_cursor": page.next_cursor,
+        "opening_balance": format_cents(page.opening_balance),
+        "closing_balance": format_cents(page.closing_balance),
+        **period.as_json(),
+    })
+
+
+def _optional_arg(name: str, check: Callable[[str, str], T]) -> T | None:
+    """A query argument checked by `check`, or None when it is absent or blank."""
+    value = request.args.get(name)
+    return None if value is None or not value.strip() else check(value, name)
+
+
+def _entry_type(value: str, field: str) -> str:
+    if value not in {t.value for t in EntryType}:
+        raise InvalidInput(f"{field}: {value[:60]!r} is not an entry type", field=field)
+    return value
+
+
+def _limit(value: str | None) -> int:
+    if value is None:
+        return 100
+    if not (value.isascii() and value.isdigit() and len(value) <= 4 and 1 <= int(value) <= MAX_STATEMENT_LIMIT):
+        raise InvalidInput(f"limit: {value[:20]!r} is not a whole number from 1 to {MAX_STATEMENT_LIMIT}",
+                           field="limit")
+    return int(value)
 
 
 # Money movements (webhook/movements.py) and saved cards (webhook/cards.py) are nested under

@@ -8,10 +8,12 @@ import csv
 import io
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 import pytest
 from freezegun import freeze_time
+from openpyxl import load_workbook
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import ledger, profiles, statements
@@ -247,7 +249,43 @@ def test_the_statement_of_an_account_without_entries_is_empty(sessions, history)
 def test_the_json_statement_matches_the_expected_table(client, auth, history, path, expected) -> None:
     response = client.get(path, headers=auth)
     assert response.status_code == 200
-    assert response.get_json() == {"rows": _as_json_rows(expected)}
+    owner = {"organisation_id": "club"} if "organisations" in path else {"member_id": path.split("/")[3]}
+    opening = int(expected[-1][6].replace(".", "")) - int(expected[-1][5].replace(".", ""))
+    assert response.get_json() == {
+        **owner,
+        "rows": _as_json_rows(expected),
+        "next_cursor": None,
+        "opening_balance": f"{opening / 100:.2f}",
+        "closing_balance": expected[0][6],
+        "from": "1901-01-01",
+        "to": date.today().isoformat(),
+    }
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [("/api/members/ann/statement", ANN_ROWS), ("/api/organisations/club/statement", CLUB_ROWS)],
+)
+@pytest.mark.parametrize("limit", [1, 2, 4])
+def test_the_json_statement_in_pages_is_the_expected_table_cut_in_pieces(client, auth, history, path, expected, limit) -> None:
+    """Each page holds the next `limit` lines, cell by cell; its opening balance is its oldest
+    line's balance minus its amount, its closing balance its newest line's balance."""
+    rows, cursor, pages = [], None, 0
+    while True:
+        query = {"limit": limit} if cursor is None else {"limit": limit, "cursor": cursor}
+        body = client.get(path, query_string=query, headers=auth).get_json()
+        want = _as_json_rows(expected[pages * limit:(pages + 1) * limit])
+        assert body["rows"] == want
+        assert body["closing_balance"] == want[0]["balance"]
+        oldest = want[-1]
+        assert body["opening_balance"] == f"{(int(oldest['balance'].replace('.', '')) - int(oldest['amount'].replace('.', ''))) / 100:.2f}"
+        rows += body["rows"]
+        pages += 1
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert rows == _as_json_rows(expected)
+    assert pages == -(-len(expected) // limit)
 
 
 def _csv_cells(rows: list[list[str]]) -> list[list[str]]:
@@ -292,7 +330,7 @@ def test_a_description_starting_with_equals_gets_a_leading_apostrophe_only_in_cs
 
 
 @pytest.mark.parametrize("prefix", ["=", "+", "-", "@"])
-def test_every_formula_prefix_in_a_csv_text_cell_is_escaped(sessions, history, prefix) -> None:
+def test_every_formula_prefix_in_a_csv_or_xlsx_text_cell_is_escaped(client, auth, sessions, history, prefix) -> None:
     _at(
         "2026-03-13T00:00:00Z",
         sessions,
@@ -300,9 +338,7 @@ def test_every_formula_prefix_in_a_csv_text_cell_is_escaped(sessions, history, p
             s, Adjustment("adj-f", 1_00, f"{prefix}cmd|' /C calc'!A0", "admin-7", member_id="bob")
         ),
     )
-    with sessions.begin() as session:
-        rows = statements.statement(session, history.bob, SYDNEY)
-    newest = _parse_csv(statements.statement_csv(rows))[1]
+    newest = _parse_csv(client.get("/api/members/bob/statement?format=csv", headers=auth).get_data(as_text=True))[1]
     assert newest == [
         "2026-03-13T11:00:00+11:00",
         "Adjustments",
@@ -314,6 +350,61 @@ def test_every_formula_prefix_in_a_csv_text_cell_is_escaped(sessions, history, p
         "",
         "",
     ]
+    sheet = _xlsx_cells(client.get("/api/members/bob/statement?format=xlsx", headers=auth))
+    assert sheet[1] == [
+        datetime(2026, 3, 13, 11, 0),
+        "Adjustments",
+        "adj-f",
+        "Manual Adjustment",
+        f"'{prefix}cmd|' /C calc'!A0",
+        Decimal("1.00"),
+        Decimal("21.00"),
+        None,
+        None,
+    ]
+
+
+def _xlsx_cells(response) -> list[list[object]]:  # type: ignore[no-untyped-def]
+    """The one sheet `Transactions` of an XLSX answer, read back with openpyxl."""
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.mimetype == "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+    data = response.get_data()
+    response.close()  # closes the temporary file the workbook was written to
+    book = load_workbook(io.BytesIO(data))
+    assert book.sheetnames == ["Transactions"]
+    return [[_decimal(cell) for cell in row] for row in book["Transactions"].iter_rows(values_only=True)]
+
+
+def _decimal(cell: object) -> object:
+    """openpyxl reads numbers back as int or float: money compares as Decimal to the cent."""
+    return Decimal(str(cell)).quantize(Decimal("0.01")) if isinstance(cell, int | float) else cell
+
+
+def _sheet_cells(rows: list[list[str]]) -> list[list[object]]:
+    """What the XLSX must hold: local times without an offset, money as Decimal, guarded text."""
+    return [HEADER] + [
+        [datetime.fromisoformat(row[0]).replace(tzinfo=None), row[1], row[2], row[3],
+         "'" + row[4] if row[4].startswith("=") else row[4], Decimal(row[5]), Decimal(row[6]),
+         row[7] or None, row[8] or None]
+        for row in rows
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected", "filename"),
+    [
+        ("/api/members/ann/statement?format=xlsx", ANN_ROWS, "statement-member-ann.xlsx"),
+        ("/api/members/bob/statement?format=xlsx", BOB_ROWS, "statement-member-bob.xlsx"),
+        ("/api/organisations/club/statement?format=xlsx", CLUB_ROWS, "statement-organisation-club.xlsx"),
+    ],
+)
+def test_the_xlsx_statement_matches_the_expected_table_cell_by_cell(client, auth, history, path, expected, filename) -> None:
+    response = client.get(path, headers=auth)
+    assert response.headers["Content-Disposition"] == f"attachment; filename={filename}"
+    cells, want = _xlsx_cells(response), _sheet_cells(expected)
+    assert len(cells) == len(want)
+    for line, (got, wanted) in enumerate(zip(cells, want, strict=True)):
+        assert got == wanted, f"XLSX row {line + 1}"
 
 
 # Balances at the end of a local date -----------------------------------------------------
