@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import random
 import resource
 import statistics
 import sys
@@ -141,6 +140,136 @@ def load(url: str) -> None:
     print(f"  {postings:,} postings loaded and vacuumed in {time.perf_counter() - started:.0f} s", flush=True)
 
 
+
+def app_client(url: str):  # type: ignore[no-untyped-def]
+    """The real Flask app on the loaded database, and the bootstrap admin's headers."""
+    from shared.config import Settings
+    from webhook import create_app
+
+    settings = Settings(database_url=url, broker_url="redis://127.0.0.1:6379/7", api_token=TOKEN,
+                        ops_cache_seconds=0, rate_limit=None)
+    return create_app(settings).test_client(), {"Authorization": f"Bearer {TOKEN}"}
+
+
+def get(client, headers, path: str) -> tuple[float, dict]:  # type: ignore[no-untyped-def]
+    started = time.perf_counter()
+    response = client.get(path, headers=headers)
+    response.get_data()  # a download streams: read all of it
+    elapsed = time.perf_counter() - started
+    assert response.status_code == 200, f"{path}: {response.status_code} {response.get_data()[:300]!r}"
+    return elapsed, response.get_json() if response.mimetype == "application/json" else {}
+
+
+def statement_pages(url: str) -> tuple[float, float, float, int]:
+    """p50 and p99 (ms) of 100-row pages of the big club at PAGES random cursor positions, and
+    the p99 of its first page (no cursor: the balance is one sum over its postings).
+
+    A cursor is signed (it carries the balance before its posting), so a cursor at a random
+    position is made as the service makes one: `statements.make_cursor` with the service's key."""
+    from shared import statements
+
+    client, headers = app_client(url)
+    base = f"/api/organisations/{BIG_CLUB}/statement?limit=100"
+    first_pages = [get(client, headers, base)[0] for _ in range(21)][1:]  # the first warms up
+    with psycopg.connect(url) as conn:
+        account = conn.execute("SELECT account_id FROM organisations WHERE org_id = %s", (BIG_CLUB,)).fetchone()[0]
+        positions = conn.execute(
+            "SELECT id, before FROM (SELECT id, sum(amount) OVER (ORDER BY id) - amount AS before"
+            " FROM postings WHERE account_id = %s) p ORDER BY random() LIMIT %s", (account, PAGES)).fetchall()
+    fingerprint, key = statements.Filters().fingerprint(account), statements.cursor_key(TOKEN)
+    times: list[float] = []
+    for posting_id, before in positions:
+        cursor = statements.make_cursor(statements.Position(posting_id, int(before)), fingerprint, key)
+        elapsed, page = get(client, headers, f"{base}&cursor={cursor}")
+        times.append(elapsed)
+        assert page["rows"] and page["closing_balance"] == f"{before / 100:.2f}", page["closing_balance"]
+    times.sort()
+    first_pages.sort()
+    p99 = lambda values: values[max(0, int(len(values) * 0.99) - 1)] * 1000  # noqa: E731
+    return times[len(times) // 2] * 1000, p99(times), p99(first_pages), len(times)
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def _stream_csv(url: str, out: multiprocessing.Queue) -> None:
+    """In a fresh process: the big club's whole statement as CSV, read as it streams."""
+    client, headers = app_client(url)
+    get(client, headers, f"/api/organisations/{BIG_CLUB}/statement?limit=1")  # warm: imports, connections
+    before = _rss_kib()
+    started = time.perf_counter()
+    response = client.get(f"/api/organisations/{BIG_CLUB}/statement?format=csv", headers=headers, buffered=False)
+    assert response.status_code == 200 and response.is_streamed
+    lines = sum(chunk.count(b"\n") for chunk in response.response)
+    elapsed = time.perf_counter() - started
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    out.put((lines - 1, elapsed, (peak - before) / 1024))
+
+
+def streamed_csv(url: str) -> tuple[int, float, float]:
+    """Rows, rows/s and the serving process's peak RSS growth (MiB)."""
+    out: multiprocessing.Queue = multiprocessing.get_context("spawn").Queue()
+    child = multiprocessing.get_context("spawn").Process(target=_stream_csv, args=(url, out))
+    child.start()
+    rows, elapsed, growth = out.get(timeout=600)
+    child.join()
+    return rows, rows / elapsed, growth
+
+
+def timed(url: str, path: str, runs: int = 5) -> tuple[float, float, dict]:
+    """Median and worst seconds of `runs` GETs (after one to warm up), and the last answer."""
+    client, headers = app_client(url)
+    get(client, headers, path)
+    times, answer = [], {}
+    for _ in range(runs):
+        elapsed, answer = get(client, headers, path)
+        times.append(elapsed)
+    return statistics.median(times), max(times), answer
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--skip-load", action="store_true", help="reuse the loaded database")
+    args = parser.parse_args()
+    url = url_for(BENCH_DB)
+    if not args.skip_load:
+        recreate_database(BENCH_DB)
+        load(url)
+    schema.upgrade(url)  # a database loaded by an older checkout gets the newer migrations
+    with psycopg.connect(url) as conn:
+        postings, club = conn.execute(
+            "SELECT count(*), count(*) FILTER (WHERE account_id = (SELECT account_id FROM organisations"
+            " WHERE org_id = %s)) FROM postings", (BIG_CLUB,)).fetchone()
+    print(f"ledger: {postings:,} postings, {club:,} of them on {BIG_CLUB}", flush=True)
+
+    p50, p99, first_p99, pages = statement_pages(url)
+    rows, rate, growth = streamed_csv(url)
+    day = "2026-06-30"
+    csv_median, csv_worst, _ = timed(url, f"/api/reports/balances?kind=member&date={day}&format=csv", runs=3)
+    json_median, json_worst, balances = timed(url, f"/api/reports/balances?kind=member&date={day}", runs=3)
+    rec_median, rec_worst, rec = timed(url, f"/api/reports/reconciliation?date={day}", runs=3)
+    assert rec["sum"] == "0.00", rec
+
+    results = [
+        (f"statement page, 100 rows, {pages} random cursors", f"p50 {p50:.1f} ms, p99 {p99:.1f} ms", "p99 < 50 ms",
+         p99 < 50),
+        ("  its first page (no cursor), 20 times", f"p99 {first_p99:.1f} ms", "p99 < 50 ms", first_p99 < 50),
+        (f"CSV of {BIG_CLUB}'s history ({rows:,} rows)", f"{rate:,.0f} rows/s, RSS +{growth:.1f} MiB",
+         ">= 50,000 rows/s, RSS growth < 50 MB", rate >= 50_000 and growth < 50),
+        (f"balances at {day}, {balances['count']:,} members, CSV",
+         f"median {csv_median:.2f} s, worst {csv_worst:.2f} s", "< 2 s", csv_worst < 2),
+        ("  the same, JSON (first page, count and total)", f"median {json_median:.2f} s, worst {json_worst:.2f} s",
+         "< 2 s", json_worst < 2),
+        (f"reconciliation at {day}", f"median {rec_median:.2f} s, worst {rec_worst:.2f} s", "< 2 s", rec_worst < 2),
+    ]
+    width = max(len(r[0]) for r in results)
+    print(f"\n{'measure':<{width}}  {'result':<36}  {'target':<36}  met")
+    for name, result, target, met in results:
+        print(f"{name:<{width}}  {result:<36}  {target:<36}  {'yes' if met else 'NO'}")
+    return 0 if all(r[3] for r in results) else 1
+
+
 if __name__ == "__main__":
-    recreate_database(BENCH_DB)
-    load(url_for(BENCH_DB))
+    sys.exit(main())

@@ -22,12 +22,12 @@ from datetime import date, datetime
 from typing import Any, Unpack
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, func, literal, or_, select, true
+from sqlalchemy import Select, func, literal, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from shared import fields, periods
+from shared import fields, periods, statements
 from shared.errors import InvalidInput
-from shared.models import Account, AccountKind, EntryType, JournalEntry, Member, Organisation, Posting
+from shared.models import EntryType, JournalEntry, Member, Organisation, Posting
 from shared.money import format_cents, to_decimal
 from shared.org_movements import CATEGORY, Category, club_category_is, movement_summary
 from shared.periods import Period
@@ -144,33 +144,13 @@ def _filtered(query: Lines, category: Category | None, search: str | None, type_
 
 
 def _named(query: Lines, account_id: int) -> Lines:
-    """The query with who is on the other side of each line: the member or organisation (or
-    system account) with the largest amount, as statements name them. A lateral join: one index
-    look-up per line, in the same (streamed) query."""
-    other = aliased(Posting)
-    side = (
-        select(Account.kind, Account.owner, Member.first_name, Member.last_name, Organisation.name)
-        .select_from(other)
-        .join(Account, Account.id == other.account_id)
-        .outerjoin(Member, Member.account_id == Account.id)
-        .outerjoin(Organisation, Organisation.account_id == Account.id)
-        .where(other.entry_id == Posting.entry_id, other.account_id != account_id)
-        .order_by(func.abs(other.amount).desc(), other.id)
-        .limit(1)
-        .lateral("other_side")
-    )
-    return query.outerjoin(side, true()).add_columns(*side.c)
+    """The query with who is on the other side of each line, named as statements name them."""
+    return query.add_columns(statements.counterparty(account_id))
 
 
 def _as_line(row: Any, zone: ZoneInfo) -> Line:
-    if row.kind == AccountKind.MEMBER.value:
-        counterparty = f"{row.first_name} {row.last_name} ({row.owner})"
-    elif row.kind == AccountKind.ORGANISATION.value:
-        counterparty = row.name
-    else:
-        counterparty = (row.owner or "").capitalize()
-    return Line(row.id, row.created_at.astimezone(zone), counterparty, row.reference, row.type, row.description,
-                row.session_id, row.event_id, row.amount)
+    return Line(row.id, row.created_at.astimezone(zone), row.counterparty or "", row.reference, row.type,
+                row.description, row.session_id, row.event_id, row.amount)
 
 
 def _streamed_lines(session: Session, account_id: int, query: Lines, zone: ZoneInfo) -> Iterator[Line]:

@@ -8,15 +8,19 @@ made before a write can never be stale.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+T = TypeVar("T")
 
 
 def normalise_url(url: str) -> str:
@@ -102,3 +106,48 @@ def dialect_name(session: Session) -> str:
 def dialect_insert(session: Session) -> Any:
     """The INSERT construct of the session's database, which has ON CONFLICT on both."""
     return (postgresql if dialect_name(session) == "postgresql" else sqlite).insert
+
+
+def read_ahead(parts: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """The parts of a streamed result (`result.partitions()`), fetched by a thread of their own
+    while the caller works on the one before: the database computes the next batch while
+    Python formats this one (a download's two halves run on two cores, not one after the other).
+
+    Only the reading thread touches the connection until the parts run out or the caller stops
+    (a closed download): then it is told to stop and joined before the caller goes on."""
+    handoff: queue.Queue[tuple[str, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for part in parts:
+                while not stop.is_set():
+                    try:
+                        handoff.put(("part", part), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            handoff.put(("end", None))
+        except BaseException as error:  # handed to the caller, raised there
+            handoff.put(("error", error))
+
+    reader = threading.Thread(target=read, name="read-ahead", daemon=True)
+    reader.start()
+    try:
+        while True:
+            kind, value = handoff.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock a reader waiting to hand over a part
+            try:
+                handoff.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        reader.join()

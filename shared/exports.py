@@ -18,27 +18,37 @@ from typing import IO
 from openpyxl import Workbook
 
 _PLAIN_NUMBER = re.compile(r"[+-]?\d+(\.\d+)?")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_START = frozenset("=+-@\t\r")
 
 Row = Sequence[object]
 
 
 def safe_cell(cell: str) -> str:
     """The cell as a spreadsheet shows it as text, never runs it (CSV injection)."""
-    if cell[:1] in _FORMULA_START and not _PLAIN_NUMBER.fullmatch(cell):
+    if cell and cell[0] in _FORMULA_START and not _PLAIN_NUMBER.fullmatch(cell):
         return "'" + cell
     return cell
 
 
-def csv_lines(rows: Iterable[Row]) -> Iterator[str]:
-    """Each row as one CSV line (CRLF line ends), text cells guarded; None is an empty cell."""
+def csv_lines(rows: Iterable[Row], *, chunk: int = 64 * 1024) -> Iterator[str]:
+    """The rows as CSV (CRLF line ends), text cells guarded, None an empty cell, given out in
+    pieces of about `chunk` characters of whole lines: one piece per line would cost the web
+    server a write per line."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
+    starts, plain = _FORMULA_START, _PLAIN_NUMBER.fullmatch
     for row in rows:
-        writer.writerow([safe_cell(cell) if isinstance(cell, str) else cell for cell in row])
+        # safe_cell, inlined: this runs for every cell of a download of any size.
+        writer.writerow([
+            "'" + cell if isinstance(cell, str) and cell and cell[0] in starts and not plain(cell) else cell
+            for cell in row
+        ])
+        if buffer.tell() >= chunk:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    if buffer.tell():
         yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
 
 
 def xlsx_file(sheets: Iterable[tuple[str, Iterable[Row]]]) -> IO[bytes]:

@@ -276,8 +276,7 @@ def _statement_response(account_id: int, owner: dict[str, str], filename: str) -
         search=_optional_arg("search", lambda value, field: fields.text(value, field, max_length=100) or None),
     )
     if wanted == "csv":
-        return csv_download(f"{filename}.csv", lambda session: statements.download_rows(
-            statements.lines(session, account_id, zone, filters)))
+        return csv_download(f"{filename}.csv", lambda session: statements.csv_rows(session, account_id, zone, filters))
     if wanted == "xlsx":
         return xlsx_download(f"{filename}.xlsx", lambda session: [("Transactions", statements.sheet_rows(
             statements.lines(session, account_id, zone, filters)))])

@@ -27,9 +27,11 @@ def test_a_cell_that_would_run_is_guarded_and_a_number_is_not(cell: str, shown: 
     assert exports.safe_cell(cell) == shown
 
 
-def test_csv_lines_are_one_per_row_with_crlf() -> None:
-    lines = list(exports.csv_lines([("Date", "Amount"), ("2026-02-01", "-20.00"), ("=1+1", None)]))
-    assert lines == ["Date,Amount\r\n", "2026-02-01,-20.00\r\n", "'=1+1,\r\n"]
+def test_csv_lines_end_in_crlf_and_come_in_pieces_of_whole_lines() -> None:
+    rows = [("Date", "Amount"), ("2026-02-01", "-20.00"), ("=1+1", None)]
+    assert list(exports.csv_lines(rows)) == ["Date,Amount\r\n2026-02-01,-20.00\r\n'=1+1,\r\n"]
+    assert list(exports.csv_lines(rows, chunk=1)) == ["Date,Amount\r\n", "2026-02-01,-20.00\r\n", "'=1+1,\r\n"]
+    assert list(exports.csv_lines([])) == []
 
 
 def test_an_xlsx_reads_back_with_its_sheets_in_order() -> None:
