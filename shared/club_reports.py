@@ -71,18 +71,9 @@ def parse_query(args: Mapping[str, str], today: date) -> Query:
     type_ = args.get("type")
     if type_ is not None and type_ not in {t.value for t in EntryType}:
         raise InvalidInput(f"type: {fields.fit(type_, 40)!r} is not a transaction type", field="type")
-    limit = _whole_number(args, "limit", MAX_LIMIT)
+    limit = fields.whole_number(args.get("limit"), "limit", most=MAX_LIMIT)
     return Query(view=view, period=period, format=fmt, limit=DEFAULT_LIMIT if limit is None else limit,
-                 cursor=_whole_number(args, "cursor", 2**63 - 1), search=search, type=type_)
-
-
-def _whole_number(args: Mapping[str, str], name: str, most: int) -> int | None:
-    value = args.get(name)
-    if value is None:
-        return None
-    if not (value.isascii() and value.isdigit()) or not 1 <= int(value) <= most:
-        raise InvalidInput(f"{name}: {fields.fit(value, 20)!r} is not a whole number from 1 to {most}", field=name)
-    return int(value)
+                 cursor=fields.whole_number(args.get("cursor"), "cursor", most=2**63 - 1), search=search, type=type_)
 
 
 # Lines ------------------------------------------------------------------------------------

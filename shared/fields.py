@@ -112,6 +112,26 @@ def local_date(value: object, field: str) -> date:
         raise InvalidInput(f"{field}: {_show(value)} is not a date YYYY-MM-DD", field=field) from None
 
 
+_WHOLE = re.compile(r"[0-9]{1,19}")
+
+
+def whole_number(value: str | None, field: str, *, most: int, default: int | None = None) -> int | None:
+    """A query argument that is a whole number from 1 to `most` (ASCII digits only: "²" is a
+    digit to Python but not a number), or `default` when it is absent."""
+    if value is None:
+        return default
+    if not _WHOLE.fullmatch(value) or not 1 <= int(value) <= most:
+        raise InvalidInput(f"{field}: {_show(value)} is not a whole number from 1 to {most}", field=field)
+    return int(value)
+
+
+def page_limit(value: str | None, *, default: int = 100, most: int = 1000) -> int:
+    """A list's `limit`: how many rows a page holds (CONTRACT: 100 unless asked, at most 1,000)."""
+    limit = whole_number(value, "limit", most=most, default=default)
+    assert limit is not None
+    return limit
+
+
 def only_one(body: dict[str, Any], *fields: str) -> str:
     """The one of `fields` present in `body`; error if none or several are."""
     present = [f for f in fields if body.get(f) is not None]

@@ -15,14 +15,6 @@ _CURSOR = re.compile(r"(\d{1,18})\.(\d{1,18})")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def limit(value: str | None) -> int:
-    if value is None:
-        return DEFAULT_LIMIT
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
-        raise InvalidInput(f"limit: a whole number from 1 to {MAX_LIMIT}, not {value[:20]!r}", field="limit")
-    return int(value)
-
-
 @dataclass(frozen=True)
 class Cursor:
     """The last row of a page: its time and id; the next page starts below it."""

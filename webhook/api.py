@@ -255,7 +255,6 @@ def _balance_on(session: Any, account_id: int, day: str, **who: str) -> dict[str
 
 _NARROWING = ("event_id", "session_id", "type", "search")
 _STATEMENT_FORMATS = ("json", "csv", "xlsx")
-MAX_STATEMENT_LIMIT = 1000
 
 
 def _statement_response(account_id: int, owner: dict[str, str], filename: str) -> ResponseReturnValue:
@@ -280,7 +279,7 @@ def _statement_response(account_id: int, owner: dict[str, str], filename: str) -
     if wanted == "xlsx":
         return xlsx_download(f"{filename}.xlsx", lambda session: [("Transactions", statements.sheet_rows(
             statements.lines(session, account_id, zone, filters)))])
-    limit = _limit(request.args.get("limit"))
+    limit = fields.page_limit(request.args.get("limit"))
     cursor = request.args.get("cursor")
     with context.transaction() as session:
         page = statements.page(session, account_id, zone, filters, limit=limit, cursor=cursor,
@@ -305,15 +304,6 @@ def _entry_type(value: str, field: str) -> str:
     if value not in {t.value for t in EntryType}:
         raise InvalidInput(f"{field}: {value[:60]!r} is not an entry type", field=field)
     return value
-
-
-def _limit(value: str | None) -> int:
-    if value is None:
-        return 100
-    if not (value.isascii() and value.isdigit() and len(value) <= 4 and 1 <= int(value) <= MAX_STATEMENT_LIMIT):
-        raise InvalidInput(f"limit: {value[:20]!r} is not a whole number from 1 to {MAX_STATEMENT_LIMIT}",
-                           field="limit")
-    return int(value)
 
 
 # Money movements (webhook/movements.py) and saved cards (webhook/cards.py) are nested under

@@ -20,7 +20,7 @@ from datetime import date
 from flask import Blueprint, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 
-from shared import access, card_payments_report, exports, fields, keyset, periods, settlement_history, settlements
+from shared import access, card_payments_report, exports, fields, periods, settlement_history, settlements
 from shared.errors import InvalidInput
 from shared.keyset import Cursor
 from shared.models import utcnow
@@ -65,7 +65,7 @@ def get_settlements() -> ResponseReturnValue:
     org = None if raw_org is None else fields.identifier(raw_org, "organisation_id")
     settings = context.settings()
     period = periods.from_args(request.args, _today(), default="all")
-    limit, cursor = keyset.limit(request.args.get("limit")), Cursor.decode(request.args.get("cursor"))
+    limit, cursor = fields.page_limit(request.args.get("limit")), Cursor.decode(request.args.get("cursor"))
     with context.transaction() as session:
         rows, following = settlement_history.history(
             session, period, settings.time_zone, organisation_id=org, limit=limit, cursor=cursor)
@@ -98,7 +98,7 @@ def get_card_payments() -> ResponseReturnValue:
         member_id=None if raw_member is None else fields.identifier(raw_member, "member_id"),
         period=periods.from_args(request.args, _today(), default="all") if asked_period else None,
         refundable_only=_flag(request.args.get("refundable"), "refundable"),
-        limit=keyset.limit(request.args.get("limit")),
+        limit=fields.page_limit(request.args.get("limit")),
         cursor=Cursor.decode(request.args.get("cursor")),
     )
     with context.transaction() as session:

@@ -109,3 +109,18 @@ def test_one_plain_email_address_is_accepted(address: str) -> None:
 def test_fit_shortens_text_to_the_column_and_marks_the_cut(value: str, fitted: str) -> None:
     assert fields.fit(value, 10) == fitted
     assert len(fields.fit(value, 10)) <= 10
+
+
+@pytest.mark.parametrize("value", ["²", "١٢", "0", "1001", "abc", "-1", " 5", "5 ", "1e3", "", "9" * 40])
+def test_a_page_limit_is_ascii_digits_from_1_to_the_most_or_a_400_naming_limit(value: str) -> None:
+    # "²" and "١٢" are digits to str.isdigit; int() refuses the first (a 500 before) and reads the second.
+    with pytest.raises(InvalidInput) as caught:
+        fields.page_limit(value)
+    assert caught.value.field == "limit"
+
+
+def test_a_page_limit_defaults_and_takes_its_bounds() -> None:
+    assert fields.page_limit(None) == 100
+    assert fields.page_limit("1000") == 1000
+    assert fields.page_limit(None, default=1000, most=10_000) == 1000
+    assert fields.page_limit("10000", default=1000, most=10_000) == 10_000
