@@ -145,7 +145,7 @@ class Settings:
             value = text(name)
             if value is None:
                 return default
-            if not value.isdigit():
+            if not (value.isascii() and value.isdigit()):
                 raise ConfigError(f"{name}: {value!r} is not a whole number", field=name)
             return int(value)
 
@@ -263,7 +263,7 @@ def parse_address(name: str, value: str) -> tuple[str, int]:
     """`host:port` or `port` (host 127.0.0.1: internal unless an operator says otherwise)."""
     host, sep, port = value.strip().rpartition(":")
     host = host.strip("[]") if sep else "127.0.0.1"
-    if not port.isdigit() or not 0 < int(port) < 65536 or not host:
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536 or not host:
         raise ConfigError(f"{name}: {value!r} is not of the form [host:]port", field=name)
     return host, int(port)
 

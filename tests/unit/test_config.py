@@ -64,6 +64,9 @@ def test_variables_override_the_defaults() -> None:
         ("PAYMENTS_HEAL_BACKOFF_MAX_SECONDS", "a day"),
         ("PAYMENTS_HEAL_BATCH", "-5"),
         ("PAYMENTS_INBOX_MAX_ATTEMPTS", "1.5"),
+        ("PAYMENTS_CARD_REFUND_WINDOW_DAYS", "8²"),  # a digit to str.isdigit, not to int()
+        ("PAYMENTS_OUTBOX_MAX_ATTEMPTS", "³"),
+        ("PAYMENTS_METRICS_ADDRESS", "127.0.0.1:90²"),
     ],
 )
 def test_a_bad_value_names_its_variable(name: str, value: str) -> None:
