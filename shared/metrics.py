@@ -8,20 +8,17 @@ to the registry by a collector (`Families`). The latencies are histograms observ
 happens: HTTP requests in the webhook's processes, tasks in the worker's pool processes. Each
 process observes into its own copy; with several processes (gunicorn workers, the prefork pool)
 prometheus-client's multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`, set by `payments webhook` and
-`payments worker` before this module is imported: `use_directory`) adds them up at scrape time.
+`payments worker` before prometheus-client is imported: `payments_cli._multiprocess_metrics`)
+adds them up at scrape time.
 The webhook serves it on its internal listener only; the worker on its own internal address."""
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from datetime import timedelta
-from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest, start_http_server
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -59,28 +56,8 @@ HTTP_SECONDS = Histogram(
     ["method", "route", "status"], buckets=_BUCKETS, registry=HISTOGRAMS)
 INBOX_DELAY_SECONDS = Histogram(
     "payments_inbox_delay_seconds",
-    "Time from a Stripe event's arrival to the end of its processing (processed or ignored)",
-    [], buckets=_BUCKETS, registry=HISTOGRAMS)
-
-
-def use_directory(role: str) -> str:
-    """Turn on multiprocess mode for this process and its children (before prometheus-client is
-    imported: the mode is chosen at import). The operator's PROMETHEUS_MULTIPROC_DIR is used
-    and emptied of the last run's files; without one, a new directory of this process's own,
-    removed when it exits. One directory per server process (a webhook, a worker): the files
-    are named by pid, so two containers sharing one would overwrite each other's."""
-    path = os.environ.get(MULTIPROCESS_VARIABLE, "").strip()
-    if path:
-        Path(path).mkdir(parents=True, exist_ok=True)
-        for stale in Path(path).glob("*.db"):
-            stale.unlink()
-    else:
-        path = tempfile.mkdtemp(prefix=f"payments-{role}-metrics-")
-        owner = os.getpid()
-        # Forked children (gunicorn workers) inherit atexit handlers: only the owner removes it.
-        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(path, ignore_errors=True))
-    os.environ[MULTIPROCESS_VARIABLE] = path
-    return path
+    "Time from a Stripe event's arrival to the end of its processing, by outcome (processed or ignored)",
+    ["outcome"], buckets=_BUCKETS, registry=HISTOGRAMS)
 
 
 def histograms() -> Collector:
@@ -97,6 +74,14 @@ class Families(Collector):
 
     def collect(self) -> Iterator[Metric]:
         return iter(self.families)
+
+
+def serve(host: str, port: int) -> None:
+    """The worker's `/metrics` (its tasks' and events' timings), on a thread of this process:
+    `start_http_server` answers any path with the histograms of every pool process."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(histograms())
+    start_http_server(port, host, registry=registry)
 
 
 def exposition(*collectors: Collector) -> bytes:

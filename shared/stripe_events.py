@@ -93,7 +93,7 @@ def process(
     if handler is None:
         with sessions.begin() as session:
             inbox.finish(session, event_id, EventStatus.IGNORED, f"no handler for {payload['type']}")
-        _observe_delay(received_at)
+        _observe_delay(received_at, EventStatus.IGNORED)
         return "ignored", charges.Effects()
     try:
         effects = handler(sessions, gateway, settings, payload)
@@ -104,11 +104,11 @@ def process(
     status = EventStatus.IGNORED if effects is None else EventStatus.PROCESSED
     with sessions.begin() as session:
         inbox.finish(session, event_id, status, None if effects is not None else "not a payment of ours")
-    _observe_delay(received_at)
+    _observe_delay(received_at, status)
     return status.value, effects or charges.Effects()
 
 
-def _observe_delay(received_at: datetime | None) -> None:
+def _observe_delay(received_at: datetime | None, outcome: EventStatus) -> None:
     """Arrival to done, for `payments_inbox_delay_seconds` (the worker's /metrics)."""
     if received_at is not None:
-        metrics.INBOX_DELAY_SECONDS.observe(max(0.0, (utcnow() - received_at).total_seconds()))
+        metrics.INBOX_DELAY_SECONDS.labels(outcome.value).observe(max(0.0, (utcnow() - received_at).total_seconds()))
