@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.processes import free_port, private_redis, start, stop, wait_for
+from tests.e2e.processes import PAYMENTS, free_port, private_redis, start, stop, wait_for
 
 TOKEN = "t0ken-for-the-flower-test-only-not-a-secret"
 
@@ -103,3 +104,18 @@ def test_run_on_redis_shows_flower_with_the_worker_and_a_finished_payment_and_me
     assert f"Flower on {flower} (user admin, password in var/run.json)" in output
     assert password not in output and TOKEN not in output
     assert "payments stopped" in output
+
+
+def test_flower_needs_its_password_and_a_redis_broker(tmp_path: Path) -> None:
+    """CONTRACT: PAYMENTS_FLOWER_PASSWORD is required; the embedded SQLite broker carries no
+    events for Flower to show, so it is refused rather than started blind."""
+    def flower(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PAYMENTS, "flower", "--port", str(free_port())], env={"PATH": "/usr/bin:/bin", **env},
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+
+    missing = flower({"PAYMENTS_BROKER_URL": "redis://127.0.0.1:6379/0"})
+    assert missing.returncode != 0 and "PAYMENTS_FLOWER_PASSWORD is required" in missing.stderr
+    comma = flower({"PAYMENTS_BROKER_URL": "redis://127.0.0.1:6379/0", "PAYMENTS_FLOWER_PASSWORD": "a,b"})
+    assert comma.returncode != 0 and "may not hold a comma" in comma.stderr
+    sqlite = flower({"PAYMENTS_FLOWER_PASSWORD": "not-a-secret"})
+    assert sqlite.returncode != 0 and "needs a Redis broker" in sqlite.stderr
