@@ -107,3 +107,22 @@ def test_the_request_histogram_counts_each_public_request_by_route_and_status(cl
                  'route="/api/members/<member_id>",status="201"}'] == after[count]
     assert not [name for name in after if "/no/such" in name]
     assert not [name for name in after if "route=\"/metrics\"" in name]  # the scrapes themselves are not timed
+
+
+def test_the_inbox_delay_histogram_times_an_event_from_arrival_to_done(ops_client, sessions, settings) -> None:
+    """`payments_inbox_delay_seconds`, observed where the event is processed (the worker; here
+    in this process, which the ops app reports without multiprocess mode)."""
+    from shared import stripe_events
+
+    count, total = 'payments_inbox_delay_seconds_count{outcome="ignored"}', 'payments_inbox_delay_seconds_sum{outcome="ignored"}'
+    before = samples(ops_client.get("/metrics").get_data(as_text=True))
+    with freeze_time("2026-11-26 10:00:00"):
+        with sessions.begin() as session:
+            inbox.accept(session, {"id": "evt_late", "type": "customer.nothing_we_handle", "data": {"object": {}}})
+    with freeze_time("2026-11-26 10:01:30"):
+        assert stripe_events.process(sessions, None, settings, "evt_late")[0] == "ignored"  # no handler: no Stripe call
+    after = samples(ops_client.get("/metrics").get_data(as_text=True))
+    assert after[count] == before.get(count, 0) + 1
+    assert after[total] - before.get(total, 0) == 90.0
+    assert after['payments_inbox_delay_seconds_bucket{le="60.0",outcome="ignored"}'] == before.get(
+        'payments_inbox_delay_seconds_bucket{le="60.0",outcome="ignored"}', 0)
