@@ -197,7 +197,10 @@ def _worker(extra: Sequence[str]) -> int:
     if metrics_address:
         from shared import metrics
 
-        metrics.serve(*metrics_address)
+        try:
+            metrics.serve(*metrics_address)
+        except OSError as exc:
+            raise SystemExit(f"payments worker: cannot serve metrics on {_bind(*metrics_address)}: {exc}") from None
         print(f"worker metrics listening on http://{_bind(*metrics_address)}/metrics", flush=True)
     # No mingle (it asks the other workers through remote control, which is off: worker/app.py).
     # Gossip stays: its subscription to the event channel is what tells the worker that Redis
