@@ -42,8 +42,8 @@ MULTIPROCESS_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 # This process's histograms (a registry of their own: no process or GC metrics from the
 # library's default one, which multiprocess mode could not add up anyway).
 HISTOGRAMS = CollectorRegistry()
-# Buckets from 5 ms (a read) to 2 min (past the task time limit of 90 s: a task killed there
-# shows in the last bucket, not beyond it).
+# Buckets from 5 ms (a read) to 2 min (past the longest task time limit, 90 s, so every task
+# that ends has a finite bucket).
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 TASK_SECONDS = Histogram(
     "payments_task_duration_seconds",
