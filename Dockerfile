@@ -23,8 +23,10 @@ COPY webhook ./webhook
 COPY worker ./worker
 COPY scheduler ./scheduler
 COPY migrations ./migrations
-RUN pip install . flower==2.0.1
+# Flower and prometheus-client are dependencies of the package (pinned in pyproject.toml).
+RUN pip install .
 USER payments
-# 8000: the API and the Stripe webhook; 9100: /metrics, for the internal network only.
-EXPOSE 8000 9100
+# 8000: the API and the Stripe webhook; 9100: the webhook's /metrics, 9101: a worker's, for the
+# internal network only.
+EXPOSE 8000 9100 9101
 ENTRYPOINT ["payments"]

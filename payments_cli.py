@@ -34,8 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="serve /metrics on this internal port only (default: PAYMENTS_METRICS_ADDRESS; unset: not served)")
     web.add_argument("--metrics-host", default=None, help="the metrics listener's address (default 127.0.0.1)")
 
-    verbs.add_parser("worker", help="a Celery worker on every queue", add_help=False)
+    verbs.add_parser("worker", help="a Celery worker on every queue (its /metrics on PAYMENTS_WORKER_METRICS_ADDRESS)",
+                     add_help=False)
     verbs.add_parser("beat", help="the scheduler", add_help=False)
+
+    flower = verbs.add_parser("flower", help="Flower, the Celery console, on the configured broker (Redis), with basic "
+                              "auth: user admin, password PAYMENTS_FLOWER_PASSWORD")
+    flower.add_argument("--address", default="127.0.0.1")
+    flower.add_argument("--port", type=int, default=5555)
 
     box = verbs.add_parser("outbox", help="callbacks and e-mails waiting to be sent")
     box_verbs = box.add_subparsers(dest="action", required=True)
@@ -73,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = verbs.add_parser("run", help="the whole stack locally; Ctrl-C stops it")
     run.add_argument("--host", default="127.0.0.1")
     run.add_argument("--port", type=int, default=8000)
+    run.add_argument("--flower-port", type=int, default=5555,
+                     help="Flower's port on 127.0.0.1 when the broker is Redis (taken: any free one)")
 
     demo = verbs.add_parser("demo", help="a scripted end-to-end story against `payments run`")
     demo.add_argument("--url", help="the API address (default: var/run.json's)")
@@ -86,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _worker(rest)
     if args.verb == "beat":
         return _beat(rest)
+    if args.verb == "flower":
+        return _flower(args.address, args.port)
     if args.verb == "events":
         return _events_replay(args.event_id)
     if args.verb == "reconcile":
@@ -97,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verb == "import":
         return _import_balances(args.file, args.dry_run)
     if args.verb == "run":
-        return _run(args.host, args.port)
+        return _run(args.host, args.port, args.flower_port)
     if args.verb == "demo":
         from payments_demo import main as demo_main
 
@@ -127,7 +137,6 @@ def _webhook(host: str, port: int, workers: int, metrics_host: str | None = None
     from gunicorn.app.base import BaseApplication
 
     from shared.config import Settings, parse_address
-    from webhook import create_server
 
     settings = Settings.from_env()
     if metrics_port is not None or metrics_host is not None:
@@ -143,6 +152,8 @@ def _webhook(host: str, port: int, workers: int, metrics_host: str | None = None
         if metrics[1] == port:
             raise SystemExit(f"the metrics port {port} must differ from the public port")
         binds.append(_bind(*metrics))
+        _multiprocess_metrics("webhook")  # the gunicorn workers' request timings, added up at scrape time
+    from webhook import create_server
 
     class Server(BaseApplication):  # type: ignore[misc]
         def load_config(self) -> None:
@@ -169,9 +180,28 @@ def _bind(host: str, port: int) -> str:
 
 
 def _worker(extra: Sequence[str]) -> int:
+    from shared.config import parse_address
+    from shared.errors import ConfigError
+
+    address = os.environ.get("PAYMENTS_WORKER_METRICS_ADDRESS", "").strip()
+    try:
+        metrics_address = parse_address("PAYMENTS_WORKER_METRICS_ADDRESS", address) if address else None
+    except ConfigError as exc:
+        raise SystemExit(f"payments worker: {exc.message}") from None
+    if metrics_address:
+        # The pool processes run the tasks and time them; this process serves their sum.
+        _multiprocess_metrics("worker")
     from worker.app import QUEUES, app
 
     _needs_service_key(app, "worker")
+    if metrics_address:
+        from shared import metrics
+
+        try:
+            metrics.serve(*metrics_address)
+        except OSError as exc:
+            raise SystemExit(f"payments worker: cannot serve metrics on {_bind(*metrics_address)}: {exc}") from None
+        print(f"worker metrics listening on http://{_bind(*metrics_address)}/metrics", flush=True)
     # No mingle (it asks the other workers through remote control, which is off: worker/app.py).
     # Gossip stays: its subscription to the event channel is what tells the worker that Redis
     # went away. Without it (and without remote control) a worker whose Redis restarted sat on
@@ -196,6 +226,71 @@ def _needs_service_key(app: Any, verb: str) -> None:
     from PAYMENTS_API_TOKEN (shared.messages): without it every internal task would be refused."""
     if app.conf.payments_service_key is None:
         raise SystemExit(f"payments {verb}: PAYMENTS_API_TOKEN is required (it signs the service's own task messages)")
+
+
+def _multiprocess_metrics(role: str) -> None:
+    """prometheus-client's multiprocess mode for this process and the ones it forks (gunicorn
+    workers, the Celery pool): each writes its histograms to a file of its own in one directory,
+    and a scrape adds them up. Chosen before prometheus-client is imported (it decides at
+    import). The operator's PROMETHEUS_MULTIPROC_DIR is used and emptied of the last run's
+    files; without one, a new directory of this process's own, removed when it exits. One
+    directory per server (a webhook, a worker): the files are named by pid, so two containers
+    sharing one would write over each other's."""
+    import atexit
+    import shutil
+
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before its multiprocess mode was chosen")
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "").strip()
+    if path:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        for stale in Path(path).glob("*.db"):
+            stale.unlink()
+    else:
+        path = tempfile.mkdtemp(prefix=f"payments-{role}-metrics-")
+        owner = os.getpid()
+        # Forked children inherit atexit handlers (a gunicorn worker exits through them): only
+        # the process that made the directory removes it.
+        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(path, ignore_errors=True))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+
+
+FLOWER_USER = "admin"
+
+
+def _flower(address: str, port: int) -> int:
+    """Flower (CONTRACT) on the configured broker, behind basic auth. It follows workers and
+    tasks through their events (remote control is off: worker/app.py), so it needs only the
+    broker: no database, Stripe key or API token."""
+    from celery import Celery
+    from kombu import Queue
+
+    from shared.client import QUEUES
+    from shared.config import Settings
+    from shared.errors import PaymentsError
+
+    password = os.environ.get("PAYMENTS_FLOWER_PASSWORD", "")
+    if not password.strip():
+        raise SystemExit(f"payments flower: PAYMENTS_FLOWER_PASSWORD is required (basic auth, user {FLOWER_USER})")
+    if "," in password:  # Flower reads its basic-auth option as a comma-separated list
+        raise SystemExit("payments flower: PAYMENTS_FLOWER_PASSWORD may not hold a comma")
+    try:
+        broker_url = Settings.from_env().broker_url
+    except PaymentsError as exc:
+        raise SystemExit(f"payments flower: {exc.message}") from None
+    if not broker_url.startswith(("redis://", "rediss://")):
+        raise SystemExit("payments flower: needs a Redis broker (PAYMENTS_BROKER_URL); the embedded SQLite "
+                         "transport carries no worker or task events")
+    app = Celery("payments", broker=broker_url)
+    # Its Broker page lists the lengths of these queues (it cannot ask the workers: no remote control).
+    app.conf.task_queues = [Queue(name) for name in QUEUES]
+    app.conf.broker_connection_retry_on_startup = True
+    # Through the environment, not the command line: every user on the host can read a
+    # process's arguments (ps), only its owner its environment.
+    os.environ["FLOWER_BASIC_AUTH"] = f"{FLOWER_USER}:{password}"
+    print(f"Flower on http://{_bind(address, port)} (user {FLOWER_USER}), broker {_safe(broker_url)}", flush=True)
+    app.start(["flower", f"--address={address}", f"--port={port}"])
+    return 0
 
 
 def _events_replay(event_id: str) -> int:
@@ -343,16 +438,19 @@ RUN_FILE = Path("var/run.json")
 LOCAL_STRIPE_KEY = "sk_test_localstripe"  # localstripe takes any sk_ key; not a secret
 
 
-def _run(host: str, port: int) -> int:
+def _run(host: str, port: int, flower_port: int = 5555) -> int:
     """Migrate, then run the webhook server, a worker and beat (and localstripe when no Stripe
-    key is set) until Ctrl-C, which stops them all. What a local client needs (the API address,
-    localstripe's, the API token and webhook secret made up for this run) goes to var/run.json,
-    readable by its owner only; secrets are never printed."""
+    key is set; Flower when the broker is Redis) until Ctrl-C, which stops them all. What a
+    local client or operator needs (the API address, localstripe's, the metrics listeners,
+    Flower's, and the API token, webhook secret and Flower password made up for this run) goes
+    to var/run.json, readable by its owner only; secrets are never printed."""
     from shared.config import Settings
 
     settings = Settings.from_env()
     _db_upgrade()
     env = dict(os.environ)
+    # Each server makes a multiprocess-metrics directory of its own (a shared one mixes pids).
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     api = f"http://{host}:{port}"
     run_info: dict[str, str] = {"api": api}
     children: list[subprocess.Popen[bytes]] = []
@@ -366,19 +464,46 @@ def _run(host: str, port: int) -> int:
                    PAYMENTS_STRIPE_WEBHOOK_SECRET=secret, PAYMENTS_STRIPE_PUBLISHABLE_KEY="pk_test_localstripe")
         _register_webhook(stripe_url, f"{api}/stripe/webhook", secret)
         run_info.update(stripe=stripe_url, stripe_webhook_secret=secret)
+    # The metrics listeners, internal: the operator's addresses, else free ports on loopback.
+    env["PAYMENTS_METRICS_ADDRESS"] = settings.metrics_address or f"127.0.0.1:{_free_port()}"
+    env["PAYMENTS_WORKER_METRICS_ADDRESS"] = (os.environ.get("PAYMENTS_WORKER_METRICS_ADDRESS", "").strip()
+                                              or f"127.0.0.1:{_free_port()}")
+    run_info.update(metrics=f"http://{env['PAYMENTS_METRICS_ADDRESS']}/metrics",
+                    worker_metrics=f"http://{env['PAYMENTS_WORKER_METRICS_ADDRESS']}/metrics")
+    flower_env = None
+    if settings.broker_url.startswith(("redis://", "rediss://")):
+        # Flower gets the broker and its password only, as in compose.
+        flower_env = {k: v for k, v in os.environ.items() if not k.startswith("PAYMENTS_")}
+        flower_env.update(PAYMENTS_BROKER_URL=settings.broker_url,
+                          PAYMENTS_FLOWER_PASSWORD=os.environ.get("PAYMENTS_FLOWER_PASSWORD", "").strip()
+                          or secrets.token_urlsafe(24))
+        flower_port = flower_port if _port_is_free(flower_port) else _free_port()
+        run_info.update(flower=f"http://127.0.0.1:{flower_port}", flower_user=FLOWER_USER)
+        if not os.environ.get("PAYMENTS_FLOWER_PASSWORD", "").strip():
+            run_info["flower_password"] = flower_env["PAYMENTS_FLOWER_PASSWORD"]
     write_private(RUN_FILE, json.dumps(run_info, indent=2))
 
     me = [sys.executable, "-m", "payments_cli"]
-    children += [
+    # -E: task events, which Flower shows tasks from (remote control is off: worker/app.py).
+    task_events = ["-E"] if flower_env is not None else []
+    service = [
         subprocess.Popen([*me, "webhook", "--host", host, "--port", str(port), "--workers", "1"], env=env),
-        subprocess.Popen([*me, "worker", "--concurrency", "1"], env=env),
+        subprocess.Popen([*me, "worker", "--concurrency", "1", *task_events], env=env),
         subprocess.Popen([*me, "beat", "--schedule", "var/celerybeat-schedule"], env=env),
     ]
+    if flower_env is not None:
+        service.append(subprocess.Popen([*me, "flower", "--address", "127.0.0.1", "--port", str(flower_port)],
+                                        env=flower_env))
+    children += service
     print(f"payments is running: API on {api}, worker and beat on {_safe(settings.broker_url)}")
+    print(f"metrics on {run_info['metrics']} (webhook) and {run_info['worker_metrics']} (worker)")
     if "stripe" in run_info:
         print(f"no PAYMENTS_STRIPE_API_KEY: localstripe on {run_info['stripe']}, sending webhooks to {api}/stripe/webhook")
     if "api_token" in run_info:
         print(f"no PAYMENTS_API_TOKEN: a token for this run is in {RUN_FILE}")
+    if "flower" in run_info:
+        where = f"in {RUN_FILE}" if "flower_password" in run_info else "PAYMENTS_FLOWER_PASSWORD"
+        print(f"Flower on {run_info['flower']} (user {FLOWER_USER}, password {where})")
     print("Ctrl-C stops everything", flush=True)
     stopping = False
 
@@ -391,7 +516,7 @@ def _run(host: str, port: int) -> int:
     while not stopping and all(child.poll() is None for child in children):
         time.sleep(0.2)
     # The service first (its last tasks may still call Stripe), localstripe last.
-    for group in (children[-3:], children[:-3]):
+    for group in (service, [child for child in children if child not in service]):
         for child in group:
             if child.poll() is None:
                 child.send_signal(signal.SIGTERM)
@@ -402,6 +527,21 @@ def _run(host: str, port: int) -> int:
                 child.kill()
     print("payments stopped", flush=True)
     return 0 if stopping else 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def write_private(path: Path, text: str) -> None:
@@ -423,9 +563,7 @@ def write_private(path: Path, text: str) -> None:
 
 
 def _start_localstripe() -> tuple[str, subprocess.Popen[bytes]]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = _free_port()
     process = subprocess.Popen([sys.executable, "-m", "localstripe_server", str(port)])
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

@@ -11,11 +11,12 @@ amount received or currency differs from the attempt is held, not booked.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import charges, inbox, topups
+from shared import charges, inbox, metrics, topups
 from shared.config import Settings
 from shared.models import EventStatus, utcnow
 from shared.stripe_gateway import StripeGateway
@@ -85,12 +86,14 @@ def process(
     with sessions.begin() as session:
         event = inbox.claim(session, event_id)
         payload = event.payload if event is not None else None
+        received_at = event.received_at if event is not None else None
     if payload is None:
         return "skipped", charges.Effects()
     handler = HANDLERS.get(payload["type"])
     if handler is None:
         with sessions.begin() as session:
             inbox.finish(session, event_id, EventStatus.IGNORED, f"no handler for {payload['type']}")
+        _observe_delay(received_at, EventStatus.IGNORED)
         return "ignored", charges.Effects()
     try:
         effects = handler(sessions, gateway, settings, payload)
@@ -101,4 +104,11 @@ def process(
     status = EventStatus.IGNORED if effects is None else EventStatus.PROCESSED
     with sessions.begin() as session:
         inbox.finish(session, event_id, status, None if effects is not None else "not a payment of ours")
+    _observe_delay(received_at, status)
     return status.value, effects or charges.Effects()
+
+
+def _observe_delay(received_at: datetime | None, outcome: EventStatus) -> None:
+    """Arrival to done, for `payments_inbox_delay_seconds` (the worker's /metrics)."""
+    if received_at is not None:
+        metrics.INBOX_DELAY_SECONDS.labels(outcome.value).observe(max(0.0, (utcnow() - received_at).total_seconds()))

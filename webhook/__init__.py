@@ -26,10 +26,11 @@ MAX_BODY_BYTES = 1024 * 1024
 
 def create_app(settings: Settings | None = None, *, resources: dict[str, Any] | None = None) -> Flask:
     """The public app: the API, the Stripe webhook, `/healthz` and `/readyz`; no `/metrics`."""
-    from webhook import api, auth, errors, health, limits, stripe
+    from webhook import api, auth, errors, health, limits, ops, stripe
 
     settings = settings or Settings.from_env()
     app = _base(settings, resources)
+    ops.time_requests(app)
     errors.register(app)
     # The client check runs before the rate limiter (both app-level, in this order), so that
     # the limiter counts per authenticated client and an unknown token is a 401, never a 429.

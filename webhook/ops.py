@@ -1,5 +1,6 @@
 """The internal operations listener: `/metrics` (with `/healthz` and `/readyz`) in an app of
-its own, served only on `PAYMENTS_METRICS_ADDRESS` (ISSUE 12, item 5).
+its own, served only on `PAYMENTS_METRICS_ADDRESS` (ISSUE 12, item 5); and the timing of the
+public app's requests that it reports.
 
 The public app has no `/metrics` route at all, so nothing on the public port can reach it,
 whatever the path, host header or proxy in front. Both apps run in the same gunicorn workers
@@ -9,14 +10,17 @@ on, read from the accepted socket itself (not from anything the client sent).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
-from flask import Blueprint, Flask, Response
+from flask import Blueprint, Flask, Response, g, request
 from flask.typing import ResponseReturnValue
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 
 from shared.config import Settings, parse_address
-from shared.metrics import render
+from shared.metrics import HTTP_SECONDS, Families, exposition, figures, histograms
 from webhook import context
 from webhook.health import queue_depths
 
@@ -25,15 +29,17 @@ blueprint = Blueprint("metrics", __name__)
 
 @blueprint.get("/metrics")
 def metrics() -> ResponseReturnValue:
-    text_body = context.recent("metrics").get(_render)
-    return Response(text_body, mimetype="text/plain; version=0.0.4")
+    # The figures cost queries, so they are reused for a few seconds; the histograms are read
+    # fresh (from this process, or from every gunicorn worker's file in multiprocess mode).
+    money = context.recent("metrics").get(_figures)
+    return Response(exposition(Families(money), histograms()), content_type=CONTENT_TYPE_LATEST)
 
 
-def _render() -> str:
+def _figures() -> list[Metric]:
     depths = queue_depths()  # Redis first: no network call inside the transaction
     rejected = context.rejections().totals()
     with context.transaction() as session:
-        return render(session, depths, context.settings(), rejected=rejected)
+        return figures(session, depths, context.settings(), rejected=rejected)
 
 
 class ByListener:
@@ -56,3 +62,22 @@ def metrics_port(settings: Settings) -> int | None:
     if not settings.metrics_address:
         return None
     return parse_address("PAYMENTS_METRICS_ADDRESS", settings.metrics_address)[1]
+
+
+def time_requests(app: Flask) -> None:
+    """Observe each public request's duration in `payments_http_request_duration_seconds`, by
+    method, route pattern (never the path itself: one series per route, whatever the ids) and
+    status. Installed first, so the client check and the rate limiter are timed too."""
+
+    @app.before_request
+    def _start() -> None:
+        g.payments_started = time.perf_counter()
+
+    @app.after_request
+    def _observe(response: Response) -> Response:
+        started = g.pop("payments_started", None)
+        if started is not None:
+            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            HTTP_SECONDS.labels(request.method, route, str(response.status_code)).observe(
+                time.perf_counter() - started)
+        return response

@@ -11,6 +11,7 @@ events (README "Security model")."""
 from __future__ import annotations
 
 import logging
+import time
 from functools import cache
 from typing import Any
 
@@ -19,7 +20,7 @@ from kombu import Exchange, Queue
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import logs, messages
+from shared import logs, messages, metrics
 from shared.client import QUEUES
 from shared.config import Settings
 from shared.db import make_engine, make_sessions
@@ -132,6 +133,26 @@ def _log_task(task_id: str | None = None, task: object = None, kwargs: dict | No
         if kwargs and isinstance(kwargs.get(key), str):
             fields[key] = kwargs[key]
     logs.context.set(fields)
+
+
+# Task timings, for `payments_task_duration_seconds` (the worker's /metrics). Both signals run in
+# the pool process that runs the task; a task killed at its hard time limit never reaches
+# postrun, so it is not observed here (its FAILURE shows in Flower).
+_started: dict[str, float] = {}
+
+
+@signals.task_prerun.connect
+def _start_timer(task_id: str | None = None, **_: object) -> None:
+    if task_id:
+        _started[task_id] = time.perf_counter()
+
+
+@signals.task_postrun.connect
+def _observe_task(task_id: str | None = None, task: object = None, state: str | None = None, **_: object) -> None:
+    started = _started.pop(task_id or "", None)
+    if started is not None:
+        metrics.TASK_SECONDS.labels(getattr(task, "name", "") or "unknown", state or "UNKNOWN").observe(
+            time.perf_counter() - started)
 
 
 app = create_celery()

@@ -134,6 +134,8 @@ def test_run_serves_the_api_on_sqlite_and_ctrl_c_stops_everything(tmp_path: Path
     assert "no PAYMENTS_STRIPE_API_KEY: localstripe on http://127.0.0.1:" in output
     assert "payments stopped" in output
     run_info = json.loads((tmp_path / "var" / "run.json").read_text())
+    assert "flower" not in run_info  # no events on the SQLite broker (tests/e2e/test_flower.py runs it on Redis)
+    assert run_info["metrics"].startswith("http://127.0.0.1:") and run_info["worker_metrics"].startswith("http://127.0.0.1:")
     assert (tmp_path / "var" / "run.json").stat().st_mode & 0o077 == 0
     assert (tmp_path / "var").stat().st_mode & 0o077 == 0
     for secret in ("t0ken-for-the-run-command-test-only", run_info["stripe_webhook_secret"]):

@@ -107,6 +107,23 @@ def test_refused_deliveries_are_counted_once_each_across_the_worker_processes(se
         assert rejected(get(server["metrics"], "/metrics")[1])["bad_signature"] == before + 40
 
 
+def test_request_timings_are_added_up_across_the_worker_processes(server) -> None:
+    """prometheus-client's multiprocess mode: each gunicorn worker times the requests it
+    answers, and whichever one answers the scrape reports them all."""
+    count = re.compile(r'^payments_http_request_duration_seconds_count\{method="GET",route="/healthz",status="200"\} (\S+)$',
+                       re.M)
+
+    def timed() -> float:
+        found = count.search(get(server["metrics"], "/metrics")[1])
+        return float(found[1]) if found else 0.0
+
+    before = timed()
+    for _ in range(40):  # a new connection each: both processes take some
+        assert get(server["port"], "/healthz")[0] == 200
+    for _ in range(4):  # whichever process answers the scrape
+        assert timed() == before + 40
+
+
 def test_the_metrics_address_can_come_from_the_environment_as_in_compose(database_url: str, tmp_path: Path) -> None:
     port, metrics_port = free_port(), free_port()
     log = tmp_path / "webhook.log"
