@@ -1,0 +1,96 @@
+"""What the pages for people show and do (CONTRACT "Pages for people"; webhook/pages.py serves
+them): who pays what, and the card step, each read from the service's own rows.
+
+A checkout page (a payment's checkout, or a manual top-up with a new card) takes the card in the
+browser as a Stripe.js token; `pay_checkout` puts it on the checkout's PaymentIntent and confirms
+it at Stripe with no transaction open (DESIGN invariant 5). The money is booked as for any
+checkout: by Stripe's `payment_intent.succeeded` through the inbox (`charges.settle_intent`); the
+page only shows the request's status as the service has it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared import profiles, requests
+from shared.errors import NotFound
+from shared.models import Member, Organisation, RequestKind, RequestStatus
+from shared.money import format_cents, parse_cents
+from shared.stripe_gateway import PaymentIntentInfo, StripeGateway
+
+OPEN = RequestStatus.AWAITING_CARD.value
+# Statuses a page shows as the end of the story.
+FINAL = (RequestStatus.PAID.value, RequestStatus.DECLINED.value, RequestStatus.FAILED.value)
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """A checkout as its page shows it."""
+
+    request_id: str
+    status: str
+    payer: str  # the member's name
+    what: str  # "Congress entry, to Bridge Club" or "Top up of your Bridge Credits"
+    amount: str  # the request's amount
+    card_amount: str  # what the card is asked for (the request less the balance used)
+    payment_intent_id: str | None
+    reason: str | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.status == OPEN and self.payment_intent_id is not None
+
+
+def _name(member: Member) -> str:
+    return f"{member.first_name} {member.last_name}"
+
+
+def checkout(session: Session, request_id: str) -> Checkout:
+    """The checkout of request `request_id` (NotFound for a request that never had one)."""
+    row = requests.get(session, request_id)
+    if row.kind not in (RequestKind.PAYMENT.value, RequestKind.TOPUP.value) or row.member_id is None:
+        raise NotFound(f"request {request_id}: no checkout", field="request_id")
+    payer = profiles.get_member(session, row.member_id)
+    payload = row.payload or {}
+    if row.kind == RequestKind.TOPUP.value:
+        what = "Top up of your Bridge Credits"
+    else:
+        what = str(payload.get("description") or "Payment")
+        payee = _payee(session, payload)
+        if payee:
+            what = f"{what}, to {payee}"
+    found = (row.result or {}).get("checkout") or {}
+    card_amount = found.get("amount") or format_cents(row.amount)
+    return Checkout(
+        request_id=row.request_id, status=row.status, payer=_name(payer), what=what,
+        amount=format_cents(row.amount), card_amount=format_cents(parse_cents(card_amount, "amount")),
+        payment_intent_id=found.get("payment_intent_id"), reason=row.reason,
+    )
+
+
+def _payee(session: Session, payload: dict[str, object]) -> str | None:
+    org_id, member_id = payload.get("organisation_id"), payload.get("other_member_id")
+    if isinstance(org_id, str):
+        org = session.get(Organisation, org_id)
+        return org.name if org is not None else org_id
+    if isinstance(member_id, str):
+        member = session.get(Member, member_id)
+        return _name(member) if member is not None else member_id
+    return None
+
+
+def pay_checkout(
+    sessions: sessionmaker[Session], gateway: StripeGateway, request_id: str, card_token: str
+) -> tuple[PaymentIntentInfo, str]:
+    """Pay the open checkout of `request_id` with the browser's card token: the intent as Stripe
+    left it, and its client secret (for the page's 3-D Secure step). Raises `CardDeclined`, or
+    `NotFound` when the checkout is no longer open (paid, expired)."""
+    with sessions.begin() as session:
+        found = checkout(session, request_id)
+        secret = ((requests.get(session, request_id).result or {}).get("checkout") or {}).get("client_secret")
+    if not found.open or found.payment_intent_id is None:
+        raise NotFound(f"request {request_id}: its checkout is not open", field="request_id")
+    intent = gateway.pay_checkout(payment_intent_id=found.payment_intent_id, card_token=card_token)
+    return intent, str(secret or "")

@@ -1,0 +1,150 @@
+"""Pages for people (CONTRACT): HTML, no bearer token; each reached by a signed, expiring link
+(`shared.page_links`). No JavaScript framework: a Flask template and one small script,
+webhook/static/card.js, which uses Stripe.js (PAYMENTS_STRIPE_JS_URL).
+
+- `GET /pay/<token>`: a checkout (a payment's, or a manual top-up with a new card): who pays
+  what, a card form (button `id="pay"`). The browser tokenises the card with Stripe.js and
+  POSTs the token to `/pay/<token>/card`, which puts it on the PaymentIntent and confirms it
+  (`shared.card_pages.pay_checkout`); only when the bank asks for 3-D Secure does the page
+  call Stripe.js `confirmCardPayment`. Then it polls `/pay/<token>/status`, the request's
+  status as the service has it (booked from Stripe's own event), never the browser's word.
+
+A link that is not ours is a 404; one past its expiry, or whose checkout is no longer open
+(paid, failed, expired), a 410 with its own message. Every page is sent with a
+Content-Security-Policy that allows scripts, frames and connections only from this origin and
+Stripe.js's, forbids framing (`frame-ancestors 'none'`, X-Frame-Options DENY) and sends no
+Referer (the link is a secret).
+"""
+
+from __future__ import annotations
+
+import logging
+from urllib.parse import urlsplit
+
+from flask import Blueprint, Response, jsonify, render_template, request, url_for
+from flask.typing import ResponseReturnValue
+
+from shared import card_pages, page_links
+from shared.config import Settings
+from shared.errors import CardDeclined, NotFound, PaymentsError
+from webhook import context
+
+log = logging.getLogger(__name__)
+
+blueprint = Blueprint("pages", __name__, template_folder="templates", static_folder="static",
+                      static_url_path="/pages-static")
+
+# What a page says about a request's status; the status itself is the CONTRACT's.
+OUTCOMES = {
+    "awaiting_card": "Waiting for your card.",
+    "queued": "Your payment is being processed.",
+    "paid": "Paid. Thank you.",
+    "declined": "Declined.",
+    "failed": "This payment could not be completed.",
+}
+
+
+def stripe_origins(settings: Settings) -> tuple[str, ...]:
+    """The origins a page may load scripts and frames from and connect to, besides its own:
+    Stripe.js's, and for Stripe's own Stripe.js the API and 3-D Secure hosts it uses (Stripe's
+    documented policy)."""
+    parts = urlsplit(settings.stripe_js_url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    if parts.netloc == "js.stripe.com":
+        return origin, "https://api.stripe.com", "https://hooks.stripe.com"
+    return (origin,)
+
+
+@blueprint.after_request
+def _headers(response: Response) -> Response:
+    others = " ".join(stripe_origins(context.settings()))
+    response.headers["Content-Security-Policy"] = (
+        f"default-src 'none'; script-src 'self' {others}; frame-src {others}; connect-src 'self' {others}; "
+        "style-src 'self'; img-src 'self' data:; form-action 'self'; base-uri 'none'; "
+        "frame-ancestors 'none'"
+    )
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _gone(message: str, status: int = 410) -> ResponseReturnValue:
+    return render_template("gone.html", message=message), status
+
+
+def _link(kind: str, token: str) -> page_links.Link:
+    return page_links.read(context.settings(), kind, token)
+
+
+@blueprint.get(f"/{page_links.CHECKOUT}/<token>")
+def checkout_page(token: str) -> ResponseReturnValue:
+    try:
+        link = _link(page_links.CHECKOUT, token)
+        with context.transaction() as session:
+            found = card_pages.checkout(session, link.subject)
+    except (page_links.BadLink, NotFound):
+        return _gone("There is no such page.", 404)
+    except page_links.ExpiredLink:
+        return _gone("This link has expired. Ask for a new one.")
+    if not found.open:
+        return _gone(f"This checkout is closed: {OUTCOMES.get(found.status, found.status)}")
+    settings = context.settings()
+    return render_template(
+        "checkout.html", checkout=found, stripe_js_url=settings.stripe_js_url,
+        publishable_key=settings.stripe_publishable_key or "",
+        card_url=url_for("pages.checkout_card", token=token),
+        status_url=url_for("pages.checkout_status", token=token),
+    )
+
+
+@blueprint.post(f"/{page_links.CHECKOUT}/<token>/card")
+def checkout_card(token: str) -> ResponseReturnValue:
+    """The browser's card token: pay the checkout with it; say what the page does next."""
+    try:
+        link = _link(page_links.CHECKOUT, token)
+    except page_links.BadLink:
+        return _json_error(404, "not_found", "there is no such page")
+    except page_links.ExpiredLink:
+        return _json_error(410, "gone", "this link has expired")
+    card_token = (request.get_json(silent=True) or {}).get("card_token")
+    if not isinstance(card_token, str) or not card_token.startswith("tok_") or len(card_token) > 255:
+        return _json_error(400, "bad_request", "card_token: expected a Stripe.js card token", "card_token")
+    try:
+        intent, secret = card_pages.pay_checkout(context.sessions(), context.gateway(), link.subject, card_token)
+    except CardDeclined as exc:
+        return jsonify({"status": "declined", "message": _member_message(exc.message)})
+    except NotFound:
+        return _json_error(410, "gone", "this checkout is closed")
+    except PaymentsError as exc:
+        log.warning("checkout %s: card not taken: %s", link.subject, exc.message)
+        return _json_error(exc.status if exc.status < 500 else 503, exc.code, "the card could not be taken; try again")
+    if intent.status == "requires_action":
+        return jsonify({"status": "requires_action", "client_secret": secret})
+    return jsonify({"status": intent.status})
+
+
+@blueprint.get(f"/{page_links.CHECKOUT}/<token>/status")
+def checkout_status(token: str) -> ResponseReturnValue:
+    """The request's status as the service has it, and what the page says about it."""
+    try:
+        link = _link(page_links.CHECKOUT, token)
+        with context.transaction() as session:
+            found = card_pages.checkout(session, link.subject)
+    except (page_links.BadLink, NotFound):
+        return _json_error(404, "not_found", "there is no such page")
+    except page_links.ExpiredLink:
+        return _json_error(410, "gone", "this link has expired")
+    return jsonify({"status": found.status, "final": found.status in card_pages.FINAL,
+                    "message": OUTCOMES.get(found.status, found.status)})
+
+
+def _member_message(message: str) -> str:
+    """Stripe's words for the member ("Your card was declined."), without our ids."""
+    return message.rsplit(": ", 1)[-1] if ": " in message else message
+
+
+def _json_error(status: int, code: str, message: str, field: str | None = None) -> ResponseReturnValue:
+    body = {"code": code, "message": message, **({"field": field} if field else {})}
+    return jsonify({"error": body}), status
