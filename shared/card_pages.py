@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import profiles, requests
+from shared import inbox, profiles, requests
+from shared.config import Settings
 from shared.errors import NotFound
 from shared.models import Member, Organisation, RequestKind, RequestStatus
 from shared.money import format_cents, parse_cents
@@ -94,3 +95,73 @@ def pay_checkout(
         raise NotFound(f"request {request_id}: its checkout is not open", field="request_id")
     intent = gateway.pay_checkout(payment_intent_id=found.payment_intent_id, card_token=card_token)
     return intent, str(secret or "")
+
+
+# Auto top-up set-up (SPEC 4.1) -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CardSetup:
+    """A card set-up as its page shows it: the member, what auto top-up will charge, and the
+    SetupIntent the browser confirms (Stripe.js `confirmCardSetup`)."""
+
+    member_id: str
+    payer: str
+    auto_status: str
+    amount: str  # the auto top-up amount
+    low_limit: str
+    setup_intent_id: str
+    client_secret: str
+    intent_status: str
+
+    @property
+    def open(self) -> bool:
+        return self.intent_status in ("requires_payment_method", "requires_confirmation", "requires_action")
+
+
+def setup_subject(member_id: str, setup_intent_id: str) -> str:
+    """What a set-up link names: the member and their SetupIntent."""
+    return f"{setup_intent_id}:{member_id}"
+
+
+def card_setup(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, subject: str
+) -> CardSetup:
+    """The set-up a link names, its SetupIntent read from Stripe (no transaction open);
+    NotFound when the SetupIntent is not the member's."""
+    setup_intent_id, _, member_id = subject.partition(":")
+    with sessions.begin() as session:
+        member = profiles.get_member(session, member_id)
+        payer, customer = _name(member), member.stripe_customer_id
+        auto_status, amount = member.auto_topup_status, member.auto_topup_amount
+    intent = gateway.retrieve_setup_intent(setup_intent_id)
+    if customer is None or intent.customer_id != customer:
+        raise NotFound(f"SetupIntent {setup_intent_id}: not member {member_id}'s", field="setup_intent_id")
+    return CardSetup(member_id=member_id, payer=payer, auto_status=auto_status, amount=format_cents(amount),
+                     low_limit=format_cents(settings.auto_topup_low_limit), setup_intent_id=intent.id,
+                     client_secret=intent.client_secret, intent_status=intent.status)
+
+
+def report_card_saved(session: Session, setup: CardSetup) -> str | None:
+    """The page says the browser saved the card: when Stripe says so too (`setup.intent_status`,
+    read from Stripe, never the browser's word), record it in the inbox as the
+    `setup_intent.succeeded` event Stripe sends (localstripe sends none), under an id of our own,
+    `page_<SetupIntent id>`, once. The worker processes it as Stripe's (`charges.card_saved`:
+    auto top-up `on`, and a top-up if the balance is low); Stripe's own event, if it comes too,
+    finds the member `on` and tops up only a balance still low. Returns the event id to
+    process, or None (already recorded, or not saved)."""
+    if setup.intent_status != "succeeded":
+        return None
+    event = {"id": f"page_{setup.setup_intent_id}", "object": "event", "type": "setup_intent.succeeded",
+             "data": {"object": {"id": setup.setup_intent_id, "object": "setup_intent",
+                                 "customer": _customer(session, setup.member_id), "status": "succeeded"}}}
+    accepted = inbox.accept(session, event)
+    return None if accepted.duplicate else accepted.event_id
+
+
+def _customer(session: Session, member_id: str) -> str | None:
+    return profiles.get_member(session, member_id).stripe_customer_id
+
+
+def auto_topup_status(session: Session, member_id: str) -> str:
+    return profiles.get_member(session, member_id).auto_topup_status

@@ -58,6 +58,8 @@ _SECRET_TEXT = re.compile(r"\b(?:sk|rk)_(?:test|live)_\S*|\bwhsec_\S*|\b\w+_secr
 class SetupIntentInfo:
     id: str
     client_secret: str = field(repr=False)
+    status: str = "requires_payment_method"
+    customer_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,12 @@ class StripeGateway:
                 }
             )
         return SetupIntentInfo(id=intent.id, client_secret=intent.client_secret or "")
+
+    def retrieve_setup_intent(self, setup_intent_id: str) -> SetupIntentInfo:
+        with self._errors(f"SetupIntent {setup_intent_id}: retrieve"):
+            intent = _as_dict(self._v1().setup_intents.retrieve(setup_intent_id))
+        return SetupIntentInfo(id=str(intent["id"]), client_secret=str(intent.get("client_secret") or ""),
+                               status=str(intent.get("status")), customer_id=_id(intent.get("customer")))
 
     def card_saved(
         self, *, customer_id: str, setup_intent_id: str | None = None, payment_method_id: str | None = None

@@ -9,6 +9,14 @@ webhook/static/card.js, which uses Stripe.js (PAYMENTS_STRIPE_JS_URL).
   call Stripe.js `confirmCardPayment`. Then it polls `/pay/<token>/status`, the request's
   status as the service has it (booked from Stripe's own event), never the browser's word.
 
+- `GET /card/<token>`: an auto top-up set-up: the member, the amount auto top-up will charge
+  when the balance falls below the low limit, a card form (button `id="save"`). Stripe.js
+  `confirmCardSetup` saves the card on the SetupIntent; the page then POSTs to
+  `/card/<token>/saved`, which reads the SetupIntent back from Stripe and, if it succeeded,
+  hands it to the worker as Stripe's `setup_intent.succeeded` would be
+  (`shared.card_pages.report_card_saved`); the page polls `/card/<token>/status`, the member's
+  auto top-up status, until it is `on`.
+
 A link that is not ours is a 404; one past its expiry, or whose checkout is no longer open
 (paid, failed, expired), a 410 with its own message. Every page is sent with a
 Content-Security-Policy that allows scripts, frames and connections only from this origin and
@@ -22,9 +30,10 @@ import logging
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, jsonify, render_template, request, url_for
+from kombu.exceptions import OperationalError as BrokerError
 from flask.typing import ResponseReturnValue
 
-from shared import card_pages, page_links
+from shared import card_pages, messages, page_links
 from shared.config import Settings
 from shared.errors import CardDeclined, NotFound, PaymentsError
 from webhook import context
@@ -148,3 +157,75 @@ def _member_message(message: str) -> str:
 def _json_error(status: int, code: str, message: str, field: str | None = None) -> ResponseReturnValue:
     body = {"code": code, "message": message, **({"field": field} if field else {})}
     return jsonify({"error": body}), status
+
+
+# Auto top-up set-up ----------------------------------------------------------------------------
+
+
+def _setup(token: str) -> card_pages.CardSetup:
+    link = _link(page_links.SETUP, token)
+    return card_pages.card_setup(context.sessions(), context.gateway(), context.settings(), link.subject)
+
+
+@blueprint.get(f"/{page_links.SETUP}/<token>")
+def setup_page(token: str) -> ResponseReturnValue:
+    try:
+        setup = _setup(token)
+    except (page_links.BadLink, NotFound):
+        return _gone("There is no such page.", 404)
+    except page_links.ExpiredLink:
+        return _gone("This link has expired. Ask for a new one.")
+    if not setup.open:
+        return _gone("This card has been saved already.")
+    settings = context.settings()
+    return render_template(
+        "setup.html", setup=setup, stripe_js_url=settings.stripe_js_url,
+        publishable_key=settings.stripe_publishable_key or "",
+        saved_url=url_for("pages.setup_saved", token=token), status_url=url_for("pages.setup_status", token=token),
+    )
+
+
+@blueprint.post(f"/{page_links.SETUP}/<token>/saved")
+def setup_saved(token: str) -> ResponseReturnValue:
+    """The browser says Stripe saved the card: checked at Stripe, then handed to the worker."""
+    try:
+        setup = _setup(token)
+    except (page_links.BadLink, NotFound):
+        return _json_error(404, "not_found", "there is no such page")
+    except page_links.ExpiredLink:
+        return _json_error(410, "gone", "this link has expired")
+    if setup.intent_status != "succeeded":
+        return _json_error(409, "not_saved", f"the card is not saved (Stripe says {setup.intent_status})")
+    with context.transaction() as session:
+        event_id = card_pages.report_card_saved(session, setup)
+    if event_id is not None:
+        try:
+            messages.send("payments.process_stripe_event", {"event_id": event_id}, queue="webhooks",
+                          settings=context.settings())
+        except BrokerError:
+            log.warning("event %s stored but not enqueued; the scheduler will redrive it", event_id)
+    return jsonify({"status": "saved"})
+
+
+SETUP_OUTCOMES = {
+    "on": "Your card is saved and auto top-up is on.",
+    "pending": "Saving your card…",
+    "off": "Auto top-up is off.",
+    "failed": "Auto top-up is off: the card was declined.",
+    "action_required": "Your bank asks you to confirm a top-up.",
+}
+
+
+@blueprint.get(f"/{page_links.SETUP}/<token>/status")
+def setup_status(token: str) -> ResponseReturnValue:
+    """The member's auto top-up status as the service has it."""
+    try:
+        link = _link(page_links.SETUP, token)
+        _, _, member_id = link.subject.partition(":")
+        with context.transaction() as session:
+            status = card_pages.auto_topup_status(session, member_id)
+    except (page_links.BadLink, NotFound):
+        return _json_error(404, "not_found", "there is no such page")
+    except page_links.ExpiredLink:
+        return _json_error(410, "gone", "this link has expired")
+    return jsonify({"status": status, "final": status != "pending", "message": SETUP_OUTCOMES.get(status, status)})

@@ -242,3 +242,28 @@ def test_an_expired_link_says_so_and_a_forged_one_is_not_found(
     assert fetch(client, forged)[0] == 404
     other = url.replace("/pay/pay.", "/pay/card.")
     assert fetch(client, other)[0] == 404  # a link of another kind (its signature covers the kind)
+
+
+# Auto top-up set-up ---------------------------------------------------------------------------
+
+
+def test_the_set_up_page_saves_a_card_and_turns_auto_top_up_on(client, auth, world, sessions, chrome) -> None:
+    answer = client.post("/api/members/ann/auto-topup/setup", headers=auth)
+    assert answer.status_code == 200, answer.get_json()
+    url = answer.get_json()["url"]
+    assert "/card/" in url
+
+    open_page(chrome, url)
+    assert chrome.find_element(By.ID, "payer").text == "Ann Lee"
+    assert chrome.find_element(By.ID, "amount").text == "100.00 AUD"
+    enter_card(chrome, VISA)
+    shot(chrome, "auto-top-up-set-up")
+    chrome.find_element(By.ID, "save").click()
+
+    assert outcome(chrome, "on") == "Your card is saved and auto top-up is on."
+    shot(chrome, "auto-top-up-on")
+    body = client.get("/api/members/ann/balance", headers=auth).get_json()
+    assert body["auto_topup"]["status"] == "on"
+    # The balance (0.00) was below the low limit: the saved card tops it up.
+    wait_for(lambda: balance_of(sessions, world["ann"]) == 100_00, "the first auto top-up")
+    assert fetch(client, url)[0] == 410  # saved: the link is used up

@@ -197,7 +197,7 @@ def test_saving_a_card_turns_auto_top_up_on_and_tops_up_a_balance_below_the_low_
     answer = client.post("/api/members/ann/auto-topup/setup", headers=auth)
     assert answer.status_code == 200, answer.get_json()
     first = answer.get_json()
-    assert set(first) == {"setup_intent_id", "client_secret", "publishable_key"}
+    assert set(first) == {"setup_intent_id", "client_secret", "publishable_key", "url"}
     assert first["setup_intent_id"].startswith("seti_")
     assert first["client_secret"].startswith(f"{first['setup_intent_id']}_secret_")
     assert first["publishable_key"] == PUBLISHABLE_KEY
@@ -274,7 +274,7 @@ def test_a_checkout_paid_by_card_books_card_money_then_the_payment_and_calls_bac
     waiting = outcome(client, auth, "r1")
     assert waiting["status"] == "awaiting_card"
     checkout = waiting["checkout"]
-    assert set(checkout) == {"payment_intent_id", "client_secret", "amount", "publishable_key"}
+    assert set(checkout) == {"payment_intent_id", "client_secret", "amount", "publishable_key", "url"}
     assert (checkout["amount"], checkout["publishable_key"]) == ("20.00", PUBLISHABLE_KEY)
     assert checkout["client_secret"].startswith(f"{checkout['payment_intent_id']}_secret_")
     assert received() == []

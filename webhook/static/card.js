@@ -55,11 +55,20 @@
     poll();
   }
 
+  async function saveCard() {
+    var saved = await stripe.confirmCardSetup(data.clientSecret, {payment_method: {card: card}});
+    if (saved.error) { return fail(saved.error.message); }
+    var answer = await post(data.savedUrl, {});
+    if (answer.error) { return fail(answer.error.message); }
+    outcome.textContent = 'Card saved; turning auto top-up on…';
+    poll();
+  }
+
   form.addEventListener('submit', function (event) {
     event.preventDefault();
     button.disabled = true;
     errorBox.textContent = '';
-    var step = data.action === 'checkout' ? payCheckout : null;
+    var step = data.action === 'setup' ? saveCard : payCheckout;
     step().catch(function (err) { fail(err && err.message); });
   });
 }());
