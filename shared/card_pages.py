@@ -10,14 +10,15 @@ page only shows the request's status as the service has it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import inbox, profiles, requests
 from shared.config import Settings
 from shared.errors import NotFound
-from shared.models import Member, Organisation, RequestKind, RequestStatus
+from shared.models import CardPayment, CardPaymentKind, CardPaymentStatus, Member, Organisation, RequestKind, RequestStatus
 from shared.money import format_cents, parse_cents
 from shared.stripe_gateway import PaymentIntentInfo, StripeGateway
 
@@ -165,3 +166,42 @@ def _customer(session: Session, member_id: str) -> str | None:
 
 def auto_topup_status(session: Session, member_id: str) -> str:
     return profiles.get_member(session, member_id).auto_topup_status
+
+
+# Card authentication of an auto top-up (SPEC 4.3) ------------------------------------------
+
+
+@dataclass(frozen=True)
+class Authentication:
+    """An auto top-up the bank asked the member to authenticate, as its page shows it."""
+
+    attempt_key: str
+    payer: str
+    amount: str
+    status: str  # the attempt's: `action_required` until Stripe reports the money taken
+    client_secret: str = ""
+    payment_method_id: str | None = None
+    intent_status: str | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.status == CardPaymentStatus.ACTION_REQUIRED.value and self.intent_status in (
+            "requires_action", "requires_payment_method", "requires_confirmation")
+
+
+def authentication(
+    sessions: sessionmaker[Session], gateway: StripeGateway, attempt_key: str, *, with_stripe: bool = True
+) -> Authentication:
+    """The auto top-up attempt `attempt_key` (NotFound for another kind); its PaymentIntent read
+    from Stripe, with no transaction open, while it waits for the member (and `with_stripe`)."""
+    with sessions.begin() as session:
+        attempt = session.scalar(select(CardPayment).where(CardPayment.attempt_key == attempt_key))
+        if attempt is None or attempt.kind != CardPaymentKind.AUTO_TOP_UP.value or not attempt.payment_intent_id:
+            raise NotFound(f"auto top-up {attempt_key}: none to authenticate", field="attempt_key")
+        found = Authentication(attempt_key=attempt_key, payer=_name(profiles.get_member(session, attempt.member_id)),
+                               amount=format_cents(attempt.amount), status=attempt.status)
+        intent_id = attempt.payment_intent_id
+    if not with_stripe or found.status != CardPaymentStatus.ACTION_REQUIRED.value:
+        return found
+    status, secret, method = gateway.to_authenticate(intent_id)
+    return replace(found, client_secret=secret, payment_method_id=method, intent_status=status)

@@ -308,11 +308,17 @@ class StripeGateway:
             raise InvalidInput(f"card token {card_token}: it holds no card", field="card_token")
         return card
 
-    def client_secret_of(self, payment_intent_id: str) -> str:
-        """The client secret of a PaymentIntent (for a page to authenticate it with Stripe.js)."""
+    def to_authenticate(self, payment_intent_id: str) -> tuple[str, str, str | None]:
+        """What a page needs to have the member authenticate an off-session charge with
+        Stripe.js `confirmCardPayment`: the PaymentIntent's status, client secret and card (on
+        the intent, or, after Stripe's off-session `authentication_required`, on its last
+        error)."""
         with self._errors(f"PaymentIntent {payment_intent_id}: retrieve"):
-            intent = self._v1().payment_intents.retrieve(payment_intent_id)
-        return str(intent.client_secret or "")
+            intent = _as_dict(self._v1().payment_intents.retrieve(payment_intent_id))
+        error = intent.get("last_payment_error")
+        method = _id(intent.get("payment_method")) or (
+            _id(error.get("payment_method")) if isinstance(error, Mapping) else None)
+        return str(intent.get("status")), str(intent.get("client_secret") or ""), method
 
     def retrieve_payment_intent(self, payment_intent_id: str) -> PaymentIntentInfo:
         with self._errors(f"PaymentIntent {payment_intent_id}: retrieve"):

@@ -17,6 +17,11 @@ webhook/static/card.js, which uses Stripe.js (PAYMENTS_STRIPE_JS_URL).
   (`shared.card_pages.report_card_saved`); the page polls `/card/<token>/status`, the member's
   auto top-up status, until it is `on`.
 
+- `GET /auth/<token>` (the link in the "confirm an auto top up" e-mail): an auto top-up the
+  bank asked the member to authenticate; the button (`id="pay"`) runs Stripe.js
+  `confirmCardPayment` on it, and the page polls `/auth/<token>/status`, the top-up's state as
+  the service has it (booked from Stripe's `payment_intent.succeeded`).
+
 A link that is not ours is a 404; one past its expiry, or whose checkout is no longer open
 (paid, failed, expired), a 410 with its own message. Every page is sent with a
 Content-Security-Policy that allows scripts, frames and connections only from this origin and
@@ -229,3 +234,45 @@ def setup_status(token: str) -> ResponseReturnValue:
     except page_links.ExpiredLink:
         return _json_error(410, "gone", "this link has expired")
     return jsonify({"status": status, "final": status != "pending", "message": SETUP_OUTCOMES.get(status, status)})
+
+
+# Card authentication of an auto top-up ---------------------------------------------------------
+
+AUTH_OUTCOMES = {
+    "action_required": "Waiting for your bank's confirmation.",
+    "succeeded": "Confirmed: your Bridge Credits were topped up.",
+    "failed": "This top-up could not be completed.",
+    "held": "This top-up is being checked by the federation.",
+}
+
+
+@blueprint.get(f"/{page_links.AUTHENTICATE}/<token>")
+def authenticate_page(token: str) -> ResponseReturnValue:
+    try:
+        link = _link(page_links.AUTHENTICATE, token)
+        found = card_pages.authentication(context.sessions(), context.gateway(), link.subject)
+    except (page_links.BadLink, NotFound):
+        return _gone("There is no such page.", 404)
+    except page_links.ExpiredLink:
+        return _gone("This link has expired. Ask for a new one.")
+    if not found.open:
+        return _gone(f"This top-up is closed: {AUTH_OUTCOMES.get(found.status, found.status)}")
+    settings = context.settings()
+    return render_template(
+        "authenticate.html", found=found, stripe_js_url=settings.stripe_js_url,
+        publishable_key=settings.stripe_publishable_key or "",
+        status_url=url_for("pages.authenticate_status", token=token),
+    )
+
+
+@blueprint.get(f"/{page_links.AUTHENTICATE}/<token>/status")
+def authenticate_status(token: str) -> ResponseReturnValue:
+    try:
+        link = _link(page_links.AUTHENTICATE, token)
+        found = card_pages.authentication(context.sessions(), context.gateway(), link.subject, with_stripe=False)
+    except (page_links.BadLink, NotFound):
+        return _json_error(404, "not_found", "there is no such page")
+    except page_links.ExpiredLink:
+        return _json_error(410, "gone", "this link has expired")
+    return jsonify({"status": found.status, "final": found.status != "action_required",
+                    "message": AUTH_OUTCOMES.get(found.status, found.status)})

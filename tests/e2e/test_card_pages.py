@@ -25,8 +25,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import page_links
 from shared.config import Settings
+from shared.stripe_gateway import StripeGateway
 from tests.e2e.conftest import PUBLISHABLE_KEY, WEBHOOK_SECRET
 from tests.e2e.processes import wait_for
+from tests.e2e.test_stripe_flows import auto_topup_on, emails
 from tests.integration.helpers import add_member, add_organisation, balance_of
 from tests.stripe_fixture import ROOT, STRIPE_TEST_KEY, VISA
 
@@ -68,6 +70,11 @@ def settings(settings: Settings, stripe_api: str, server: str) -> Settings:
     return replace(settings, stripe_api_key=STRIPE_TEST_KEY, stripe_api_base=stripe_api,
                    stripe_webhook_secret=WEBHOOK_SECRET, stripe_publishable_key=PUBLISHABLE_KEY,
                    public_url=server, stripe_js_url=f"{stripe_api}/js.stripe.com/v3/")
+
+
+@pytest.fixture
+def gateway(settings: Settings) -> StripeGateway:
+    return StripeGateway(settings)
 
 
 @pytest.fixture(autouse=True)
@@ -137,10 +144,10 @@ def adjust(client: FlaskClient, auth: dict, cents: int) -> None:
     assert answer.status_code == 201, answer.get_json()
 
 
-def pay(client: FlaskClient, auth: dict, request_id: str = "r1", amount: str = "30.00") -> None:
+def pay(client: FlaskClient, auth: dict, request_id: str = "r1", amount: str = "30.00", checkout: bool = True) -> None:
     answer = client.post("/api/payments", headers=auth, json={
         "request_id": request_id, "member_id": "ann", "amount": amount, "description": "Congress entry",
-        "organisation_id": "club", "payment_type": "Entry to an event", "allow_checkout": True})
+        "organisation_id": "club", "payment_type": "Entry to an event", "allow_checkout": checkout})
     assert answer.status_code == 202, answer.get_json()
 
 
@@ -267,3 +274,37 @@ def test_the_set_up_page_saves_a_card_and_turns_auto_top_up_on(client, auth, wor
     # The balance (0.00) was below the low limit: the saved card tops it up.
     wait_for(lambda: balance_of(sessions, world["ann"]) == 100_00, "the first auto top-up")
     assert fetch(client, url)[0] == 410  # saved: the link is used up
+
+
+# Card authentication of an auto top-up --------------------------------------------------------
+
+
+def test_the_e_mailed_link_lets_the_member_authenticate_an_auto_top_up_which_is_then_booked(
+    client, auth, world, sessions, gateway, browser, chrome, server
+) -> None:
+    auto_topup_on(sessions, gateway, browser, number=NEEDS_3DS)
+    adjust(client, auth, 10_00)
+    pay(client, auth, "r5", "30.00", checkout=False)
+    assert status_of(client, auth, "r5", "declined")["reason"].startswith("auto top-up")
+    (email,) = emails(sessions)
+    assert email["kind"] == "auto_topup_action_required"
+    link = email["body"].split("confirm it: ", 1)[1].split()[0]
+    # The worker's PAYMENTS_PUBLIC_URL is the default; the page is on this module's server.
+    page = f"{server}{urlsplit(link).path}"
+
+    open_button = lambda: chrome.find_elements(By.ID, "pay")  # noqa: E731
+    chrome.get(page)
+    wait_for(open_button, "the authentication page", 15)
+    assert chrome.find_element(By.ID, "payer").text == "Ann Lee"
+    amount = chrome.find_element(By.ID, "amount").text
+    shot(chrome, "auto-top-up-authenticate")
+    chrome.find_element(By.ID, "pay").click()
+    confirm = wait_for(lambda: [b for b in chrome.find_elements(By.TAG_NAME, "button")
+                                if b.text == "Complete authentication"], "the 3-D Secure dialog", 20)
+    confirm[0].click()
+
+    assert outcome(chrome, "succeeded") == "Confirmed: your Bridge Credits were topped up."
+    topped_up = int(amount.split()[0].replace(".", ""))
+    wait_for(lambda: balance_of(sessions, world["ann"]) == 10_00 + topped_up, "the top-up to be booked")
+    assert client.get("/api/members/ann/balance", headers=auth).get_json()["auto_topup"]["status"] == "on"
+    assert fetch(client, page)[0] == 410  # done: the link is used up

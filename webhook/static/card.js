@@ -9,8 +9,12 @@
   var errorBox = document.getElementById('error');
   var outcome = document.getElementById('outcome');
   var stripe = Stripe(data.publishableKey);
-  var card = stripe.elements().create('card');
-  card.mount('#card');
+  // No card to take when the member only authenticates a charge to their saved card.
+  var card = null;
+  if (document.getElementById('card')) {
+    card = stripe.elements().create('card');
+    card.mount('#card');
+  }
 
   function fail(message) {
     errorBox.textContent = message || 'The card could not be used.';
@@ -64,11 +68,20 @@
     poll();
   }
 
+  // Stripe's off-session refusal leaves the card on the intent's last error: name it again.
+  async function authenticate() {
+    var extra = data.paymentMethod ? {payment_method: data.paymentMethod} : undefined;
+    var done = await stripe.confirmCardPayment(data.clientSecret, extra);
+    if (done.error) { return fail(done.error.message); }
+    outcome.textContent = 'Confirmed with your bank; waiting for the top-up…';
+    poll();
+  }
+
   form.addEventListener('submit', function (event) {
     event.preventDefault();
     button.disabled = true;
     errorBox.textContent = '';
-    var step = data.action === 'setup' ? saveCard : payCheckout;
+    var step = {setup: saveCard, authenticate: authenticate}[data.action] || payCheckout;
     step().catch(function (err) { fail(err && err.message); });
   });
 }());
