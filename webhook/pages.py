@@ -122,7 +122,8 @@ def checkout_card(token: str) -> ResponseReturnValue:
         return _json_error(404, "not_found", "there is no such page")
     except page_links.ExpiredLink:
         return _json_error(410, "gone", "this link has expired")
-    card_token = (request.get_json(silent=True) or {}).get("card_token")
+    body = request.get_json(silent=True)
+    card_token = body.get("card_token") if isinstance(body, dict) else None
     if not isinstance(card_token, str) or not card_token.startswith("tok_") or len(card_token) > 255:
         return _json_error(400, "bad_request", "card_token: expected a Stripe.js card token", "card_token")
     try:
@@ -180,6 +181,9 @@ def setup_page(token: str) -> ResponseReturnValue:
         return _gone("There is no such page.", 404)
     except page_links.ExpiredLink:
         return _gone("This link has expired. Ask for a new one.")
+    except PaymentsError as exc:  # Stripe unreachable or refusing: the member may try again
+        log.warning("set-up page: %s", exc.message)
+        return _gone("Card payments are not available just now. Please try again shortly.", 503)
     if not setup.open:
         return _gone("This card has been saved already.")
     settings = context.settings()
@@ -255,6 +259,9 @@ def authenticate_page(token: str) -> ResponseReturnValue:
         return _gone("There is no such page.", 404)
     except page_links.ExpiredLink:
         return _gone("This link has expired. Ask for a new one.")
+    except PaymentsError as exc:
+        log.warning("authentication page: %s", exc.message)
+        return _gone("Card payments are not available just now. Please try again shortly.", 503)
     if not found.open:
         return _gone(f"This top-up is closed: {AUTH_OUTCOMES.get(found.status, found.status)}")
     settings = context.settings()
