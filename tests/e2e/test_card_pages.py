@@ -23,6 +23,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared import client as payments_client
 from shared import page_links
 from shared.config import Settings
 from shared.stripe_gateway import StripeGateway
@@ -155,12 +156,15 @@ def pay(client: FlaskClient, auth: dict, request_id: str = "r1", amount: str = "
 
 
 def test_a_checkout_page_shows_who_pays_what_takes_a_good_card_and_shows_the_request_paid(
-    client, auth, world, sessions, chrome, stripe_api
+    client, auth, world, sessions, chrome, stripe_api, settings
 ) -> None:
     adjust(client, auth, 10_00)
     pay(client, auth)
     url = checkout_url(client, auth, "r1")
-    assert url.startswith(f"{client.application.extensions['payments']['settings'].public_url}/pay/")
+    assert url.startswith(f"{settings.public_url}/pay/")
+    # A calling module reading the status with shared.client gets a link as good.
+    other = payments_client.status("r1", settings)["checkout"]["url"]
+    assert page_links.read(settings, page_links.CHECKOUT, other.rsplit("/", 1)[1]).subject == "r1"
 
     status, headers, body = fetch(client, url)
     assert status == 200
