@@ -452,6 +452,7 @@ def _run(host: str, port: int, flower_port: int = 5555) -> int:
     # Each server makes a multiprocess-metrics directory of its own (a shared one mixes pids).
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     api = f"http://{host}:{port}"
+    env.setdefault("PAYMENTS_PUBLIC_URL", api)  # the pages' links point at this run
     run_info: dict[str, str] = {"api": api}
     children: list[subprocess.Popen[bytes]] = []
     if not settings.api_token:
@@ -461,7 +462,8 @@ def _run(host: str, port: int, flower_port: int = 5555) -> int:
         children.append(process)
         secret = settings.stripe_webhook_secret or f"whsec_{secrets.token_urlsafe(24)}"
         env.update(PAYMENTS_STRIPE_API_KEY=LOCAL_STRIPE_KEY, PAYMENTS_STRIPE_API_BASE=stripe_url,
-                   PAYMENTS_STRIPE_WEBHOOK_SECRET=secret, PAYMENTS_STRIPE_PUBLISHABLE_KEY="pk_test_localstripe")
+                   PAYMENTS_STRIPE_WEBHOOK_SECRET=secret, PAYMENTS_STRIPE_PUBLISHABLE_KEY="pk_test_localstripe",
+                   PAYMENTS_STRIPE_JS_URL=f"{stripe_url}/js.stripe.com/v3/")  # the pages use its Stripe.js
         _register_webhook(stripe_url, f"{api}/stripe/webhook", secret)
         run_info.update(stripe=stripe_url, stripe_webhook_secret=secret)
     # The metrics listeners, internal: the operator's addresses, else free ports on loopback.

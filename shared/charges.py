@@ -35,7 +35,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import db, healing, ledger, payments, profiles, requests, topups
+from shared import db, healing, ledger, page_links, payments, profiles, requests, topups
 from shared.config import Settings
 from shared.errors import AuthenticationRequired, CardDeclined, NotFound, StripeRequestFailed
 from shared.models import (
@@ -200,7 +200,8 @@ def settle_intent(
         ):
             action = intent.status in NEEDS_ACTION
             topups.fail_attempt(session, attempt, f"PaymentIntent {intent.id} is {intent.status}",
-                                action_required=action, payment_intent_id=intent.id)
+                                action_required=action, payment_intent_id=intent.id,
+                                link=_authentication_link(settings, attempt) if action else None)
             payments.card_failed(session, attempt, f"card payment {intent.status}", settings)
         effects.collect(session)
     return effects
@@ -236,10 +237,16 @@ def _declined(
     with sessions.begin() as session:
         attempt = topups.lock_attempt(session, attempt_id)
         if attempt.status == CardPaymentStatus.PENDING.value:
-            topups.fail_attempt(session, attempt, reason, action_required=action, payment_intent_id=payment_intent_id)
+            topups.fail_attempt(session, attempt, reason, action_required=action, payment_intent_id=payment_intent_id,
+                                link=_authentication_link(settings, attempt) if action else None)
             payments.card_failed(session, attempt, reason, settings)
         effects.collect(session)
     return effects
+
+
+def _authentication_link(settings: Settings, attempt: CardPayment) -> str | None:
+    """The page where the member authenticates this charge (webhook/pages.py), for the e-mail."""
+    return page_links.url(settings, page_links.AUTHENTICATE, attempt.attempt_key)
 
 
 # Saved cards (SPEC 4.1) ------------------------------------------------------------------

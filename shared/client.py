@@ -87,13 +87,14 @@ def settle(settings: Settings | None = None, *, token: str | None = None, **fiel
 
 def status(request_id: str, settings: Settings | None = None) -> dict[str, Any]:
     """The request's status document (CONTRACT `GET /api/payments/{request_id}`)."""
-    from shared import requests
+    from shared import page_links, requests
 
     settings = settings or Settings.from_env()
     engine = make_engine(settings.database_url)
     try:
         with make_sessions(engine).begin() as session:
-            return requests.status_document(requests.get(session, request_id))
+            # `checkout.url` too, when these settings hold the service's PAYMENTS_API_TOKEN.
+            return page_links.with_checkout_url(settings, requests.status_document(requests.get(session, request_id)))
     finally:
         engine.dispose()
 

@@ -19,6 +19,8 @@ from shared.money import parse_cents
 DEFAULT_DATABASE_URL = "sqlite:///var/payments.db"
 DEFAULT_BROKER_URL = "sqla+sqlite:///var/broker.db"
 DEFAULT_RATE_LIMIT = "100/second;3000/minute"
+DEFAULT_PUBLIC_URL = "http://127.0.0.1:8000"
+DEFAULT_STRIPE_JS_URL = "https://js.stripe.com/v3/"
 # PAYMENTS_API_TOKEN is the bootstrap client `admin` (every scope): refused when shorter.
 MIN_API_TOKEN_LENGTH = 32
 
@@ -43,6 +45,11 @@ class Settings:
     stripe_api_base: str | None = None
     stripe_webhook_secret: str | None = field(default=None, repr=False)
     stripe_publishable_key: str | None = None
+    # Pages for people (CONTRACT): links in e-mails and answers start with public_url; the
+    # pages load Stripe.js from stripe_js_url (localstripe's stand-in in tests), the only
+    # origin their Content-Security-Policy allows besides their own.
+    public_url: str = DEFAULT_PUBLIC_URL
+    stripe_js_url: str = DEFAULT_STRIPE_JS_URL
     callback_routes: Mapping[str, CallbackRoute] = field(default_factory=dict)
     notify_task: CallbackRoute | None = None
     smtp_url: str | None = field(default=None, repr=False)
@@ -189,6 +196,8 @@ class Settings:
             stripe_api_base=text("PAYMENTS_STRIPE_API_BASE"),
             stripe_webhook_secret=text("PAYMENTS_STRIPE_WEBHOOK_SECRET"),
             stripe_publishable_key=text("PAYMENTS_STRIPE_PUBLISHABLE_KEY"),
+            public_url=(text("PAYMENTS_PUBLIC_URL") or DEFAULT_PUBLIC_URL).rstrip("/"),
+            stripe_js_url=text("PAYMENTS_STRIPE_JS_URL") or DEFAULT_STRIPE_JS_URL,
             callback_routes=parse_routes(text("PAYMENTS_CALLBACK_ROUTES") or ""),
             notify_task=parse_route("PAYMENTS_NOTIFY_TASK", notify) if notify else None,
             smtp_url=text("PAYMENTS_SMTP_URL"),

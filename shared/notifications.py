@@ -138,16 +138,16 @@ _AUTO_TOPUP_EMAILS = {
     ),
     "action_required": (
         "Your bank needs you to confirm an auto top up",
-        "Your bank asked you to authenticate an auto top up of {amount}. Please log in and confirm it: "
-        "{link}",
+        "Your bank asked you to authenticate an auto top up of {amount}. Please confirm it{link}",
     ),
 }
 
 
-def auto_topup_email(session: Session, member: Member, attempt: Any, outcome: str) -> None:
-    """SPEC 4.3: success, failure, or authentication needed (with a link)."""
+def auto_topup_email(session: Session, member: Member, attempt: Any, outcome: str, *, link: str | None = None) -> None:
+    """SPEC 4.3: success, failure, or authentication needed (with the page's link,
+    `shared.page_links`, when the service can make one)."""
     subject, text = _AUTO_TOPUP_EMAILS[outcome]
-    body = text.format(amount=format_cents(attempt.amount), link=f"/payments/auto-topup/{attempt.attempt_key}")
+    body = text.format(amount=format_cents(attempt.amount), link=f": {link}" if link else " when you next log in.")
     outbox.add_notification(
         session, f"auto-topup-{outcome}:{attempt.attempt_key}", _email(member, f"auto_topup_{outcome}", subject, body)
     )

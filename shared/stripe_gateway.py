@@ -58,6 +58,8 @@ _SECRET_TEXT = re.compile(r"\b(?:sk|rk)_(?:test|live)_\S*|\bwhsec_\S*|\b\w+_secr
 class SetupIntentInfo:
     id: str
     client_secret: str = field(repr=False)
+    status: str = "requires_payment_method"
+    customer_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -151,6 +153,12 @@ class StripeGateway:
                 }
             )
         return SetupIntentInfo(id=intent.id, client_secret=intent.client_secret or "")
+
+    def retrieve_setup_intent(self, setup_intent_id: str) -> SetupIntentInfo:
+        with self._errors(f"SetupIntent {setup_intent_id}: retrieve"):
+            intent = _as_dict(self._v1().setup_intents.retrieve(setup_intent_id))
+        return SetupIntentInfo(id=str(intent["id"]), client_secret=str(intent.get("client_secret") or ""),
+                               status=str(intent.get("status")), customer_id=_id(intent.get("customer")))
 
     def card_saved(
         self, *, customer_id: str, setup_intent_id: str | None = None, payment_method_id: str | None = None
@@ -267,6 +275,50 @@ class StripeGateway:
         return CheckoutInfo(
             payment_intent_id=intent.id, client_secret=intent.client_secret or "", amount_cents=intent.amount
         )
+
+    def pay_checkout(self, *, payment_intent_id: str, card_token: str) -> PaymentIntentInfo:
+        """Pay a checkout's PaymentIntent with the card a page tokenised in the browser
+        (Stripe.js `createToken`): the card is put on the intent and the intent confirmed here.
+        Returns the intent: `succeeded` (or `processing`), or `requires_action` when the bank
+        wants the member to authenticate (the page then calls Stripe.js `confirmCardPayment`).
+        Raises `CardDeclined` for a refused card (the member may try another)."""
+        v1 = self._v1()
+        with self._errors(f"PaymentIntent {payment_intent_id}: pay with a new card"):
+            method = self._card_of_token(v1, card_token)
+            v1.payment_intents.update(payment_intent_id, {"payment_method": method})
+            intent = v1.payment_intents.confirm(payment_intent_id)
+        info = _intent_info(intent)
+        if info.status in ("requires_payment_method", "canceled"):
+            raise CardDeclined(f"PaymentIntent {info.id}: {info.last_payment_error or 'card declined'}",
+                               payment_intent_id=info.id)
+        return info
+
+    @staticmethod
+    def _card_of_token(v1: Any, card_token: str) -> str:
+        """A PaymentMethod made from a card token (Stripe). localstripe's PaymentMethods take raw
+        card numbers only (a 400 "Bad request" with no code); its token's card (`card_...`) is
+        accepted as a PaymentMethod instead, as Stripe accepts saved cards."""
+        try:
+            return str(v1.payment_methods.create({"type": "card", "card": {"token": card_token}}).id)
+        except stripe.InvalidRequestError as exc:
+            if exc.code is not None or (exc.user_message or "") != "Bad request":
+                raise
+        card = _id(_as_dict(v1.tokens.retrieve(card_token)).get("card"))
+        if card is None:
+            raise InvalidInput(f"card token {card_token}: it holds no card", field="card_token")
+        return card
+
+    def to_authenticate(self, payment_intent_id: str) -> tuple[str, str, str | None]:
+        """What a page needs to have the member authenticate an off-session charge with
+        Stripe.js `confirmCardPayment`: the PaymentIntent's status, client secret and card (on
+        the intent, or, after Stripe's off-session `authentication_required`, on its last
+        error)."""
+        with self._errors(f"PaymentIntent {payment_intent_id}: retrieve"):
+            intent = _as_dict(self._v1().payment_intents.retrieve(payment_intent_id))
+        error = intent.get("last_payment_error")
+        method = _id(intent.get("payment_method")) or (
+            _id(error.get("payment_method")) if isinstance(error, Mapping) else None)
+        return str(intent.get("status")), str(intent.get("client_secret") or ""), method
 
     def retrieve_payment_intent(self, payment_intent_id: str) -> PaymentIntentInfo:
         with self._errors(f"PaymentIntent {payment_intent_id}: retrieve"):

@@ -274,9 +274,9 @@ def may_charge_auto_topup(session: Session, member_id: str) -> bool:
 
 def fail_attempt(
     session: Session, attempt: CardPayment, error: str, *, action_required: bool = False,
-    payment_intent_id: str | None = None,
+    payment_intent_id: str | None = None, link: str | None = None,
 ) -> None:
-    """The card was declined or needs the member: record it; an auto top-up of a member still
+    """The card was declined or needs the member (`link`: the page to authenticate on): record it; an auto top-up of a member still
     `on` (or `action_required`) changes their state (SPEC 4.3) and e-mails them. A member who
     cancelled meanwhile stays `off` and gets no e-mail. An attempt that had already asked the
     member to authenticate changes only the `action_required` it caused: a member who has
@@ -295,7 +295,8 @@ def fail_attempt(
             AutoTopUpStatus.ACTION_REQUIRED if action_required else AutoTopUpStatus.FAILED
         ).value
         member.updated_at = utcnow()
-        notifications.auto_topup_email(session, member, attempt, "action_required" if action_required else "failure")
+        notifications.auto_topup_email(session, member, attempt, "action_required" if action_required else "failure",
+                                       link=link)
 
 
 def record_decline(attempt: CardPayment, error: str, *, payment_intent_id: str) -> None:

@@ -36,3 +36,15 @@ if ! redis-cli -h 127.0.0.1 -p "$REDIS_PORT" ping >/dev/null 2>&1; then
     exit 1
   fi
 fi
+
+# The card pages' browser tests (tests/e2e/test_card_pages.py) drive Debian's Chromium with its
+# chromedriver: installed here when missing and we may (root with apt); no browser download.
+if ! [ -x /usr/bin/chromium ] || ! [ -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "ensure-services: installing chromium and chromium-driver"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null || exit 1
+  else
+    echo "ensure-services: /usr/bin/chromium and /usr/bin/chromedriver are missing; the browser tests" \
+         "will fail (Debian: apt install chromium chromium-driver)" >&2
+  fi
+fi

@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 
-from shared import access, charges, fields, topups
+from shared import access, card_pages, charges, fields, page_links, topups
 from shared.money import format_cents
 from webhook import context
 from webhook.auth import action
@@ -19,8 +19,9 @@ blueprint = Blueprint("cards", __name__)
 def setup(member_id: str) -> ResponseReturnValue:
     member_id = fields.identifier(member_id, "member_id")
     info = charges.setup_auto_topup(context.sessions(), context.gateway(), context.settings(), member_id)
+    url = page_links.url(context.settings(), page_links.SETUP, card_pages.setup_subject(member_id, info.setup_intent_id))
     return jsonify({"setup_intent_id": info.setup_intent_id, "client_secret": info.client_secret,
-                    "publishable_key": info.publishable_key})
+                    "publishable_key": info.publishable_key, **({"url": url} if url else {})})
 
 
 @blueprint.put("/members/<member_id>/auto-topup")

@@ -17,7 +17,7 @@ from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
 from kombu.exceptions import OperationalError as BrokerError
 
-from shared import access, fields, messages, payments, refunds, requests, settlements, topups, transfers
+from shared import access, fields, messages, page_links, payments, refunds, requests, settlements, topups, transfers
 from shared.client import QUEUE
 from webhook import auth, context
 from webhook.auth import action
@@ -63,7 +63,7 @@ def get_request(request_id: str) -> ResponseReturnValue:
     with context.transaction() as session:
         row = requests.get(session, fields.identifier(request_id, "request_id"))
     access.authorise(auth.principal(), access.REQUESTS_READ, {"request_id": row.request_id, "client": row.client})
-    return jsonify(requests.status_document(row))
+    return jsonify(page_links.with_checkout_url(context.settings(), requests.status_document(row)))
 
 
 def _accept(
@@ -74,7 +74,7 @@ def _accept(
     order = parse(context.json_body() if body is None else body, context.settings())
     with context.transaction() as session:
         row, created = record(session, order, client=auth.principal().name)
-        document = requests.status_document(row)
+        document = page_links.with_checkout_url(context.settings(), requests.status_document(row))
         kind = row.kind
     if row.queued:
         enqueue(kind, order)

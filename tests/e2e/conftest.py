@@ -47,6 +47,8 @@ def worker_env(database_url: str, **extra: str) -> dict[str, str]:
         "PAYMENTS_STRIPE_API_BASE": STRIPE_BASE[0] if STRIPE_BASE else "",
         "PAYMENTS_STRIPE_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "PAYMENTS_STRIPE_PUBLISHABLE_KEY": PUBLISHABLE_KEY,
+        # The pages load localstripe's stand-in for Stripe.js.
+        "PAYMENTS_STRIPE_JS_URL": f"{STRIPE_BASE[0]}/js.stripe.com/v3/" if STRIPE_BASE else "",
         "PAYMENTS_CALLBACK_ROUTES": ROUTES,
         # The bootstrap client's callback key is derived from it (shared.client.admin_callback_key).
         "PAYMENTS_API_TOKEN": API_TOKEN,
@@ -127,8 +129,9 @@ def webhook_url(
     API call."""
     port = free_port()
     log = tmp_path_factory.mktemp("webhook") / "webhook.log"
-    process = start(["webhook", "--port", str(port), "--workers", "1"], worker_env(runtime_database_url), log)
     base = f"http://127.0.0.1:{port}"
+    process = start(["webhook", "--port", str(port), "--workers", "1"],
+                    worker_env(runtime_database_url, PAYMENTS_PUBLIC_URL=base), log)
 
     def healthy() -> bool:
         with urllib.request.urlopen(f"{base}/healthz", timeout=1) as response:

@@ -28,7 +28,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import client as payments_client
-from shared import messages, payments, topups
+from shared import messages, page_links, payments, topups
 from shared.config import Settings
 from shared.models import CardPayment, Member, OutboxMessage, StripeEvent
 from shared.stripe_gateway import StripeGateway, sign_webhook
@@ -197,7 +197,7 @@ def test_saving_a_card_turns_auto_top_up_on_and_tops_up_a_balance_below_the_low_
     answer = client.post("/api/members/ann/auto-topup/setup", headers=auth)
     assert answer.status_code == 200, answer.get_json()
     first = answer.get_json()
-    assert set(first) == {"setup_intent_id", "client_secret", "publishable_key"}
+    assert set(first) == {"setup_intent_id", "client_secret", "publishable_key", "url"}
     assert first["setup_intent_id"].startswith("seti_")
     assert first["client_secret"].startswith(f"{first['setup_intent_id']}_secret_")
     assert first["publishable_key"] == PUBLISHABLE_KEY
@@ -274,7 +274,7 @@ def test_a_checkout_paid_by_card_books_card_money_then_the_payment_and_calls_bac
     waiting = outcome(client, auth, "r1")
     assert waiting["status"] == "awaiting_card"
     checkout = waiting["checkout"]
-    assert set(checkout) == {"payment_intent_id", "client_secret", "amount", "publishable_key"}
+    assert set(checkout) == {"payment_intent_id", "client_secret", "amount", "publishable_key", "url"}
     assert (checkout["amount"], checkout["publishable_key"]) == ("20.00", PUBLISHABLE_KEY)
     assert checkout["client_secret"].startswith(f"{checkout['payment_intent_id']}_secret_")
     assert received() == []
@@ -354,7 +354,7 @@ def test_a_declined_auto_top_up_declines_the_payment_turns_auto_top_up_failed_an
 
 
 def test_a_card_needing_3d_secure_asks_the_member_to_authenticate_and_books_nothing(
-    client, auth, world, sessions, gateway, browser
+    client, auth, world, sessions, gateway, browser, settings
 ) -> None:
     customer = auto_topup_on(sessions, gateway, browser, number=NEEDS_3DS)
     adjust(client, auth, 10_00)
@@ -364,7 +364,8 @@ def test_a_card_needing_3d_secure_asks_the_member_to_authenticate_and_books_noth
     assert member_status(sessions) == "action_required"
     (email,) = emails(sessions)
     assert email["kind"] == "auto_topup_action_required"
-    assert "/payments/auto-topup/pay-topup:r1" in email["body"]
+    link = email["body"].split("confirm it: ", 1)[1].split()[0]  # the page (tests/e2e/test_card_pages.py)
+    assert page_links.read(settings, page_links.AUTHENTICATE, link.rsplit("/", 1)[1]).subject == "pay-topup:r1"
     assert statement(client, auth) == [("Manual Adjustment", "10.00")]
     assert [pi.status for pi in intents(browser, "pay-topup:r1", customer)] == ["requires_action"]
     assert attempt(sessions, "pay-topup:r1").status == "action_required"
