@@ -27,7 +27,7 @@ from shared import client as payments_client
 from shared import page_links
 from shared.config import Settings
 from shared.stripe_gateway import StripeGateway
-from tests.e2e.conftest import PUBLISHABLE_KEY, WEBHOOK_SECRET
+from tests.e2e.conftest import BROKER, PUBLISHABLE_KEY, WEBHOOK_SECRET
 from tests.e2e.processes import wait_for
 from tests.e2e.test_stripe_flows import auto_topup_on, emails
 from tests.integration.helpers import add_member, add_organisation, balance_of
@@ -67,8 +67,9 @@ def server(webhook_url: str) -> str:
 
 @pytest.fixture
 def settings(settings: Settings, stripe_api: str, server: str) -> Settings:
-    """The in-process API makes links to the real server (same signing key: PAYMENTS_API_TOKEN)."""
-    return replace(settings, stripe_api_key=STRIPE_TEST_KEY, stripe_api_base=stripe_api,
+    """The in-process API makes links to the real server (same signing key: PAYMENTS_API_TOKEN)
+    and sends to the real worker's broker."""
+    return replace(settings, broker_url=BROKER, stripe_api_key=STRIPE_TEST_KEY, stripe_api_base=stripe_api,
                    stripe_webhook_secret=WEBHOOK_SECRET, stripe_publishable_key=PUBLISHABLE_KEY,
                    public_url=server, stripe_js_url=f"{stripe_api}/js.stripe.com/v3/")
 
