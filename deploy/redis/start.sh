@@ -5,7 +5,10 @@
 # real Celery/kombu producers and consumers (ACL LOG empty):
 # - worker: consumes, publishes (its own tasks, other modules' callback queues, task events);
 #   every key, but no admin or dangerous command (CONFIG, ACL, FLUSHALL, SHUTDOWN, KEYS...) and
-#   only the task-event channels: remote control (the pidbox) is off and unreachable.
+#   only the task-event channels: remote control (the pidbox) is off and unreachable. Its gossip
+#   PSUBSCRIBEs `/0.celeryev/worker.*`, and Redis matches a subscribed pattern literally against
+#   the allowed ones, so that pattern is listed itself (without it the worker died at start;
+#   tests/e2e/test_broker_users.py starts one under these rules).
 # - beat, webhook: only publish the service's queues (and read their lengths): LPUSH, LLEN and
 #   the bindings kombu declares. They cannot read or take a message. The webhook also keeps the
 #   per-client rate limits (flask-limiter, under `LIMITS:`): a selector of its own, so what it
@@ -17,10 +20,10 @@
 #   call), which no worker listens to.
 set -eu
 umask 077
-acl=/tmp/users.acl
+acl=${REDIS_ACL_FILE:-/tmp/users.acl}  # a test points it elsewhere
 cat > "$acl" <<ACL
 user default off
-user worker on >${REDIS_WORKER_PASSWORD} ~* resetchannels &/0.celeryev/* +@all -@dangerous
+user worker on >${REDIS_WORKER_PASSWORD} ~* resetchannels &/0.celeryev/* &/0.celeryev/worker.* +@all -@dangerous
 user beat on >${REDIS_BEAT_PASSWORD} resetchannels ~webhooks* ~payments* ~topups* ~outbox* ~celery* ~_kombu.binding* -@all +ping +lpush +llen +smembers +sadd +multi +exec
 user webhook on >${REDIS_WEBHOOK_PASSWORD} resetchannels ~webhooks* ~payments* ~topups* ~outbox* ~celery* ~_kombu.binding* -@all +ping +lpush +llen +smembers +sadd +multi +exec (~LIMITS:* -@all +@read +@write +@scripting -@dangerous)
 user modules on >${REDIS_MODULES_PASSWORD} resetchannels %W~payments* %W~topups* %W~celery* %R~_kombu.binding.* -@all +ping +lpush +smembers
