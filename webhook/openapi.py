@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify
+from flask import Blueprint, Flask, Response, current_app
 from flask.typing import ResponseReturnValue
 from markupsafe import escape
 from pydantic import BaseModel
