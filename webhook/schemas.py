@@ -11,9 +11,13 @@ freely"), so every model allows properties it does not name.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError,
+                      ValidationInfo, WithJsonSchema)
+
+from shared import fields
+from shared.errors import InvalidInput
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 MONEY_PATTERN = r"^-?[0-9]+\.[0-9]{2}$"
@@ -30,6 +34,63 @@ Time = Annotated[str, Field(description="ISO 8601 with offset")]
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="allow")
+
+
+# Validating models ------------------------------------------------------------------------
+# A route converted to a model validates its body with `validated(Model, body)`. Each field's
+# check is the one `shared.fields` has always made, run by pydantic (a BeforeValidator): its
+# InvalidInput is not a ValueError, so it passes through pydantic unchanged, with the message
+# and field it always had. Every field has a default and defaults are validated too, so a
+# missing field gets the same 400 as a null one (the checks' own "required" rule); the JSON
+# Schema's `required` is given by the model. Fields are checked in the order declared.
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _checked(check: Any, schema: dict[str, Any]) -> Any:
+    def run(value: Any, info: ValidationInfo) -> Any:
+        return check(value, info.field_name)
+
+    return (BeforeValidator(run), WithJsonSchema(schema))
+
+
+_ID_SCHEMA = {"anyOf": [{"type": "string", "pattern": ID_PATTERN}, {"type": "integer", "minimum": 0}],
+              "description": "an id: 1 to 64 letters, digits or _.:- (a whole number is taken as its digits)"}
+CheckedId = Annotated[str, *_checked(fields.identifier, _ID_SCHEMA)]
+CheckedFlag = Annotated[bool, *_checked(fields.boolean, {"type": "boolean"})]
+CheckedEmail = Annotated[str, *_checked(fields.email, {"type": "string", "maxLength": 254,
+                                                       "description": "one plain address, local@domain.tld"})]
+CheckedName = Annotated[str, *_checked(
+    lambda value, field: fields.text(value, field, max_length=100),
+    {"type": "string", "minLength": 1, "maxLength": 100, "description": "no control characters"})]
+CheckedOptionalFlag = Annotated[bool | None, *_checked(
+    lambda value, field: None if value is None else fields.boolean(value, field),
+    {"type": ["boolean", "null"], "description": "null: the default; absent: keep the stored value"})]
+
+
+def validated(model: type[M], body: dict[str, Any]) -> M:
+    """`body` (a JSON object) as `model`, or the 400 of CONTRACT naming the field."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:  # a shape the field checks did not see first
+        problem = exc.errors()[0]
+        field = str(problem["loc"][0]) if problem["loc"] else "body"
+        raise InvalidInput(f"{field}: {problem['msg']}", field=field) from None
+
+
+def _required(*names: str) -> Any:
+    """The JSON Schema's `required` (the fields' defaults are only there to be validated)."""
+    def edit(schema: dict[str, Any]) -> None:
+        schema["required"] = list(names)
+        for name in names:
+            schema["properties"][name].pop("default", None)
+
+    return edit
+
+
+class _Validating(BaseModel):
+    model_config = ConfigDict(extra="allow", validate_default=True)
 
 
 # Errors -----------------------------------------------------------------------------------
@@ -52,11 +113,14 @@ class Error(BaseModel):
 # Requests ---------------------------------------------------------------------------------
 
 
-class MemberIn(Model):
-    email: Annotated[str, Field(max_length=254)]
-    first_name: Annotated[str, Field(max_length=100)]
-    last_name: Annotated[str, Field(max_length=100)]
-    low_balance_emails: StrictBool | None = None
+class MemberIn(_Validating):
+    """`PUT /api/members/{member_id}` (validated by this model)."""
+
+    model_config = ConfigDict(json_schema_extra=_required("email", "first_name", "last_name"))
+    email: CheckedEmail = None  # type: ignore[assignment]
+    first_name: CheckedName = None  # type: ignore[assignment]
+    last_name: CheckedName = None  # type: ignore[assignment]
+    low_balance_emails: CheckedOptionalFlag = None
 
 
 class OrganisationIn(Model):
@@ -147,9 +211,12 @@ class IouIn(_Routed):
     description: Text80
 
 
-class IouPayIn(Model):
-    request_id: Id
-    allow_checkout: StrictBool = False
+class IouPayIn(_Validating):
+    """`POST /api/ious/{iou_id}/pay` (validated by this model)."""
+
+    model_config = ConfigDict(json_schema_extra=_required("request_id"))
+    request_id: CheckedId = None  # type: ignore[assignment]
+    allow_checkout: CheckedFlag = False
 
 
 # Answers ----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -149,7 +150,10 @@ def test_the_stateful_run_creates_a_member_pays_and_reads_the_request(live_schem
         def before_call(self, case: Any) -> None:
             # A member with a profile the service accepts (generated text is mostly refused,
             # e.g. for control characters), so that the links from it have something to follow.
+            # A fresh id each time, so that the answer (201, and the links it offers) never
+            # depends on an earlier example: hypothesis replays examples and requires that.
             if case.method == "PUT" and case.operation.path == "/api/members/{member_id}":
+                case.path_parameters = {"member_id": f"st-{uuid.uuid4().hex[:12]}"}
                 case.body = {"email": "member@example.org", "first_name": "Ann", "last_name": "Lee"}
 
         def get_call_kwargs(self, case: Any) -> dict[str, Any]:
@@ -159,15 +163,16 @@ def test_the_stateful_run_creates_a_member_pays_and_reads_the_request(live_schem
             case.validate_response(response, checks=CHECKS)
             reads[f"{case.method} {case.operation.path} {response.status_code}"] += 1
 
-    Run.TestCase.settings = hypothesis_settings(max_examples=15, stateful_step_count=6, deadline=None, phases=[Phase.generate],
-                                                derandomize=True, database=None,
-                                                suppress_health_check=list(HealthCheck))
+    # Not derandomized: the steps depend on the server's answers, which hypothesis cannot replay
+    # (a fixed seed made it report FlakyStrategyDefinition); the assertions below hold for any run.
+    run_settings = hypothesis_settings(max_examples=15, stateful_step_count=6, deadline=None, phases=[Phase.generate],
+                                       database=None, suppress_health_check=list(HealthCheck))
     paid_by_link = text("SELECT count(*) FROM payment_requests p JOIN members m ON m.member_id = p.request_id "
                         "WHERE p.kind = 'payment'")  # the link pays with request_id = the new member's id
     _, engine = live
     with engine.connect() as conn:
         before = conn.execute(paid_by_link).scalar_one()
-    Run.TestCase().runTest()
+    Run.run(settings=run_settings)
     with engine.connect() as conn:
         after = conn.execute(paid_by_link).scalar_one()
     print(f"\nstateful: {sum(reads.values())} calls, {dict(sorted(reads.items()))}")  # shown with -s
