@@ -24,6 +24,9 @@ from markupsafe import escape
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from shared import specific_transactions
+from shared.balances_report import Kind
+from shared.periods import PRESETS
 from webhook import schemas as s
 
 blueprint = Blueprint("openapi", __name__)
@@ -45,6 +48,7 @@ class Operation:
     new: int | None = None
     downloads: tuple[str, ...] = ()  # media types besides JSON, chosen by ?format= (or ?file=)
     links: dict[str, dict[str, Any]] = field(default_factory=dict)
+    required: dict[str, dict[str, Any]] = field(default_factory=dict)  # required query parameters
 
 
 PERIOD = ("period", "from", "to")
@@ -63,16 +67,16 @@ OPERATIONS: dict[str, Operation] = {
     "api.get_member": Operation("A member's profile", s.Member),
     "api.member_balance": Operation("A member's balance, now or at the end of `date`", s.Balance, query=("date",)),
     "api.member_statement": Operation(
-        "A member's statement: a page of JSON, or the whole range as CSV or XLSX", s.Document,
+        "A member's statement: a page of JSON, or the whole range as CSV or XLSX", s.Statement,
         query=("format", *PERIOD, *PAGE), downloads=(CSV, XLSX)),
     "api.put_organisation": Operation("Create or update an organisation", s.Organisation, s.OrganisationIn, new=201),
     "api.get_organisation": Operation("An organisation's profile", s.Organisation),
     "api.organisation_balance": Operation("An organisation's balance, now or at the end of `date`", s.Balance,
                                           query=("date",)),
     "api.organisation_statement": Operation(
-        "An organisation's statement", s.Document,
+        "An organisation's statement", s.Statement,
         query=("format", *PERIOD, *PAGE, "event_id", "session_id", "type", "search"), downloads=(CSV, XLSX)),
-    "api.organisation_summary": Operation("An organisation's totals by entry type", s.Document, query=("days",)),
+    "api.organisation_summary": Operation("An organisation's totals by entry type", s.Summary, query=("days",)),
     "api.post_adjustment": Operation("Book an admin adjustment", s.Adjustment, s.AdjustmentIn, new=201),
     "api.admin_summary": Operation("Totals across the service, and Stripe's balance", s.Document),
     "api.movements.post_payment": Operation(
@@ -100,26 +104,28 @@ OPERATIONS: dict[str, Operation] = {
     "api.club_reports.movement_report": Operation("The movement report", s.Document, query=("format", *PERIOD),
                                                   downloads=(CSV, XLSX)),
     "api.settlement_reads.get_settlement_candidates": Operation(
-        "What a settlement would pay", s.Document, query=("reference_date", "format"), downloads=(CSV,)),
+        "What a settlement would pay", s.SettlementCandidates, query=("reference_date", "format"), downloads=(CSV,)),
     "api.settlement_reads.get_settlements": Operation(
         "Settlements made", s.Rows, query=("organisation_id", *PERIOD, *PAGE)),
     "api.settlement_reads.get_settlement_bank_file": Operation(
         "A settlement's bank file", s.Document, downloads=(CSV,)),
     "api.settlement_reads.get_card_payments": Operation(
         "Card money taken", s.Rows, query=("member_id", *PERIOD, "refundable", *PAGE)),
-    "api.reports.balances": Operation("Balances report", s.Document, query=("kind", "date", "format", *PAGE),
-                                      downloads=(CSV, XLSX)),
+    "api.reports.balances": Operation(
+        "Balances report", s.Document, query=("date", "format", *PAGE), downloads=(CSV, XLSX),
+        required={"kind": {"type": "string", "enum": [k.value for k in Kind]}}),
     "api.reports.reconciliation_report": Operation("Reconciliation report", s.Document, query=("date", "file"),
                                                    downloads=(CSV,)),
     "api.reports.specific_transactions_report": Operation(
-        "Transactions of one type", s.Document, query=("type", *PERIOD, "format", *PAGE), downloads=(CSV,)),
+        "Transactions of one type", s.Document, query=(*PERIOD, "format", *PAGE), downloads=(CSV,),
+        required={"type": {"type": "string", "enum": sorted(specific_transactions.TYPES)}}),
 }
 
 # Query parameters by name: all optional; the route's own checks answer 400 naming a bad one.
-_DATE = {"type": "string", "description": "YYYY-MM-DD, local time"}
+_DATE = {"type": "string", "format": "date", "description": "YYYY-MM-DD, local time"}
 QUERY: dict[str, dict[str, Any]] = {
     "date": _DATE, "from": _DATE, "to": _DATE, "reference_date": _DATE,
-    "period": {"type": "string", "description": "a named period, e.g. last_month (not with from/to)"},
+    "period": {"type": "string", "enum": list(PRESETS), "description": "a named period (not with from/to)"},
     "format": {"type": "string", "enum": ["json", "csv", "xlsx"]},
     "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "rows a page holds"},
     "cursor": {"type": "string", "description": "next_cursor of the page before"},
@@ -181,7 +187,8 @@ def _operation(app: Flask, rule: str, endpoint: str, op: Operation) -> dict[str,
         {"name": name, "in": "path", "required": True,
          "schema": PATH.get(name, {"type": "string", "pattern": s.ID_PATTERN})}
         for name in sorted(arguments)
-    ] + [{"name": name, "in": "query", "required": False, "schema": QUERY[name]} for name in op.query]
+    ] + [{"name": name, "in": "query", "required": True, "schema": schema} for name, schema in op.required.items()
+         ] + [{"name": name, "in": "query", "required": False, "schema": QUERY[name]} for name in op.query]
     ref = {"$ref": f"#/components/schemas/{op.answer.__name__}"}
     answer: dict[str, Any] = {"description": "done", "content": {JSON: {"schema": ref}}}
     for media in op.downloads:

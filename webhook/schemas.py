@@ -22,7 +22,9 @@ from shared.errors import InvalidInput
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 MONEY_PATTERN = r"^-?[0-9]+\.[0-9]{2}$"
 
-Id = Annotated[str, Field(pattern=ID_PATTERN, description="1 to 64 letters, digits or _.:-")]
+_ID_SCHEMA = {"anyOf": [{"type": "string", "pattern": ID_PATTERN}, {"type": "integer", "minimum": 0}],
+              "description": "an id: 1 to 64 letters, digits or _.:- (a whole number is taken as its digits)"}
+Id = Annotated[str, WithJsonSchema(_ID_SCHEMA)]
 # In: "12.34" or whole units as an integer; a float is refused with 400.
 MoneyIn = Annotated[StrictInt | Annotated[str, Field(pattern=r"^\s*-?[0-9]+(\.[0-9]{1,2})?\s*$")],
                     Field(description='money: a string such as "12.34", or an integer of whole units; never a float')]
@@ -55,8 +57,6 @@ def _checked(check: Any, schema: dict[str, Any]) -> Any:
     return (BeforeValidator(run), WithJsonSchema(schema))
 
 
-_ID_SCHEMA = {"anyOf": [{"type": "string", "pattern": ID_PATTERN}, {"type": "integer", "minimum": 0}],
-              "description": "an id: 1 to 64 letters, digits or _.:- (a whole number is taken as its digits)"}
 CheckedId = Annotated[str, *_checked(fields.identifier, _ID_SCHEMA)]
 CheckedFlag = Annotated[bool, *_checked(fields.boolean, {"type": "boolean"})]
 CheckedEmail = Annotated[str, *_checked(fields.email, {"type": "string", "maxLength": 254,
@@ -307,6 +307,54 @@ class Rows(Model):
 
     rows: list[dict[str, Any]]
     next_cursor: str | None = None
+
+
+class StatementLine(Model):
+    date: Time
+    counterparty: str | None
+    reference: str | None
+    type: str
+    description: str | None
+    amount: Money
+    balance: Money
+    event_id: str | None
+    session_id: str | None
+
+
+class Statement(Model):
+    """A statement page (`format=json`): its lines, where it goes on, its balances and dates."""
+
+    member_id: str | None = None
+    organisation_id: str | None = None
+    rows: list[StatementLine]
+    next_cursor: str | None
+    opening_balance: Money
+    closing_balance: Money
+    from_: str = Field(alias="from")
+    to: str
+
+
+class TypeTotal(Model):
+    type: str
+    amount: Money
+    count: int
+
+
+class Summary(Model):
+    organisation_id: str
+    days: int | Literal["all"]
+    by_type: list[TypeTotal]
+    total: Money
+
+
+class SettlementCandidates(Model):
+    reference_date: str
+    organisations: list[dict[str, Any]]
+    count: int
+    total_gross: Money
+    total_net: Money
+    total_fee: Money
+    total_bank: Money
 
 
 class Document(Model):

@@ -24,8 +24,10 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
+from hypothesis.errors import FlakyStrategyDefinition
 from hypothesis import HealthCheck, Phase, given, settings as hypothesis_settings, strategies as st
 from schemathesis import GenerationMode
+from schemathesis.core import NOT_SET
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 from sqlalchemy import Engine, inspect, text
@@ -79,6 +81,25 @@ def live(database_url: str, stripe_api: str) -> Iterator[tuple[str, Engine]]:
 KNOWN = {"member_id": "ann", "org_id": "club", "request_id": "seed-pay"}
 
 
+# Bodies that succeed on the seeded rows, so the writes' 2xx answers are checked too.
+BODIES: dict[str, Any] = {
+    "api.put_member": {"email": "ann@example.org", "first_name": "Ann", "last_name": "Lee"},
+    "api.put_organisation": {"name": "Club"},
+    "api.post_adjustment": {"request_id": "st-adj", "member_id": "ann", "amount": "1.00", "description": "fix",
+                            "admin_id": "admin"},
+    "api.movements.post_payment": {"request_id": "st-pay", "member_id": "ann", "organisation_id": "club",
+                                   "amount": "1.00", "description": "Entry"},
+    "api.movements.post_transfer": {"request_id": "st-tr", "from_organisation_id": "club", "to_member_id": "ann",
+                                    "amount": "1.00", "description": "Prize"},
+    "api.movements.post_topup": {"request_id": "st-top", "amount": "20.00"},
+    "api.movements.post_settlement": {"request_id": "st-set", "organisations": "all"},
+    "api.ious.post_iou": {"request_id": "st-iou", "organisation_id": "club", "member_id": "ann", "amount": "2.00",
+                          "description": "Table money"},
+    "api.ious.pay_iou": {"request_id": "st-iou-pay"},
+    "api.cards.change_amount": {"amount": "30.00"},
+}
+
+
 def _seed(base: str) -> str:
     with requests.Session() as http:
         http.headers.update(AUTH)
@@ -117,8 +138,9 @@ def test_every_operation(operation_id: str, live_schema: Any, live: tuple[str, E
     operation = live_schema.find_operation_by_id(operation_id)
     known = {p.name: KNOWN[p.name] for p in operation.path_parameters}
     strategies = [operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)]
-    if known:
-        strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters=known))
+    if known or operation_id in BODIES:
+        strategies.append(operation.as_strategy(GenerationMode.POSITIVE, path_parameters=known or None,
+                                                body=BODIES.get(operation_id, NOT_SET)))
     cases = st.one_of(strategies)
 
     @given(case=cases)
@@ -145,6 +167,7 @@ def test_the_stateful_run_creates_a_member_pays_and_reads_the_request(live_schem
                                                  "api.movements.get_request"])
     machine = scenario.as_state_machine()
     reads: collections.Counter[str] = collections.Counter()
+    failures: list[str] = []
 
     class Run(machine):  # type: ignore[misc,valid-type]
         def before_call(self, case: Any) -> None:
@@ -160,19 +183,30 @@ def test_the_stateful_run_creates_a_member_pays_and_reads_the_request(live_schem
             return {"headers": AUTH}
 
         def validate_response(self, response: Any, case: Any, **kwargs: Any) -> None:
-            case.validate_response(response, checks=CHECKS)
             reads[f"{case.method} {case.operation.path} {response.status_code}"] += 1
+            try:
+                case.validate_response(response, checks=CHECKS)
+            except Exception as exc:  # kept: hypothesis' replay of it may end in FlakyStrategyDefinition
+                failures.append(f"{case.method} {case.formatted_path} {response.status_code}: {exc}")
+                raise
 
     # Not derandomized: the steps depend on the server's answers, which hypothesis cannot replay
     # (a fixed seed made it report FlakyStrategyDefinition); the assertions below hold for any run.
-    run_settings = hypothesis_settings(max_examples=15, stateful_step_count=6, deadline=None, phases=[Phase.generate],
+    run_settings = hypothesis_settings(max_examples=30, stateful_step_count=10, deadline=None, phases=[Phase.generate],
                                        database=None, suppress_health_check=list(HealthCheck))
     paid_by_link = text("SELECT count(*) FROM payment_requests p JOIN members m ON m.member_id = p.request_id "
                         "WHERE p.kind = 'payment'")  # the link pays with request_id = the new member's id
     _, engine = live
     with engine.connect() as conn:
         before = conn.execute(paid_by_link).scalar_one()
-    Run.run(settings=run_settings)
+    try:
+        Run.run(settings=run_settings)
+    except FlakyStrategyDefinition:
+        # The steps depend on the service's state, which moves on (a request id answered 202
+        # is a 200 the next time): hypothesis then cannot replay a sequence and says so.
+        # schemathesis' own runner ignores this too; a failed check is kept in `failures`.
+        pass
+    assert not failures, failures
     with engine.connect() as conn:
         after = conn.execute(paid_by_link).scalar_one()
     print(f"\nstateful: {sum(reads.values())} calls, {dict(sorted(reads.items()))}")  # shown with -s
@@ -186,5 +220,5 @@ def test_the_run_reached_most_operations_with_a_2xx(capsys: pytest.CaptureFixtur
         pytest.skip("test_every_operation did not run")
     with capsys.disabled():
         print(f"\nschemathesis: {len(openapi.OPERATIONS)} operations, {TALLY['cases']} cases, "
-              f"{len(ANSWERED)} answered 2xx; statuses {dict(sorted((k, v) for k, v in TALLY.items() if k != 'cases'))}")
-    assert len(ANSWERED) >= 25, sorted(set(openapi.OPERATIONS) - ANSWERED)
+              f"{len(ANSWERED)} answered 2xx (not: {', '.join(sorted(set(openapi.OPERATIONS) - ANSWERED))}); statuses {dict(sorted((k, v) for k, v in TALLY.items() if k != 'cases'))}")
+    assert len(ANSWERED) >= 27, sorted(set(openapi.OPERATIONS) - ANSWERED)
