@@ -232,7 +232,8 @@ def render(described: dict[str, Any]) -> str:
     """The description as one HTML page: each operation with its parameters, body and answers."""
     out = ["<!doctype html><html lang=en><head><meta charset=utf-8><title>cobalt-payments API</title>",
            "<style>body{font-family:sans-serif;max-width:60em;margin:auto}pre{background:#f4f4f4;padding:.5em;"
-           "overflow:auto}code{font-weight:bold}</style></head><body>",
+           "overflow:auto}code{font-weight:bold}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+           "padding:.2em .5em;text-align:left;vertical-align:top}</style></head><body>",
            f"<h1>{escape(described['info']['title'])}</h1><p>{escape(described['info']['description'])}</p>",
            "<p>Every operation needs <code>Authorization: Bearer &lt;token&gt;</code>. "
            "The same description as JSON: <a href=\"/api/openapi.json\">/api/openapi.json</a>.</p><h2>Operations</h2><ul>"]
@@ -247,7 +248,8 @@ def render(described: dict[str, Any]) -> str:
                        f"<p>{escape(op['summary'])}</p>")
             if op["parameters"]:
                 out.append("<p>Parameters: " + ", ".join(
-                    f"<code>{escape(p['name'])}</code> ({p['in']})" for p in op["parameters"]) + "</p>")
+                    f"<code>{escape(p['name'])}</code> ({p['in']}{', required' if p['required'] else ''}: "
+                    f"{escape(_type(p['schema']))})" for p in op["parameters"]) + "</p>")
             if "requestBody" in op:
                 out.append(f"<p>Body: {_link(op['requestBody']['content'][JSON]['schema'])}</p>")
             ok = {k: v for k, v in op["responses"].items() if k.startswith("2")}
@@ -256,9 +258,37 @@ def render(described: dict[str, Any]) -> str:
                 + ", " + ", ".join(k for k in op["responses"] if not k.startswith("2")) + " <a href=\"#Error\">Error</a></p>")
     out.append("<h2>Schemas</h2>")
     for name, schema in described["components"]["schemas"].items():
-        out.append(f"<h3 id=\"{escape(name)}\">{escape(name)}</h3><pre>{escape(json.dumps(schema, indent=1))}</pre>")
+        out.append(f"<h3 id=\"{escape(name)}\">{escape(name)}</h3><p>{escape(schema.get('description', ''))}</p>")
+        required = set(schema.get("required", ()))
+        rows = "".join(
+            f"<tr><td><code>{escape(field)}</code>{' (required)' if field in required else ''}</td>"
+            f"<td>{escape(_type(spec))}</td><td>{escape(spec.get('description', ''))}</td></tr>"
+            for field, spec in schema.get("properties", {}).items())
+        if rows:
+            out.append(f"<table><tr><th>field</th><th>type</th><th>notes</th></tr>{rows}</table>")
+        out.append(f"<details><summary>JSON Schema</summary><pre>{escape(json.dumps(schema, indent=1))}</pre></details>")
     out.append("</body></html>")
     return "".join(out)
+
+
+def _type(schema: dict[str, Any]) -> str:
+    """A JSON Schema in a few words: `string`, `Money or null`, `one of a, b`."""
+    if "$ref" in schema:
+        return str(schema["$ref"].rpartition("/")[2])
+    if "enum" in schema:
+        return "one of " + ", ".join(map(str, schema["enum"]))
+    if "const" in schema:
+        return json.dumps(schema["const"])
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return " or ".join(_type(branch) for branch in schema[key])
+    kind = schema.get("type", "any")
+    if kind == "array":
+        return f"list of {_type(schema.get('items', {}))}"
+    if isinstance(kind, list):
+        return " or ".join(kind)
+    pattern = f" matching {schema['pattern']}" if "pattern" in schema else ""
+    return f"{kind}{pattern}"
 
 
 def _link(schema: dict[str, Any]) -> str:
