@@ -1,6 +1,6 @@
-"""schemathesis against the live API (issue 15): the real app served over HTTP by a werkzeug
-server thread, on the test PostgreSQL database, Redis as the broker and localstripe as Stripe,
-fuzzed from the description it serves itself (`/api/openapi.json`).
+"""schemathesis against the live API (issue 15): a real `payments webhook` process on the test
+PostgreSQL database, with localstripe as Stripe, fuzzed from the description it serves itself
+(`/api/openapi.json`).
 
 1. Every operation, positive and negative cases (`MAX_EXAMPLES` each, deterministic), with the
    bootstrap admin token: no 500 (`not_a_server_error`), every answer's status and body as
@@ -16,7 +16,6 @@ a 202 promises, and no table changes between a refused request's two counts.
 from __future__ import annotations
 
 import collections
-import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -31,12 +30,11 @@ from schemathesis.core import NOT_SET
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 from sqlalchemy import Engine, inspect, text
-from werkzeug.serving import make_server
 
-from shared.config import Settings
 from shared.db import make_engine
 from tests.conftest import API_TOKEN, empty_database
-from tests.stripe_fixture import STRIPE_TEST_KEY
+from tests.e2e.conftest import worker_env
+from tests.e2e.processes import free_port, start, stop, wait_for
 from webhook import openapi
 
 MAX_EXAMPLES = 20
@@ -53,26 +51,23 @@ def row_counts(engine: Engine) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def live(database_url: str, stripe_api: str) -> Iterator[tuple[str, Engine]]:
-    from webhook import create_app
-
+def live(database_url: str, runtime_database_url: str, stripe_api: str,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Engine]]:
+    """A real `payments webhook` (gunicorn, as the runtime role, as in production). Its tasks go
+    to an in-memory broker that no worker reads: the suite's e2e worker (on the test Redis)
+    must not book this run's accepted requests while rows are being counted."""
     engine = make_engine(database_url)
     empty_database(engine)
-    # Tasks go to an in-memory broker that no worker reads: the suite's e2e worker (on the
-    # test Redis) must not book this run's accepted requests while rows are being counted.
-    settings = Settings(database_url=database_url, broker_url="memory://", api_token=API_TOKEN, ops_cache_seconds=0,
-                        rate_limit=None, stripe_api_key=STRIPE_TEST_KEY, stripe_api_base=stripe_api,
-                        stripe_publishable_key="pk_test_schemathesis")
-    app = create_app(settings)
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_port}"
+    port = free_port()
+    log = tmp_path_factory.mktemp("schemathesis") / "webhook.log"
+    env = worker_env(runtime_database_url, PAYMENTS_BROKER_URL="memory://", PAYMENTS_STRIPE_API_BASE=stripe_api)
+    process = start(["webhook", "--port", str(port), "--workers", "1"], env, log)
+    base = f"http://127.0.0.1:{port}"
+    wait_for(lambda: requests.get(f"{base}/healthz", timeout=1).status_code == 200, "the webhook server", 30)
     KNOWN["iou_id"] = _seed(base)
     yield base, engine
-    server.shutdown()
-    thread.join(10)
-    app.extensions["payments"]["engine"].dispose()
+    stop(process)
+    assert "Traceback" not in log.read_text(), log.read_text()[-3000:]
     engine.dispose()
 
 
