@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 import requests
 import schemathesis
-from hypothesis.errors import FlakyStrategyDefinition
 from hypothesis import HealthCheck, Phase, given, settings as hypothesis_settings, strategies as st
+from hypothesis.errors import FlakyStrategyDefinition
 from schemathesis import GenerationMode
-from schemathesis.core import NOT_SET
 from schemathesis.checks import not_a_server_error
+from schemathesis.core import NOT_SET
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 from sqlalchemy import Engine, inspect, text
 
