@@ -101,7 +101,7 @@ OPERATIONS: dict[str, Operation] = {
     "api.club_reports.organisation_report": Operation(
         "A club's report", s.Document,
         query=("format", "view", *PERIOD, "search", "type", *PAGE), downloads=(XLSX,)),
-    "api.club_reports.movement_report": Operation("The movement report", s.Document, query=("format", *PERIOD),
+    "api.club_reports.movement_report": Operation("The movement report", s.MovementReport, query=("format", *PERIOD),
                                                   downloads=(CSV, XLSX)),
     "api.settlement_reads.get_settlement_candidates": Operation(
         "What a settlement would pay", s.SettlementCandidates, query=("reference_date", "format"), downloads=(CSV,)),
@@ -112,7 +112,7 @@ OPERATIONS: dict[str, Operation] = {
     "api.settlement_reads.get_card_payments": Operation(
         "Card money taken", s.Rows, query=("member_id", *PERIOD, "refundable", *PAGE)),
     "api.reports.balances": Operation(
-        "Balances report", s.Document, query=("date", "format", *PAGE), downloads=(CSV, XLSX),
+        "Balances report", s.BalancesPage, query=("date", "format", *PAGE), downloads=(CSV, XLSX),
         required={"kind": {"type": "string", "enum": [k.value for k in Kind]}}),
     "api.reports.reconciliation_report": Operation("Reconciliation report", s.Document, query=("date", "file"),
                                                    downloads=(CSV,)),

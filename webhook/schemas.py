@@ -357,5 +357,25 @@ class SettlementCandidates(Model):
     total_bank: Money
 
 
+class BalancesPage(Model):
+    """`GET /api/reports/balances` (JSON): a page of non-zero balances on `date`."""
+
+    date: str
+    kind: Literal["member", "organisation"]
+    rows: list[dict[str, Any]]
+    count: int
+    total: Money
+    next_cursor: str | None
+
+
+class MovementReport(Model):
+    """`GET /api/reports/movement` (JSON): a row per organisation, money as strings."""
+
+    from_: str = Field(alias="from")
+    to: str
+    rows: list[dict[str, str | None]]
+    totals: dict[str, Money]
+
+
 class Document(Model):
     """A report read as JSON (CONTRACT gives its fields)."""
