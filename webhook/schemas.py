@@ -255,6 +255,16 @@ class Balance(Model):
     date: str | None = None
 
 
+class Checkout(Model):
+    """What a browser needs to pay by card (`awaiting_card`); `url` is the hosted page."""
+
+    payment_intent_id: str
+    client_secret: str
+    amount: Money
+    publishable_key: str | None
+    url: str | None = None
+
+
 class RequestStatus(Model):
     """`GET /api/payments/{request_id}`: any request's status document."""
 
@@ -264,6 +274,7 @@ class RequestStatus(Model):
     amount: Money
     client: str | None
     reason: str | None = None
+    checkout: Checkout | None = None
 
 
 class Adjustment(Model):
