@@ -26,7 +26,7 @@ MAX_BODY_BYTES = 1024 * 1024
 
 def create_app(settings: Settings | None = None, *, resources: dict[str, Any] | None = None) -> Flask:
     """The public app: the API, the Stripe webhook, `/healthz` and `/readyz`; no `/metrics`."""
-    from webhook import api, auth, errors, health, limits, ops, pages, stripe
+    from webhook import api, auth, errors, health, limits, openapi, ops, pages, stripe
 
     settings = settings or Settings.from_env()
     app = _base(settings, resources)
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None, *, resources: dict[str, Any] | 
     app.register_blueprint(stripe.blueprint)
     app.register_blueprint(api.blueprint)
     app.register_blueprint(pages.blueprint)
+    app.register_blueprint(openapi.blueprint)  # public: outside `api`, so no token and no rate limit
     return app
 
 

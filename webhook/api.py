@@ -16,7 +16,7 @@ from shared.errors import InvalidInput
 from shared.models import EntryType, Member, Organisation, utcnow
 from shared.money import format_cents, parse_cents
 from shared.profiles import KEEP, Keep, MemberDetails, OrganisationDetails
-from webhook import auth, context
+from webhook import auth, context, schemas
 from webhook.auth import action
 from webhook.downloads import csv_download, xlsx_download
 
@@ -34,12 +34,12 @@ T = TypeVar("T")
 @action(access.MEMBERS_WRITE)
 def put_member(member_id: str) -> ResponseReturnValue:
     member_id = fields.identifier(member_id, "member_id")
-    body = context.json_body()
+    given = schemas.validated(schemas.MemberIn, context.json_body())
     details = MemberDetails(
-        email=fields.email(body.get("email")),
-        first_name=fields.text(body.get("first_name"), "first_name", max_length=100),
-        last_name=fields.text(body.get("last_name"), "last_name", max_length=100),
-        low_balance_emails=_optional(body, "low_balance_emails", fields.boolean),
+        email=given.email,
+        first_name=given.first_name,
+        last_name=given.last_name,
+        low_balance_emails=given.low_balance_emails if "low_balance_emails" in given.model_fields_set else KEEP,
     )
     with context.transaction() as session:
         member, created = profiles.put_member(

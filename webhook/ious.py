@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from shared import access, fields, ious, messages, requests
 from shared.models import RequestKind
-from webhook import auth, context
+from webhook import auth, context, schemas
 from webhook.auth import action
 from webhook.movements import enqueue
 
@@ -62,9 +62,8 @@ def _listing(**whose: str) -> ResponseReturnValue:
 @action(access.IOUS_PAY)
 def pay_iou(iou_id: str) -> ResponseReturnValue:
     number = ious.iou_id(iou_id)
-    body = context.json_body()
-    request_id = fields.identifier(body.get("request_id"), "request_id")
-    allow_checkout = fields.boolean(body.get("allow_checkout", False), "allow_checkout")
+    given = schemas.validated(schemas.IouPayIn, context.json_body())
+    request_id, allow_checkout = given.request_id, given.allow_checkout
     with context.transaction() as session:
         order, row, created = ious.pay(session, number, request_id, allow_checkout=allow_checkout,
                                        client=auth.principal().name)

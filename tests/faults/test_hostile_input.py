@@ -38,6 +38,7 @@ from werkzeug.test import TestResponse
 from shared.stripe_gateway import sign_webhook
 from tests.conftest import API_TOKEN
 from tests.faults.scale import scaled
+from webhook import openapi
 
 SECRET = "whsec_fault_suite_not_a_secret"
 OTHER_SECRET = "whsec_someone_else"
@@ -663,8 +664,10 @@ def wrong_clients(api, sessions) -> dict[str, str]:
 
 
 def test_every_endpoint_refuses_the_wrong_client_and_changes_nothing(api, engine, wrong_clients, capsys) -> None:
+    # The API's description and its reading page are public (CONTRACT); every other route is tried.
     served = {(m, rule.rule) for rule in api.application.url_map.iter_rules() if rule.rule.startswith("/api/")
-              for m in rule.methods - {"HEAD", "OPTIONS"}}
+              and rule.rule not in openapi.PUBLIC_PATHS for m in rule.methods - {"HEAD", "OPTIONS"}}
+    assert set(openapi.PUBLIC_PATHS) == {"/api/openapi.json", "/api/docs"}
     tried = {(m, p.replace("/ann", "/<member_id>").replace("/club", "/<org_id>").replace("seed-pay", "<request_id>")
               .replace("{iou}", "<iou_id>")) for m, p, *_ in WRONG_CLIENT_ENDPOINTS}
     assert tried == served, "every /api route is tried"

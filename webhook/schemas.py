@@ -1,0 +1,392 @@
+"""The `/api/*` bodies and answers as pydantic v2 models: declared once, they make the OpenAPI
+description (`webhook.openapi`), and they validate where a route has been moved to them.
+
+The fields' own rules (ids, money, text) stay in `shared.fields` and `shared.money`, which the
+routes still call: the models say what the rules accept, in JSON Schema. Money is a string with
+two decimals (`"12.34"`) or an integer of whole units, never a JSON number with a fraction (SPEC;
+`shared.money.parse_cents` refuses a float), so `Money` is `StrictInt | str`, never `float`.
+Request models allow extra fields (the parsers ignore them), answers may grow (CONTRACT: "add
+freely"), so every model allows properties it does not name.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError,
+                      ValidationInfo, WithJsonSchema)
+
+from shared import fields
+from shared.errors import InvalidInput
+
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+MONEY_PATTERN = r"^-?[0-9]+\.[0-9]{2}$"
+
+_ID_SCHEMA = {"anyOf": [{"type": "string", "pattern": ID_PATTERN}, {"type": "integer", "minimum": 0}],
+              "description": "an id: 1 to 64 letters, digits or _.:- (a whole number is taken as its digits)"}
+Id = Annotated[str, WithJsonSchema(_ID_SCHEMA)]
+# In: "12.34" or whole units as an integer; a float is refused with 400.
+MoneyIn = Annotated[StrictInt | Annotated[str, Field(pattern=r"^\s*-?[0-9]+(\.[0-9]{1,2})?\s*$")],
+                    Field(description='money: a string such as "12.34", or an integer of whole units; never a float')]
+# Out: always a string with two decimals.
+Money = Annotated[str, Field(pattern=MONEY_PATTERN, description='money, a string such as "12.34"')]
+Text80 = Annotated[str, Field(max_length=80)]
+Time = Annotated[str, Field(description="ISO 8601 with offset")]
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+# Validating models ------------------------------------------------------------------------
+# A route converted to a model validates its body with `validated(Model, body)`. Each field's
+# check is the one `shared.fields` has always made, run by pydantic (a BeforeValidator): its
+# InvalidInput is not a ValueError, so it passes through pydantic unchanged, with the message
+# and field it always had. Every field has a default and defaults are validated too, so a
+# missing field gets the same 400 as a null one (the checks' own "required" rule); the JSON
+# Schema's `required` is given by the model. Fields are checked in the order declared.
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _checked(check: Any, schema: dict[str, Any]) -> Any:
+    def run(value: Any, info: ValidationInfo) -> Any:
+        return check(value, info.field_name)
+
+    return (BeforeValidator(run), WithJsonSchema(schema))
+
+
+CheckedId = Annotated[str, *_checked(fields.identifier, _ID_SCHEMA)]
+CheckedFlag = Annotated[bool, *_checked(fields.boolean, {"type": "boolean"})]
+CheckedEmail = Annotated[str, *_checked(fields.email, {"type": "string", "maxLength": 254,
+                                                       "description": "one plain address, local@domain.tld"})]
+CheckedName = Annotated[str, *_checked(
+    lambda value, field: fields.text(value, field, max_length=100),
+    {"type": "string", "minLength": 1, "maxLength": 100, "description": "no control characters"})]
+CheckedOptionalFlag = Annotated[bool | None, *_checked(
+    lambda value, field: None if value is None else fields.boolean(value, field),
+    {"type": ["boolean", "null"], "description": "null: the default; absent: keep the stored value"})]
+
+
+def validated(model: type[M], body: dict[str, Any]) -> M:
+    """`body` (a JSON object) as `model`, or the 400 of CONTRACT naming the field."""
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:  # a shape the field checks did not see first
+        problem = exc.errors()[0]
+        field = str(problem["loc"][0]) if problem["loc"] else "body"
+        raise InvalidInput(f"{field}: {problem['msg']}", field=field) from None
+
+
+def _required(*names: str) -> Any:
+    """The JSON Schema's `required` (the fields' defaults are only there to be validated)."""
+    def edit(schema: dict[str, Any]) -> None:
+        schema["required"] = list(names)
+        for name in names:
+            schema["properties"][name].pop("default", None)
+
+    return edit
+
+
+class _Validating(BaseModel):
+    model_config = ConfigDict(extra="allow", validate_default=True)
+
+
+# Errors -----------------------------------------------------------------------------------
+
+
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    code: str
+    message: str
+    field: str | None = Field(default=None, description="the request field at fault, when there is one")
+
+
+class Error(BaseModel):
+    """CONTRACT's error shape, for every 4xx and 503."""
+
+    model_config = ConfigDict(extra="forbid")
+    error: ErrorDetail
+
+
+# Requests ---------------------------------------------------------------------------------
+
+
+class MemberIn(_Validating):
+    """`PUT /api/members/{member_id}` (validated by this model)."""
+
+    model_config = ConfigDict(json_schema_extra=_required("email", "first_name", "last_name"))
+    email: CheckedEmail = None  # type: ignore[assignment]
+    first_name: CheckedName = None  # type: ignore[assignment]
+    last_name: CheckedName = None  # type: ignore[assignment]
+    low_balance_emails: CheckedOptionalFlag = None
+
+
+class OrganisationIn(Model):
+    name: Annotated[str, Field(max_length=200)]
+    settlement_fee_percent: StrictInt | str | None = Field(default=None, description='0 to 100, e.g. "2.50" (admin)')
+    minimum_balance_after_settlement: MoneyIn | None = None
+    bank_bsb: str | None = None
+    bank_account: str | None = None
+
+
+class AdjustmentIn(Model):
+    request_id: Id
+    amount: MoneyIn
+    description: Text80
+    admin_id: Id
+    member_id: Id | None = Field(default=None, description="exactly one of member_id and organisation_id")
+    organisation_id: Id | None = None
+    allow_negative: StrictBool = False
+
+
+class _Routed(Model):
+    route_code: Id | None = None
+    route_payload: Any = Field(default=None, description="handed back in the callback, as sent (at most 2000 characters)")
+    event_id: Id | None = None
+    session_id: Id | None = None
+
+
+class PaymentIn(_Routed):
+    request_id: Id
+    member_id: Id
+    amount: MoneyIn
+    description: Text80
+    payment_type: str | None = None
+    organisation_id: Id | None = None
+    other_member_id: Id | None = None
+    book_internals: StrictBool = True
+    allow_checkout: StrictBool = False
+    iou_id: StrictInt | str | None = None
+
+
+class TransferIn(_Routed):
+    request_id: Id
+    amount: MoneyIn
+    description: Text80
+    payment_type: str | None = None
+    from_member_id: Id | None = Field(default=None, description="exactly one of from_member_id, from_organisation_id")
+    from_organisation_id: Id | None = None
+    to_member_id: Id | None = Field(default=None, description="exactly one of to_member_id, to_organisation_id")
+    to_organisation_id: Id | None = None
+    allow_checkout: StrictBool = False
+    allow_negative: StrictBool = False
+
+
+class SettlementItem(Model):
+    organisation_id: Id
+    override_amount: MoneyIn | None = None
+
+
+class SettlementIn(Model):
+    request_id: Id
+    reference_date: str | None = Field(default=None, description="YYYY-MM-DD")
+    organisations: Literal["all"] | list[SettlementItem]
+
+
+class RefundIn(Model):
+    request_id: Id
+    by: Literal["member", "admin"]
+    payment_intent_id: Annotated[str, Field(max_length=255)]
+    amount: MoneyIn | None = Field(default=None, description="admin only; a member refunds the whole remainder")
+    admin_id: Id | None = Field(default=None, description="required when by is admin")
+
+
+class TopupIn(Model):
+    request_id: Id
+    amount: MoneyIn
+    use_saved_card: StrictBool = False
+
+
+class AutoTopupAmountIn(Model):
+    amount: MoneyIn
+
+
+class IouIn(_Routed):
+    request_id: Id
+    organisation_id: Id
+    member_id: Id
+    amount: MoneyIn
+    description: Text80
+
+
+class IouPayIn(_Validating):
+    """`POST /api/ious/{iou_id}/pay` (validated by this model)."""
+
+    model_config = ConfigDict(json_schema_extra=_required("request_id"))
+    request_id: CheckedId = None  # type: ignore[assignment]
+    allow_checkout: CheckedFlag = False
+
+
+# Answers ----------------------------------------------------------------------------------
+
+
+class AutoTopup(Model):
+    status: str
+    amount: Money | None = None
+
+
+class Member(Model):
+    member_id: str
+    email: str
+    first_name: str
+    last_name: str
+    low_balance_emails: bool
+    auto_topup: AutoTopup
+
+
+class Organisation(Model):
+    organisation_id: str
+    name: str
+    settlement_fee_percent: str | None
+    minimum_balance_after_settlement: Money
+    bank_bsb: str | None
+    bank_account: str | None
+
+
+class Balance(Model):
+    """A balance now (a member's also shows its last top-up and auto top-up), or at the end of
+    `date`."""
+
+    balance: Money
+    member_id: str | None = None
+    organisation_id: str | None = None
+    date: str | None = None
+
+
+class Checkout(Model):
+    """What a browser needs to pay by card (`awaiting_card`); `url` is the hosted page."""
+
+    payment_intent_id: str
+    client_secret: str
+    amount: Money
+    publishable_key: str | None
+    url: str | None = None
+
+
+class RequestStatus(Model):
+    """`GET /api/payments/{request_id}`: any request's status document."""
+
+    request_id: str
+    kind: str
+    status: str
+    amount: Money
+    client: str | None
+    reason: str | None = None
+    checkout: Checkout | None = None
+
+
+class Adjustment(Model):
+    request_id: str
+    status: Literal["booked"]
+    entry_id: int
+    amount: Money
+    created_at: Time
+    replayed: bool
+
+
+class Iou(Model):
+    iou_id: int
+    request_id: str
+    status: str
+    organisation_id: str
+    member_id: str
+    amount: Money
+    description: str
+    created_at: Time
+    updated_at: Time
+
+
+class IouList(Model):
+    ious: list[Iou]
+
+
+class AutoTopupSetup(Model):
+    setup_intent_id: str
+    client_secret: str
+    publishable_key: str | None
+
+
+class AutoTopupState(Model):
+    member_id: str
+    auto_topup: AutoTopup
+
+
+class Rows(Model):
+    """A page of a report or list: its rows, and where it goes on."""
+
+    rows: list[dict[str, Any]]
+    next_cursor: str | None = None
+
+
+class StatementLine(Model):
+    date: Time
+    counterparty: str | None
+    reference: str | None
+    type: str
+    description: str | None
+    amount: Money
+    balance: Money
+    event_id: str | None
+    session_id: str | None
+
+
+class Statement(Model):
+    """A statement page (`format=json`): its lines, where it goes on, its balances and dates."""
+
+    member_id: str | None = None
+    organisation_id: str | None = None
+    rows: list[StatementLine]
+    next_cursor: str | None
+    opening_balance: Money
+    closing_balance: Money
+    from_: str = Field(alias="from")
+    to: str
+
+
+class TypeTotal(Model):
+    type: str
+    amount: Money
+    count: int
+
+
+class Summary(Model):
+    organisation_id: str
+    days: int | Literal["all"]
+    by_type: list[TypeTotal]
+    total: Money
+
+
+class SettlementCandidates(Model):
+    reference_date: str
+    organisations: list[dict[str, Any]]
+    count: int
+    total_gross: Money
+    total_net: Money
+    total_fee: Money
+    total_bank: Money
+
+
+class BalancesPage(Model):
+    """`GET /api/reports/balances` (JSON): a page of non-zero balances on `date`."""
+
+    date: str
+    kind: Literal["member", "organisation"]
+    rows: list[dict[str, Any]]
+    count: int
+    total: Money
+    next_cursor: str | None
+
+
+class MovementReport(Model):
+    """`GET /api/reports/movement` (JSON): a row per organisation, money as strings."""
+
+    from_: str = Field(alias="from")
+    to: str
+    rows: list[dict[str, str | None]]
+    totals: dict[str, Money]
+
+
+class Document(Model):
+    """A report read as JSON (CONTRACT gives its fields)."""
