@@ -98,14 +98,14 @@ def test_the_cached_metrics_answer_is_refreshed_after_its_time(apps, sessions) -
     ops = create_ops_app(changed)
     try:
         client = ops.test_client()
+        started = time.monotonic()  # the answer is cached from the scrape below, not from the event
         assert 'payments_inbox_events{status="received"} 0.0' in client.get("/metrics").get_data(as_text=True)
         with sessions.begin() as session:
             inbox.accept(session, {"id": "evt_new", "type": "x", "data": {"object": {}}})
-        started = time.monotonic()
         assert 'payments_inbox_events{status="received"} 0.0' in client.get("/metrics").get_data(as_text=True)
         wait_for(lambda: 'payments_inbox_events{status="received"} 1.0' in client.get("/metrics").get_data(as_text=True),
                  "the metrics to show the new event", timeout=10)
-        assert time.monotonic() - started >= 0.4, "refreshed before its time"
+        assert time.monotonic() - started >= 0.5, "refreshed before its time"
     finally:
         ops.extensions["payments"]["engine"].dispose()
         ops.extensions["payments"]["rejections"].close()
