@@ -78,7 +78,7 @@ OPERATIONS: dict[str, Operation] = {
         query=("format", *PERIOD, *PAGE, "event_id", "session_id", "type", "search"), downloads=(CSV, XLSX)),
     "api.organisation_summary": Operation("An organisation's totals by entry type", s.Summary, query=("days",)),
     "api.post_adjustment": Operation("Book an admin adjustment", s.Adjustment, s.AdjustmentIn, new=201),
-    "api.admin_summary": Operation("Totals across the service, and Stripe's balance", s.Document),
+    "api.admin_summary": Operation("Totals across the service, and Stripe's balance", s.AdminSummary),
     "api.movements.post_payment": Operation(
         "Pay from a member's balance (or by card)", s.RequestStatus, s.PaymentIn, new=202,
         links={"ReadThisRequest": {
@@ -99,25 +99,25 @@ OPERATIONS: dict[str, Operation] = {
     "api.ious.pay_iou": Operation("Pay an IOU", s.RequestStatus, s.IouPayIn, new=202),
     "api.ious.cancel_iou": Operation("Cancel an IOU", s.Iou),
     "api.club_reports.organisation_report": Operation(
-        "A club's report", s.Document,
+        "A club's report", s.ClubReport,
         query=("format", "view", *PERIOD, "search", "type", *PAGE), downloads=(XLSX,)),
     "api.club_reports.movement_report": Operation("The movement report", s.MovementReport, query=("format", *PERIOD),
                                                   downloads=(CSV, XLSX)),
     "api.settlement_reads.get_settlement_candidates": Operation(
         "What a settlement would pay", s.SettlementCandidates, query=("reference_date", "format"), downloads=(CSV,)),
     "api.settlement_reads.get_settlements": Operation(
-        "Settlements made", s.Rows, query=("organisation_id", *PERIOD, *PAGE)),
+        "Settlements made", s.Settlements, query=("organisation_id", *PERIOD, *PAGE)),
     "api.settlement_reads.get_settlement_bank_file": Operation(
         "A settlement's bank file", s.Document, downloads=(CSV,)),
     "api.settlement_reads.get_card_payments": Operation(
-        "Card money taken", s.Rows, query=("member_id", *PERIOD, "refundable", *PAGE)),
+        "Card money taken", s.CardPayments, query=("member_id", *PERIOD, "refundable", *PAGE)),
     "api.reports.balances": Operation(
         "Balances report", s.BalancesPage, query=("date", "format", *PAGE), downloads=(CSV, XLSX),
         required={"kind": {"type": "string", "enum": [k.value for k in Kind]}}),
-    "api.reports.reconciliation_report": Operation("Reconciliation report", s.Document, query=("date", "file"),
+    "api.reports.reconciliation_report": Operation("Reconciliation report", s.Reconciliation, query=("date", "file"),
                                                    downloads=(CSV,)),
     "api.reports.specific_transactions_report": Operation(
-        "Transactions of one type", s.Document, query=(*PERIOD, "format", *PAGE), downloads=(CSV,),
+        "Transactions of one type", s.SpecificTransactions, query=(*PERIOD, "format", *PAGE), downloads=(CSV,),
         required={"type": {"type": "string", "enum": sorted(specific_transactions.TYPES)}}),
 }
 

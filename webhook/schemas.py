@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError,
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, RootModel, StrictBool, StrictInt, ValidationError,
                       ValidationInfo, WithJsonSchema)
 
 from shared import fields
@@ -313,13 +313,6 @@ class AutoTopupState(Model):
     auto_topup: AutoTopup
 
 
-class Rows(Model):
-    """A page of a report or list: its rows, and where it goes on."""
-
-    rows: list[dict[str, Any]]
-    next_cursor: str | None = None
-
-
 class StatementLine(Model):
     date: Time
     counterparty: str | None
@@ -358,9 +351,19 @@ class Summary(Model):
     total: Money
 
 
+class SettlementCandidate(Model):
+    organisation_id: str
+    name: str
+    gross: Money
+    net: Money
+    fee: Money
+    bank_amount: Money
+    fee_percent: Annotated[str, Field(description='e.g. "2.50"')]
+
+
 class SettlementCandidates(Model):
     reference_date: str
-    organisations: list[dict[str, Any]]
+    organisations: list[SettlementCandidate]
     count: int
     total_gross: Money
     total_net: Money
@@ -368,15 +371,39 @@ class SettlementCandidates(Model):
     total_bank: Money
 
 
+class BalanceRow(Model):
+    id: str
+    name: str
+    balance: Money
+
+
 class BalancesPage(Model):
     """`GET /api/reports/balances` (JSON): a page of non-zero balances on `date`."""
 
     date: str
     kind: Literal["member", "organisation"]
-    rows: list[dict[str, Any]]
+    rows: list[BalanceRow]
     count: int
     total: Money
     next_cursor: str | None
+
+
+class MovementTotals(Model):
+    """An organisation's movement over a period (`shared.org_movements.REPORT_COLUMNS`)."""
+
+    opening_balance: Money
+    event_entries: Money
+    club_sessions: Money
+    club_memberships: Money
+    other: Money
+    manual_adjustments: Money
+    settlements: Money
+    closing_balance: Money
+
+
+class MovementRow(MovementTotals):
+    organisation_id: str
+    name: str
 
 
 class MovementReport(Model):
@@ -384,8 +411,252 @@ class MovementReport(Model):
 
     from_: str = Field(alias="from")
     to: str
-    rows: list[dict[str, str | None]]
-    totals: dict[str, Money]
+    rows: list[MovementRow]
+    totals: MovementTotals
+
+
+class CountSum(Model):
+    count: int
+    sum: Money
+
+
+class StripeBalance(Model):
+    """Stripe's available balance as last read (cached; `stale` once older than its freshness)."""
+
+    available: Money
+    fetched_at: Time
+    stale: bool
+
+
+class AdminSummary(Model):
+    """`GET /api/admin/summary`: counts and sums across the service (SPEC 6)."""
+
+    members: int
+    members_auto_topup_on: int
+    members_with_balance: CountSum
+    organisations: int
+    organisations_with_balance: CountSum
+    net_liability: Money
+    card_money_last_30_days: Money
+    stripe_balance: StripeBalance | None = Field(description="null when Stripe has never answered")
+
+
+class ReconciliationAmounts(Model):
+    """By account total (`shared.reconciliation.TOTALS`)."""
+
+    members: Money
+    organisations: Money
+    stripe: Money
+    fees: Money
+    bank: Money
+    adjustments: Money
+
+
+class ReconciliationCounts(Model):
+    members: int
+    organisations: int
+    stripe: int
+    fees: int
+    bank: int
+    adjustments: int
+
+
+class ReconciliationMovement(Model):
+    account: str
+    type: str
+    count: int
+    amount: Money
+
+
+class Reconciliation(Model):
+    """`GET /api/reports/reconciliation` (JSON): balances at the end of `date`, the window's
+    movements by account total and entry type."""
+
+    date: str
+    from_: str = Field(alias="from")
+    totals: ReconciliationAmounts
+    counts: ReconciliationCounts = Field(description="accounts with a posting before the end, by total")
+    sum: Money
+    movements: list[ReconciliationMovement]
+
+
+class _TransactionLine(Model):
+    date: Time
+    admin: str | None
+    client: str | None
+    type: str
+    description: str
+    amount: Money
+
+
+class MemberTransaction(_TransactionLine):
+    member_id: str
+    name: str
+
+
+class OrganisationTransaction(_TransactionLine):
+    organisation_id: str
+    organisation: str
+    bank_amount: Money
+    fee: Money
+    gst: Money
+
+
+class MemberTransactionTotals(Model):
+    count: int
+    amount: Money
+
+
+class OrganisationTransactionTotals(MemberTransactionTotals):
+    bank_amount: Money
+    fee: Money
+
+
+class TransactionTotals(Model):
+    members: MemberTransactionTotals
+    organisations: OrganisationTransactionTotals
+
+
+class SpecificTransactions(Model):
+    """`GET /api/reports/transactions` (JSON): a page of one type's lines, by section, and the
+    whole period's totals."""
+
+    type: str
+    from_: str = Field(alias="from")
+    to: str
+    members: list[MemberTransaction]
+    organisations: list[OrganisationTransaction]
+    totals: TransactionTotals
+    next_cursor: str | None
+
+
+class _ClubReportHead(Model):
+    organisation_id: str
+    name: str
+    from_: str = Field(alias="from")
+    to: str
+
+
+class ClubMovement(_ClubReportHead):
+    """`view=movement`: opening and closing balance, and the movement by club category."""
+
+    view: Literal["movement"]
+    opening_balance: Money
+    settlements: Money
+    event_entries: Money
+    club_sessions: Money
+    club_memberships: Money
+    other: Money
+    closing_balance: Money
+
+
+class _Group(Model):
+    count: int
+    total: Money
+    first_payment: Time
+    last_payment: Time
+
+
+class SessionGroup(_Group):
+    session_id: str | None
+
+
+class EventGroup(_Group):
+    event_id: str | None
+
+
+class ClubSessions(_ClubReportHead):
+    view: Literal["sessions"]
+    rows: list[SessionGroup]
+    count: int
+    total: Money
+
+
+class ClubEvents(_ClubReportHead):
+    view: Literal["events"]
+    rows: list[EventGroup]
+    count: int
+    total: Money
+
+
+class ClubLine(Model):
+    id: int = Field(description="the posting id (the listings' cursor)")
+    date: Time
+    counterparty: str
+    reference: str
+    type: str
+    description: str
+    session_id: str | None
+    event_id: str | None
+    amount: Money
+
+
+class ClubListing(_ClubReportHead):
+    """`view=membership`, `other` or `transactions`: a page of lines, with the whole listing's
+    count and total."""
+
+    view: Literal["membership", "other", "transactions"]
+    search: str | None
+    type: str | None
+    count: int
+    total: Money
+    rows: list[ClubLine]
+    next_cursor: str | None
+
+
+class ClubReport(RootModel[Annotated[ClubMovement | ClubSessions | ClubEvents | ClubListing,
+                                     Field(discriminator="view")]]):
+    """`GET /api/organisations/{id}/report` (JSON), by `view`."""
+
+
+class SettlementMade(Model):
+    request_id: str
+    organisation_id: str | None
+    name: str | None
+    reference_date: str | None
+    net: Money
+    fee: Money
+    bank_amount: Money
+    entry_id: int
+    created_at: Time
+
+
+class Settlements(Model):
+    """`GET /api/settlements`: booked settlements, newest first."""
+
+    from_: str = Field(alias="from")
+    to: str
+    rows: list[SettlementMade]
+    next_cursor: str | None
+
+
+class Card(Model):
+    brand: str | None
+    last4: str | None
+    exp_month: int | None
+    exp_year: int | None
+
+
+class CardPaymentRow(Model):
+    payment_intent_id: str | None
+    kind: str
+    member_id: str
+    amount: Money
+    refunded: Money
+    refundable: Money
+    status: Literal["succeeded", "refunded", "partially_refunded"]
+    card: Card
+    disputed: bool
+    created_at: Time
+    member_refund_until: Time
+    request_id: str | None
+
+
+class CardPayments(Model):
+    """`GET /api/card-payments`: succeeded card payments, newest first."""
+
+    rows: list[CardPaymentRow]
+    next_cursor: str | None
 
 
 class Document(Model):
