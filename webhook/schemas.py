@@ -11,13 +11,15 @@ freely"), so every model allows properties it does not name.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, RootModel, StrictBool, StrictInt, ValidationError,
-                      ValidationInfo, WithJsonSchema)
+                      ValidationInfo, WithJsonSchema, model_validator)
 
-from shared import fields
+from shared import fields, profiles
 from shared.errors import InvalidInput
+from shared.money import parse_cents
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 MONEY_PATTERN = r"^-?[0-9]+\.[0-9]{2}$"
@@ -69,10 +71,52 @@ CheckedOptionalFlag = Annotated[bool | None, *_checked(
     {"type": ["boolean", "null"], "description": "null: the default; absent: keep the stored value"})]
 
 
-def validated(model: type[M], body: dict[str, Any]) -> M:
-    """`body` (a JSON object) as `model`, or the 400 of CONTRACT naming the field."""
+# Money checks need the service's limit (`Settings.max_amount`): `validated` hands it to them
+# in pydantic's validation context.
+_MONEY_IN_SCHEMA = {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": r"^\s*-?[0-9]+(\.[0-9]{1,2})?\s*$"}],
+                    "description": 'money: a string such as "12.34", or an integer of whole units; never a float'}
+
+
+def _signed_amount(value: Any, info: ValidationInfo) -> int:
+    limit = info.context["max_amount"] if info.context else None
+    return parse_cents(value, info.field_name or "amount", minimum=None if limit is None else -limit, maximum=limit)
+
+
+def _optional_positive_amount(value: Any, info: ValidationInfo) -> int | None:
+    limit = info.context["max_amount"] if info.context else None
+    return None if value is None else parse_cents(value, info.field_name or "amount", minimum=0, maximum=limit)
+
+
+def _optional(check: Any) -> Any:
+    """An optional field's check: null stays null (the default; absent is told apart by the
+    model's `model_fields_set`)."""
+    return lambda value, field: None if value is None else check(value, field)
+
+
+CheckedSignedAmount = Annotated[int, BeforeValidator(_signed_amount), WithJsonSchema(_MONEY_IN_SCHEMA)]
+CheckedOptionalId = Annotated[str | None, *_checked(_optional(fields.identifier),
+                                                     {"anyOf": [_ID_SCHEMA, {"type": "null"}]})]
+CheckedText80 = Annotated[str, *_checked(lambda value, field: fields.text(value, field, max_length=80),
+                                         {"type": "string", "maxLength": 80})]
+CheckedText200 = Annotated[str, *_checked(lambda value, field: fields.text(value, field, max_length=200),
+                                          {"type": "string", "maxLength": 200})]
+CheckedOptionalPercent = Annotated[Decimal | None, *_checked(_optional(fields.percent), {
+    "anyOf": [{"type": "integer"}, {"type": "string"}, {"type": "null"}],
+    "description": '0 to 100, e.g. "2.50" (admin); null: the default; absent: keep the stored value'})]
+CheckedOptionalMinimum = Annotated[int | None, BeforeValidator(_optional_positive_amount), WithJsonSchema({
+    "anyOf": [*_MONEY_IN_SCHEMA["anyOf"], {"type": "null"}],
+    "description": "money (0 or more); null: the default, 0.00; absent: keep the stored value"})]
+CheckedOptionalBsb = Annotated[str | None, *_checked(_optional(profiles.bank_bsb), {
+    "type": ["string", "null"], "description": "123456 or 123-456; null: clear it; absent: keep it"})]
+CheckedOptionalAccount = Annotated[str | None, *_checked(_optional(profiles.bank_account), {
+    "type": ["string", "null"], "description": "5 to 9 digits; null: clear it; absent: keep it"})]
+
+
+def validated(model: type[M], body: dict[str, Any], **context: Any) -> M:
+    """`body` (a JSON object) as `model`, or the 400 of CONTRACT naming the field. `context`
+    reaches the field checks (`max_amount`)."""
     try:
-        return model.model_validate(body)
+        return model.model_validate(body, context=context or None)
     except ValidationError as exc:  # a shape the field checks did not see first
         problem = exc.errors()[0]
         field = str(problem["loc"][0]) if problem["loc"] else "body"
@@ -123,22 +167,36 @@ class MemberIn(_Validating):
     low_balance_emails: CheckedOptionalFlag = None
 
 
-class OrganisationIn(Model):
-    name: Annotated[str, Field(max_length=200)]
-    settlement_fee_percent: StrictInt | str | None = Field(default=None, description='0 to 100, e.g. "2.50" (admin)')
-    minimum_balance_after_settlement: MoneyIn | None = None
-    bank_bsb: str | None = None
-    bank_account: str | None = None
+class OrganisationIn(_Validating):
+    """`PUT /api/organisations/{org_id}` (validated by this model): an optional field absent
+    keeps the stored value, null sets the default (see `model_fields_set`)."""
+
+    model_config = ConfigDict(json_schema_extra=_required("name"))
+    name: CheckedText200 = None  # type: ignore[assignment]
+    settlement_fee_percent: CheckedOptionalPercent = None
+    minimum_balance_after_settlement: CheckedOptionalMinimum = None
+    bank_bsb: CheckedOptionalBsb = None
+    bank_account: CheckedOptionalAccount = None
 
 
-class AdjustmentIn(Model):
-    request_id: Id
-    amount: MoneyIn
-    description: Text80
-    admin_id: Id
-    member_id: Id | None = Field(default=None, description="exactly one of member_id and organisation_id")
-    organisation_id: Id | None = None
-    allow_negative: StrictBool = False
+class AdjustmentIn(_Validating):
+    """`POST /api/adjustments` (validated by this model; `max_amount` in the context)."""
+
+    model_config = ConfigDict(json_schema_extra=_required("request_id", "amount", "description", "admin_id"))
+    request_id: CheckedId = None  # type: ignore[assignment]
+    amount: CheckedSignedAmount = None  # type: ignore[assignment]
+    description: CheckedText80 = None  # type: ignore[assignment]
+    admin_id: CheckedId = None  # type: ignore[assignment]
+    allow_negative: CheckedFlag = False
+    # Checked after the fields above, as the hand-written parser did.
+    member_id: CheckedOptionalId = Field(default=None, description="exactly one of member_id and organisation_id")
+    organisation_id: CheckedOptionalId = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_target(cls, body: Any) -> Any:
+        fields.only_one(body, "member_id", "organisation_id")  # first, as it always was
+        return body
 
 
 class _Routed(Model):
