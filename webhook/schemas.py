@@ -310,7 +310,9 @@ class Balance(Model):
     balance: Money
     member_id: str | None = None
     organisation_id: str | None = None
-    date: str | None = None
+    date: str | None = Field(default=None, description="only when asked for a date")
+    last_top_up: Time | None = Field(default=None, description="a member's, now: its last top-up's time")
+    auto_topup: AutoTopup | None = Field(default=None, description="a member's, now")
 
 
 class Checkout(Model):
@@ -352,6 +354,12 @@ class Iou(Model):
     member_id: str
     amount: Money
     description: str
+    route_code: str | None
+    route_payload: Any = Field(description="as sent when it was raised")
+    session_id: str | None
+    event_id: str | None
+    payment_request_id: str | None = Field(description="the payment that paid it, once paid")
+    client: str | None
     created_at: Time
     updated_at: Time
 
