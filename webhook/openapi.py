@@ -41,7 +41,7 @@ PUBLIC_PATHS = ("/api/openapi.json", "/api/docs")
 @dataclass(frozen=True)
 class Operation:
     summary: str
-    answer: type[BaseModel] = s.Document
+    answer: type[BaseModel] | None  # None: no JSON answer, only `downloads`
     body: type[BaseModel] | None = None
     query: tuple[str, ...] = ()
     # The status of a new thing (201 created, 202 accepted); 200 is its replay.
@@ -108,7 +108,7 @@ OPERATIONS: dict[str, Operation] = {
     "api.settlement_reads.get_settlements": Operation(
         "Settlements made", s.Settlements, query=("organisation_id", *PERIOD, *PAGE)),
     "api.settlement_reads.get_settlement_bank_file": Operation(
-        "A settlement's bank file", s.Document, downloads=(CSV,)),
+        "A settlement's bank file (CSV only)", None, downloads=(CSV,)),
     "api.settlement_reads.get_card_payments": Operation(
         "Card money taken", s.CardPayments, query=("member_id", *PERIOD, "refundable", *PAGE)),
     "api.reports.balances": Operation(
@@ -155,7 +155,7 @@ def api_rules(app: Flask) -> list[tuple[str, str, str]]:
 
 
 def document(app: Flask) -> dict[str, Any]:
-    models = {op.answer for op in OPERATIONS.values()} | {op.body for op in OPERATIONS.values() if op.body}
+    models = {op.answer for op in OPERATIONS.values() if op.answer} | {op.body for op in OPERATIONS.values() if op.body}
     _, defs = models_json_schema(
         [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)] + [(s.Error, "validation")],
         ref_template="#/components/schemas/{model}",
@@ -189,8 +189,9 @@ def _operation(app: Flask, rule: str, endpoint: str, op: Operation) -> dict[str,
         for name in sorted(arguments)
     ] + [{"name": name, "in": "query", "required": True, "schema": schema} for name, schema in op.required.items()
          ] + [{"name": name, "in": "query", "required": False, "schema": QUERY[name]} for name in op.query]
-    ref = {"$ref": f"#/components/schemas/{op.answer.__name__}"}
-    answer: dict[str, Any] = {"description": "done", "content": {JSON: {"schema": ref}}}
+    answer: dict[str, Any] = {"description": "done", "content": {}}
+    if op.answer is not None:
+        answer["content"][JSON] = {"schema": {"$ref": f"#/components/schemas/{op.answer.__name__}"}}
     for media in op.downloads:
         answer["content"][media] = {"schema": {"type": "string", "format": "binary"}}
     if op.links:
@@ -254,7 +255,7 @@ def render(described: dict[str, Any]) -> str:
                 out.append(f"<p>Body: {_link(op['requestBody']['content'][JSON]['schema'])}</p>")
             ok = {k: v for k, v in op["responses"].items() if k.startswith("2")}
             out.append("<p>Answers: " + ", ".join(
-                f"{k} {_link(v['content'][JSON]['schema'])}" for k, v in ok.items())
+                f"{k} {_answer(v['content'])}" for k, v in ok.items())
                 + ", " + ", ".join(k for k in op["responses"] if not k.startswith("2")) + " <a href=\"#Error\">Error</a></p>")
     out.append("<h2>Schemas</h2>")
     for name, schema in described["components"]["schemas"].items():
@@ -289,6 +290,10 @@ def _type(schema: dict[str, Any]) -> str:
         return " or ".join(kind)
     pattern = f" matching {schema['pattern']}" if "pattern" in schema else ""
     return f"{kind}{pattern}"
+
+
+def _answer(content: dict[str, Any]) -> str:
+    return _link(content[JSON]["schema"]) if JSON in content else escape(", ".join(content))
 
 
 def _link(schema: dict[str, Any]) -> str:

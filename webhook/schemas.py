@@ -723,7 +723,3 @@ class CardPayments(Model):
 
     rows: list[CardPaymentRow]
     next_cursor: str | None
-
-
-class Document(Model):
-    """A report read as JSON (CONTRACT gives its fields)."""
