@@ -9,13 +9,14 @@ from typing import Any, TypeVar
 
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
+from pydantic import BaseModel
 
 from shared import access, fields, ledger, periods, profiles, statements
 from shared.adjustments import Adjustment, book_adjustment
 from shared.errors import InvalidInput
 from shared.models import EntryType, Member, Organisation, utcnow
-from shared.money import format_cents, parse_cents
-from shared.profiles import KEEP, Keep, MemberDetails, OrganisationDetails
+from shared.money import format_cents
+from shared.profiles import KEEP, MemberDetails, OrganisationDetails
 from webhook import auth, context, schemas
 from webhook.auth import action
 from webhook.downloads import csv_download, xlsx_download
@@ -101,18 +102,13 @@ def member_statement(member_id: str) -> ResponseReturnValue:
 @action(access.ORGANISATIONS_WRITE)
 def put_organisation(org_id: str) -> ResponseReturnValue:
     org_id = fields.identifier(org_id, "organisation_id")
-    body = context.json_body()
-    limit = context.settings().max_amount
+    given = schemas.validated(schemas.OrganisationIn, context.json_body(), max_amount=context.settings().max_amount)
     details = OrganisationDetails(
-        name=fields.text(body.get("name"), "name", max_length=200),
-        settlement_fee_percent=_optional(body, "settlement_fee_percent", fields.percent),
-        minimum_balance_after_settlement=_optional(
-            body,
-            "minimum_balance_after_settlement",
-            lambda value, field: parse_cents(value, field, minimum=0, maximum=limit),
-        ),
-        bank_bsb=_optional(body, "bank_bsb", profiles.bank_bsb),
-        bank_account=_optional(body, "bank_account", profiles.bank_account),
+        name=given.name,
+        settlement_fee_percent=_given(given, "settlement_fee_percent"),
+        minimum_balance_after_settlement=_given(given, "minimum_balance_after_settlement"),
+        bank_bsb=_given(given, "bank_bsb"),
+        bank_account=_given(given, "bank_account"),
     )
     with context.transaction() as session:
         org, created = profiles.put_organisation(session, org_id, details)
@@ -168,17 +164,15 @@ def organisation_summary(org_id: str) -> ResponseReturnValue:
 @blueprint.post("/adjustments")
 @action(access.ADJUSTMENTS_CREATE)
 def post_adjustment() -> ResponseReturnValue:
-    body = context.json_body()
-    target = fields.only_one(body, "member_id", "organisation_id")
-    limit = context.settings().max_amount
-    allow_negative = body.get("allow_negative", False)
+    given = schemas.validated(schemas.AdjustmentIn, context.json_body(), max_amount=context.settings().max_amount)
     adjustment = Adjustment(
-        request_id=fields.identifier(body.get("request_id"), "request_id"),
-        amount=parse_cents(body.get("amount"), "amount", minimum=-limit, maximum=limit),
-        description=fields.text(body.get("description"), "description", max_length=80),
-        admin_id=fields.identifier(body.get("admin_id"), "admin_id"),
-        allow_negative=fields.boolean(allow_negative, "allow_negative"),
-        **{target: fields.identifier(body[target], target)},
+        request_id=given.request_id,
+        amount=given.amount,
+        description=given.description,
+        admin_id=given.admin_id,
+        allow_negative=given.allow_negative,
+        member_id=given.member_id,
+        organisation_id=given.organisation_id,
     )
     with context.transaction() as session:
         booking = book_adjustment(session, adjustment, client=auth.principal().name)
@@ -205,12 +199,9 @@ def admin_summary() -> ResponseReturnValue:
 # Shaping ----------------------------------------------------------------------------------
 
 
-def _optional(body: dict[str, Any], field: str, check: Callable[[Any, str], T]) -> T | None | Keep:
+def _given(given: BaseModel, field: str) -> Any:
     """An optional profile field: absent keeps the stored value, null means the default."""
-    if field not in body:
-        return KEEP
-    value = body[field]
-    return None if value is None else check(value, field)
+    return getattr(given, field) if field in given.model_fields_set else KEEP
 
 
 def _member_json(member: Member) -> dict[str, Any]:

@@ -41,7 +41,7 @@ PUBLIC_PATHS = ("/api/openapi.json", "/api/docs")
 @dataclass(frozen=True)
 class Operation:
     summary: str
-    answer: type[BaseModel] = s.Document
+    answer: type[BaseModel] | None  # None: no JSON answer, only `downloads`
     body: type[BaseModel] | None = None
     query: tuple[str, ...] = ()
     # The status of a new thing (201 created, 202 accepted); 200 is its replay.
@@ -78,7 +78,7 @@ OPERATIONS: dict[str, Operation] = {
         query=("format", *PERIOD, *PAGE, "event_id", "session_id", "type", "search"), downloads=(CSV, XLSX)),
     "api.organisation_summary": Operation("An organisation's totals by entry type", s.Summary, query=("days",)),
     "api.post_adjustment": Operation("Book an admin adjustment", s.Adjustment, s.AdjustmentIn, new=201),
-    "api.admin_summary": Operation("Totals across the service, and Stripe's balance", s.Document),
+    "api.admin_summary": Operation("Totals across the service, and Stripe's balance", s.AdminSummary),
     "api.movements.post_payment": Operation(
         "Pay from a member's balance (or by card)", s.RequestStatus, s.PaymentIn, new=202,
         links={"ReadThisRequest": {
@@ -99,25 +99,25 @@ OPERATIONS: dict[str, Operation] = {
     "api.ious.pay_iou": Operation("Pay an IOU", s.RequestStatus, s.IouPayIn, new=202),
     "api.ious.cancel_iou": Operation("Cancel an IOU", s.Iou),
     "api.club_reports.organisation_report": Operation(
-        "A club's report", s.Document,
+        "A club's report", s.ClubReport,
         query=("format", "view", *PERIOD, "search", "type", *PAGE), downloads=(XLSX,)),
     "api.club_reports.movement_report": Operation("The movement report", s.MovementReport, query=("format", *PERIOD),
                                                   downloads=(CSV, XLSX)),
     "api.settlement_reads.get_settlement_candidates": Operation(
         "What a settlement would pay", s.SettlementCandidates, query=("reference_date", "format"), downloads=(CSV,)),
     "api.settlement_reads.get_settlements": Operation(
-        "Settlements made", s.Rows, query=("organisation_id", *PERIOD, *PAGE)),
+        "Settlements made", s.Settlements, query=("organisation_id", *PERIOD, *PAGE)),
     "api.settlement_reads.get_settlement_bank_file": Operation(
-        "A settlement's bank file", s.Document, downloads=(CSV,)),
+        "A settlement's bank file (CSV only)", None, downloads=(CSV,)),
     "api.settlement_reads.get_card_payments": Operation(
-        "Card money taken", s.Rows, query=("member_id", *PERIOD, "refundable", *PAGE)),
+        "Card money taken", s.CardPayments, query=("member_id", *PERIOD, "refundable", *PAGE)),
     "api.reports.balances": Operation(
         "Balances report", s.BalancesPage, query=("date", "format", *PAGE), downloads=(CSV, XLSX),
         required={"kind": {"type": "string", "enum": [k.value for k in Kind]}}),
-    "api.reports.reconciliation_report": Operation("Reconciliation report", s.Document, query=("date", "file"),
+    "api.reports.reconciliation_report": Operation("Reconciliation report", s.Reconciliation, query=("date", "file"),
                                                    downloads=(CSV,)),
     "api.reports.specific_transactions_report": Operation(
-        "Transactions of one type", s.Document, query=(*PERIOD, "format", *PAGE), downloads=(CSV,),
+        "Transactions of one type", s.SpecificTransactions, query=(*PERIOD, "format", *PAGE), downloads=(CSV,),
         required={"type": {"type": "string", "enum": sorted(specific_transactions.TYPES)}}),
 }
 
@@ -155,7 +155,7 @@ def api_rules(app: Flask) -> list[tuple[str, str, str]]:
 
 
 def document(app: Flask) -> dict[str, Any]:
-    models = {op.answer for op in OPERATIONS.values()} | {op.body for op in OPERATIONS.values() if op.body}
+    models = {op.answer for op in OPERATIONS.values() if op.answer} | {op.body for op in OPERATIONS.values() if op.body}
     _, defs = models_json_schema(
         [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)] + [(s.Error, "validation")],
         ref_template="#/components/schemas/{model}",
@@ -189,8 +189,9 @@ def _operation(app: Flask, rule: str, endpoint: str, op: Operation) -> dict[str,
         for name in sorted(arguments)
     ] + [{"name": name, "in": "query", "required": True, "schema": schema} for name, schema in op.required.items()
          ] + [{"name": name, "in": "query", "required": False, "schema": QUERY[name]} for name in op.query]
-    ref = {"$ref": f"#/components/schemas/{op.answer.__name__}"}
-    answer: dict[str, Any] = {"description": "done", "content": {JSON: {"schema": ref}}}
+    answer: dict[str, Any] = {"description": "done", "content": {}}
+    if op.answer is not None:
+        answer["content"][JSON] = {"schema": {"$ref": f"#/components/schemas/{op.answer.__name__}"}}
     for media in op.downloads:
         answer["content"][media] = {"schema": {"type": "string", "format": "binary"}}
     if op.links:
@@ -254,7 +255,7 @@ def render(described: dict[str, Any]) -> str:
                 out.append(f"<p>Body: {_link(op['requestBody']['content'][JSON]['schema'])}</p>")
             ok = {k: v for k, v in op["responses"].items() if k.startswith("2")}
             out.append("<p>Answers: " + ", ".join(
-                f"{k} {_link(v['content'][JSON]['schema'])}" for k, v in ok.items())
+                f"{k} {_answer(v['content'])}" for k, v in ok.items())
                 + ", " + ", ".join(k for k in op["responses"] if not k.startswith("2")) + " <a href=\"#Error\">Error</a></p>")
     out.append("<h2>Schemas</h2>")
     for name, schema in described["components"]["schemas"].items():
@@ -289,6 +290,10 @@ def _type(schema: dict[str, Any]) -> str:
         return " or ".join(kind)
     pattern = f" matching {schema['pattern']}" if "pattern" in schema else ""
     return f"{kind}{pattern}"
+
+
+def _answer(content: dict[str, Any]) -> str:
+    return _link(content[JSON]["schema"]) if JSON in content else escape(", ".join(content))
 
 
 def _link(schema: dict[str, Any]) -> str:

@@ -11,13 +11,15 @@ freely"), so every model allows properties it does not name.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt, ValidationError,
-                      ValidationInfo, WithJsonSchema)
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, RootModel, StrictBool, StrictInt, ValidationError,
+                      ValidationInfo, WithJsonSchema, model_validator)
 
-from shared import fields
+from shared import fields, profiles
 from shared.errors import InvalidInput
+from shared.money import parse_cents
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 MONEY_PATTERN = r"^-?[0-9]+\.[0-9]{2}$"
@@ -69,10 +71,52 @@ CheckedOptionalFlag = Annotated[bool | None, *_checked(
     {"type": ["boolean", "null"], "description": "null: the default; absent: keep the stored value"})]
 
 
-def validated(model: type[M], body: dict[str, Any]) -> M:
-    """`body` (a JSON object) as `model`, or the 400 of CONTRACT naming the field."""
+# Money checks need the service's limit (`Settings.max_amount`): `validated` hands it to them
+# in pydantic's validation context.
+_MONEY_IN_SCHEMA = {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": r"^\s*-?[0-9]+(\.[0-9]{1,2})?\s*$"}],
+                    "description": 'money: a string such as "12.34", or an integer of whole units; never a float'}
+
+
+def _signed_amount(value: Any, info: ValidationInfo) -> int:
+    limit = info.context["max_amount"] if info.context else None
+    return parse_cents(value, info.field_name or "amount", minimum=None if limit is None else -limit, maximum=limit)
+
+
+def _optional_positive_amount(value: Any, info: ValidationInfo) -> int | None:
+    limit = info.context["max_amount"] if info.context else None
+    return None if value is None else parse_cents(value, info.field_name or "amount", minimum=0, maximum=limit)
+
+
+def _optional(check: Any) -> Any:
+    """An optional field's check: null stays null (the default; absent is told apart by the
+    model's `model_fields_set`)."""
+    return lambda value, field: None if value is None else check(value, field)
+
+
+CheckedSignedAmount = Annotated[int, BeforeValidator(_signed_amount), WithJsonSchema(_MONEY_IN_SCHEMA)]
+CheckedOptionalId = Annotated[str | None, *_checked(_optional(fields.identifier),
+                                                     {"anyOf": [_ID_SCHEMA, {"type": "null"}]})]
+CheckedText80 = Annotated[str, *_checked(lambda value, field: fields.text(value, field, max_length=80),
+                                         {"type": "string", "maxLength": 80})]
+CheckedText200 = Annotated[str, *_checked(lambda value, field: fields.text(value, field, max_length=200),
+                                          {"type": "string", "maxLength": 200})]
+CheckedOptionalPercent = Annotated[Decimal | None, *_checked(_optional(fields.percent), {
+    "anyOf": [{"type": "integer"}, {"type": "string"}, {"type": "null"}],
+    "description": '0 to 100, e.g. "2.50" (admin); null: the default; absent: keep the stored value'})]
+CheckedOptionalMinimum = Annotated[int | None, BeforeValidator(_optional_positive_amount), WithJsonSchema({
+    "anyOf": [*_MONEY_IN_SCHEMA["anyOf"], {"type": "null"}],
+    "description": "money (0 or more); null: the default, 0.00; absent: keep the stored value"})]
+CheckedOptionalBsb = Annotated[str | None, *_checked(_optional(profiles.bank_bsb), {
+    "type": ["string", "null"], "description": "123456 or 123-456; null: clear it; absent: keep it"})]
+CheckedOptionalAccount = Annotated[str | None, *_checked(_optional(profiles.bank_account), {
+    "type": ["string", "null"], "description": "5 to 9 digits; null: clear it; absent: keep it"})]
+
+
+def validated(model: type[M], body: dict[str, Any], **context: Any) -> M:
+    """`body` (a JSON object) as `model`, or the 400 of CONTRACT naming the field. `context`
+    reaches the field checks (`max_amount`)."""
     try:
-        return model.model_validate(body)
+        return model.model_validate(body, context=context or None)
     except ValidationError as exc:  # a shape the field checks did not see first
         problem = exc.errors()[0]
         field = str(problem["loc"][0]) if problem["loc"] else "body"
@@ -123,22 +167,36 @@ class MemberIn(_Validating):
     low_balance_emails: CheckedOptionalFlag = None
 
 
-class OrganisationIn(Model):
-    name: Annotated[str, Field(max_length=200)]
-    settlement_fee_percent: StrictInt | str | None = Field(default=None, description='0 to 100, e.g. "2.50" (admin)')
-    minimum_balance_after_settlement: MoneyIn | None = None
-    bank_bsb: str | None = None
-    bank_account: str | None = None
+class OrganisationIn(_Validating):
+    """`PUT /api/organisations/{org_id}` (validated by this model): an optional field absent
+    keeps the stored value, null sets the default (see `model_fields_set`)."""
+
+    model_config = ConfigDict(json_schema_extra=_required("name"))
+    name: CheckedText200 = None  # type: ignore[assignment]
+    settlement_fee_percent: CheckedOptionalPercent = None
+    minimum_balance_after_settlement: CheckedOptionalMinimum = None
+    bank_bsb: CheckedOptionalBsb = None
+    bank_account: CheckedOptionalAccount = None
 
 
-class AdjustmentIn(Model):
-    request_id: Id
-    amount: MoneyIn
-    description: Text80
-    admin_id: Id
-    member_id: Id | None = Field(default=None, description="exactly one of member_id and organisation_id")
-    organisation_id: Id | None = None
-    allow_negative: StrictBool = False
+class AdjustmentIn(_Validating):
+    """`POST /api/adjustments` (validated by this model; `max_amount` in the context)."""
+
+    model_config = ConfigDict(json_schema_extra=_required("request_id", "amount", "description", "admin_id"))
+    request_id: CheckedId = None  # type: ignore[assignment]
+    amount: CheckedSignedAmount = None  # type: ignore[assignment]
+    description: CheckedText80 = None  # type: ignore[assignment]
+    admin_id: CheckedId = None  # type: ignore[assignment]
+    allow_negative: CheckedFlag = False
+    # Checked after the fields above, as the hand-written parser did.
+    member_id: CheckedOptionalId = Field(default=None, description="exactly one of member_id and organisation_id")
+    organisation_id: CheckedOptionalId = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_target(cls, body: Any) -> Any:
+        fields.only_one(body, "member_id", "organisation_id")  # first, as it always was
+        return body
 
 
 class _Routed(Model):
@@ -252,7 +310,9 @@ class Balance(Model):
     balance: Money
     member_id: str | None = None
     organisation_id: str | None = None
-    date: str | None = None
+    date: str | None = Field(default=None, description="only when asked for a date")
+    last_top_up: Time | None = Field(default=None, description="a member's, now: its last top-up's time")
+    auto_topup: AutoTopup | None = Field(default=None, description="a member's, now")
 
 
 class Checkout(Model):
@@ -294,6 +354,12 @@ class Iou(Model):
     member_id: str
     amount: Money
     description: str
+    route_code: str | None
+    route_payload: Any = Field(description="as sent when it was raised")
+    session_id: str | None
+    event_id: str | None
+    payment_request_id: str | None = Field(description="the payment that paid it, once paid")
+    client: str | None
     created_at: Time
     updated_at: Time
 
@@ -311,13 +377,6 @@ class AutoTopupSetup(Model):
 class AutoTopupState(Model):
     member_id: str
     auto_topup: AutoTopup
-
-
-class Rows(Model):
-    """A page of a report or list: its rows, and where it goes on."""
-
-    rows: list[dict[str, Any]]
-    next_cursor: str | None = None
 
 
 class StatementLine(Model):
@@ -358,9 +417,19 @@ class Summary(Model):
     total: Money
 
 
+class SettlementCandidate(Model):
+    organisation_id: str
+    name: str
+    gross: Money
+    net: Money
+    fee: Money
+    bank_amount: Money
+    fee_percent: Annotated[str, Field(description='e.g. "2.50"')]
+
+
 class SettlementCandidates(Model):
     reference_date: str
-    organisations: list[dict[str, Any]]
+    organisations: list[SettlementCandidate]
     count: int
     total_gross: Money
     total_net: Money
@@ -368,15 +437,39 @@ class SettlementCandidates(Model):
     total_bank: Money
 
 
+class BalanceRow(Model):
+    id: str
+    name: str
+    balance: Money
+
+
 class BalancesPage(Model):
     """`GET /api/reports/balances` (JSON): a page of non-zero balances on `date`."""
 
     date: str
     kind: Literal["member", "organisation"]
-    rows: list[dict[str, Any]]
+    rows: list[BalanceRow]
     count: int
     total: Money
     next_cursor: str | None
+
+
+class MovementTotals(Model):
+    """An organisation's movement over a period (`shared.org_movements.REPORT_COLUMNS`)."""
+
+    opening_balance: Money
+    event_entries: Money
+    club_sessions: Money
+    club_memberships: Money
+    other: Money
+    manual_adjustments: Money
+    settlements: Money
+    closing_balance: Money
+
+
+class MovementRow(MovementTotals):
+    organisation_id: str
+    name: str
 
 
 class MovementReport(Model):
@@ -384,9 +477,249 @@ class MovementReport(Model):
 
     from_: str = Field(alias="from")
     to: str
-    rows: list[dict[str, str | None]]
-    totals: dict[str, Money]
+    rows: list[MovementRow]
+    totals: MovementTotals
 
 
-class Document(Model):
-    """A report read as JSON (CONTRACT gives its fields)."""
+class CountSum(Model):
+    count: int
+    sum: Money
+
+
+class StripeBalance(Model):
+    """Stripe's available balance as last read (cached; `stale` once older than its freshness)."""
+
+    available: Money
+    fetched_at: Time
+    stale: bool
+
+
+class AdminSummary(Model):
+    """`GET /api/admin/summary`: counts and sums across the service (SPEC 6)."""
+
+    members: int
+    members_auto_topup_on: int
+    members_with_balance: CountSum
+    organisations: int
+    organisations_with_balance: CountSum
+    net_liability: Money
+    card_money_last_30_days: Money
+    stripe_balance: StripeBalance | None = Field(description="null when Stripe has never answered")
+
+
+class ReconciliationAmounts(Model):
+    """By account total (`shared.reconciliation.TOTALS`)."""
+
+    members: Money
+    organisations: Money
+    stripe: Money
+    fees: Money
+    bank: Money
+    adjustments: Money
+
+
+class ReconciliationCounts(Model):
+    members: int
+    organisations: int
+    stripe: int
+    fees: int
+    bank: int
+    adjustments: int
+
+
+class ReconciliationMovement(Model):
+    account: str
+    type: str
+    count: int
+    amount: Money
+
+
+class Reconciliation(Model):
+    """`GET /api/reports/reconciliation` (JSON): balances at the end of `date`, the window's
+    movements by account total and entry type."""
+
+    date: str
+    from_: str = Field(alias="from")
+    totals: ReconciliationAmounts
+    counts: ReconciliationCounts = Field(description="accounts with a posting before the end, by total")
+    sum: Money
+    movements: list[ReconciliationMovement]
+
+
+class _TransactionLine(Model):
+    date: Time
+    admin: str | None
+    client: str | None
+    type: str
+    description: str
+    amount: Money
+
+
+class MemberTransaction(_TransactionLine):
+    member_id: str
+    name: str
+
+
+class OrganisationTransaction(_TransactionLine):
+    organisation_id: str
+    organisation: str
+    bank_amount: Money
+    fee: Money
+    gst: Money
+
+
+class MemberTransactionTotals(Model):
+    count: int
+    amount: Money
+
+
+class OrganisationTransactionTotals(MemberTransactionTotals):
+    bank_amount: Money
+    fee: Money
+
+
+class TransactionTotals(Model):
+    members: MemberTransactionTotals
+    organisations: OrganisationTransactionTotals
+
+
+class SpecificTransactions(Model):
+    """`GET /api/reports/transactions` (JSON): a page of one type's lines, by section, and the
+    whole period's totals."""
+
+    type: str
+    from_: str = Field(alias="from")
+    to: str
+    members: list[MemberTransaction]
+    organisations: list[OrganisationTransaction]
+    totals: TransactionTotals
+    next_cursor: str | None
+
+
+class _ClubReportHead(Model):
+    organisation_id: str
+    name: str
+    from_: str = Field(alias="from")
+    to: str
+
+
+class ClubMovement(_ClubReportHead):
+    """`view=movement`: opening and closing balance, and the movement by club category."""
+
+    view: Literal["movement"]
+    opening_balance: Money
+    settlements: Money
+    event_entries: Money
+    club_sessions: Money
+    club_memberships: Money
+    other: Money
+    closing_balance: Money
+
+
+class _Group(Model):
+    count: int
+    total: Money
+    first_payment: Time
+    last_payment: Time
+
+
+class SessionGroup(_Group):
+    session_id: str | None
+
+
+class EventGroup(_Group):
+    event_id: str | None
+
+
+class ClubSessions(_ClubReportHead):
+    view: Literal["sessions"]
+    rows: list[SessionGroup]
+    count: int
+    total: Money
+
+
+class ClubEvents(_ClubReportHead):
+    view: Literal["events"]
+    rows: list[EventGroup]
+    count: int
+    total: Money
+
+
+class ClubLine(Model):
+    id: int = Field(description="the posting id (the listings' cursor)")
+    date: Time
+    counterparty: str
+    reference: str
+    type: str
+    description: str
+    session_id: str | None
+    event_id: str | None
+    amount: Money
+
+
+class ClubListing(_ClubReportHead):
+    """`view=membership`, `other` or `transactions`: a page of lines, with the whole listing's
+    count and total."""
+
+    view: Literal["membership", "other", "transactions"]
+    search: str | None
+    type: str | None
+    count: int
+    total: Money
+    rows: list[ClubLine]
+    next_cursor: str | None
+
+
+class ClubReport(RootModel[Annotated[ClubMovement | ClubSessions | ClubEvents | ClubListing,
+                                     Field(discriminator="view")]]):
+    """`GET /api/organisations/{id}/report` (JSON), by `view`."""
+
+
+class SettlementMade(Model):
+    request_id: str
+    organisation_id: str | None
+    name: str | None
+    reference_date: str | None
+    net: Money
+    fee: Money
+    bank_amount: Money
+    entry_id: int
+    created_at: Time
+
+
+class Settlements(Model):
+    """`GET /api/settlements`: booked settlements, newest first."""
+
+    from_: str = Field(alias="from")
+    to: str
+    rows: list[SettlementMade]
+    next_cursor: str | None
+
+
+class Card(Model):
+    brand: str | None
+    last4: str | None
+    exp_month: int | None
+    exp_year: int | None
+
+
+class CardPaymentRow(Model):
+    payment_intent_id: str | None
+    kind: str
+    member_id: str
+    amount: Money
+    refunded: Money
+    refundable: Money
+    status: Literal["succeeded", "refunded", "partially_refunded"]
+    card: Card
+    disputed: bool
+    created_at: Time
+    member_refund_until: Time
+    request_id: str | None
+
+
+class CardPayments(Model):
+    """`GET /api/card-payments`: succeeded card payments, newest first."""
+
+    rows: list[CardPaymentRow]
+    next_cursor: str | None
