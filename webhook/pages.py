@@ -92,16 +92,32 @@ def _link(kind: str, token: str) -> page_links.Link:
     return page_links.read(context.settings(), kind, token)
 
 
+# A link that is not ours (or names nothing) is a 404, an expired one a 410, on every page and
+# its JSON endpoints alike: a page says so in HTML, the script's endpoints in CONTRACT's shape.
+_JSON_ENDPOINTS = frozenset({"pages.checkout_card", "pages.checkout_status", "pages.setup_saved",
+                             "pages.setup_status", "pages.authenticate_status"})
+
+
+@blueprint.errorhandler(page_links.BadLink)
+@blueprint.errorhandler(NotFound)
+def _no_such_page(_: Exception) -> ResponseReturnValue:
+    if request.endpoint in _JSON_ENDPOINTS:
+        return _json_error(404, "not_found", "there is no such page")
+    return _gone("There is no such page.", 404)
+
+
+@blueprint.errorhandler(page_links.ExpiredLink)
+def _expired(_: Exception) -> ResponseReturnValue:
+    if request.endpoint in _JSON_ENDPOINTS:
+        return _json_error(410, "gone", "this link has expired")
+    return _gone("This link has expired. Ask for a new one.")
+
+
 @blueprint.get(f"/{page_links.CHECKOUT}/<token>")
 def checkout_page(token: str) -> ResponseReturnValue:
-    try:
-        link = _link(page_links.CHECKOUT, token)
-        with context.transaction() as session:
-            found = card_pages.checkout(session, link.subject)
-    except (page_links.BadLink, NotFound):
-        return _gone("There is no such page.", 404)
-    except page_links.ExpiredLink:
-        return _gone("This link has expired. Ask for a new one.")
+    link = _link(page_links.CHECKOUT, token)
+    with context.transaction() as session:
+        found = card_pages.checkout(session, link.subject)
     if not found.open:
         return _gone(f"This checkout is closed: {OUTCOMES.get(found.status, found.status)}")
     settings = context.settings()
@@ -116,12 +132,7 @@ def checkout_page(token: str) -> ResponseReturnValue:
 @blueprint.post(f"/{page_links.CHECKOUT}/<token>/card")
 def checkout_card(token: str) -> ResponseReturnValue:
     """The browser's card token: pay the checkout with it; say what the page does next."""
-    try:
-        link = _link(page_links.CHECKOUT, token)
-    except page_links.BadLink:
-        return _json_error(404, "not_found", "there is no such page")
-    except page_links.ExpiredLink:
-        return _json_error(410, "gone", "this link has expired")
+    link = _link(page_links.CHECKOUT, token)
     body = request.get_json(silent=True)
     card_token = body.get("card_token") if isinstance(body, dict) else None
     if not isinstance(card_token, str) or not card_token.startswith("tok_") or len(card_token) > 255:
@@ -143,14 +154,9 @@ def checkout_card(token: str) -> ResponseReturnValue:
 @blueprint.get(f"/{page_links.CHECKOUT}/<token>/status")
 def checkout_status(token: str) -> ResponseReturnValue:
     """The request's status as the service has it, and what the page says about it."""
-    try:
-        link = _link(page_links.CHECKOUT, token)
-        with context.transaction() as session:
-            found = card_pages.checkout(session, link.subject)
-    except (page_links.BadLink, NotFound):
-        return _json_error(404, "not_found", "there is no such page")
-    except page_links.ExpiredLink:
-        return _json_error(410, "gone", "this link has expired")
+    link = _link(page_links.CHECKOUT, token)
+    with context.transaction() as session:
+        found = card_pages.checkout(session, link.subject)
     return jsonify({"status": found.status, "final": found.status in card_pages.FINAL,
                     "message": OUTCOMES.get(found.status, found.status)})
 
@@ -177,10 +183,8 @@ def _setup(token: str) -> card_pages.CardSetup:
 def setup_page(token: str) -> ResponseReturnValue:
     try:
         setup = _setup(token)
-    except (page_links.BadLink, NotFound):
-        return _gone("There is no such page.", 404)
-    except page_links.ExpiredLink:
-        return _gone("This link has expired. Ask for a new one.")
+    except NotFound:
+        raise  # the blueprint's 404
     except PaymentsError as exc:  # Stripe unreachable or refusing: the member may try again
         log.warning("set-up page: %s", exc.message)
         return _gone("Card payments are not available just now. Please try again shortly.", 503)
@@ -197,12 +201,7 @@ def setup_page(token: str) -> ResponseReturnValue:
 @blueprint.post(f"/{page_links.SETUP}/<token>/saved")
 def setup_saved(token: str) -> ResponseReturnValue:
     """The browser says Stripe saved the card: checked at Stripe, then handed to the worker."""
-    try:
-        setup = _setup(token)
-    except (page_links.BadLink, NotFound):
-        return _json_error(404, "not_found", "there is no such page")
-    except page_links.ExpiredLink:
-        return _json_error(410, "gone", "this link has expired")
+    setup = _setup(token)
     if setup.intent_status != "succeeded":
         return _json_error(409, "not_saved", f"the card is not saved (Stripe says {setup.intent_status})")
     with context.transaction() as session:
@@ -228,15 +227,10 @@ SETUP_OUTCOMES = {
 @blueprint.get(f"/{page_links.SETUP}/<token>/status")
 def setup_status(token: str) -> ResponseReturnValue:
     """The member's auto top-up status as the service has it."""
-    try:
-        link = _link(page_links.SETUP, token)
-        _, _, member_id = link.subject.partition(":")
-        with context.transaction() as session:
-            status = card_pages.auto_topup_status(session, member_id)
-    except (page_links.BadLink, NotFound):
-        return _json_error(404, "not_found", "there is no such page")
-    except page_links.ExpiredLink:
-        return _json_error(410, "gone", "this link has expired")
+    link = _link(page_links.SETUP, token)
+    _, _, member_id = link.subject.partition(":")
+    with context.transaction() as session:
+        status = card_pages.auto_topup_status(session, member_id)
     return jsonify({"status": status, "final": status != "pending", "message": SETUP_OUTCOMES.get(status, status)})
 
 
@@ -255,10 +249,8 @@ def authenticate_page(token: str) -> ResponseReturnValue:
     try:
         link = _link(page_links.AUTHENTICATE, token)
         found = card_pages.authentication(context.sessions(), context.gateway(), link.subject)
-    except (page_links.BadLink, NotFound):
-        return _gone("There is no such page.", 404)
-    except page_links.ExpiredLink:
-        return _gone("This link has expired. Ask for a new one.")
+    except NotFound:
+        raise  # the blueprint's 404
     except PaymentsError as exc:
         log.warning("authentication page: %s", exc.message)
         return _gone("Card payments are not available just now. Please try again shortly.", 503)
@@ -274,12 +266,7 @@ def authenticate_page(token: str) -> ResponseReturnValue:
 
 @blueprint.get(f"/{page_links.AUTHENTICATE}/<token>/status")
 def authenticate_status(token: str) -> ResponseReturnValue:
-    try:
-        link = _link(page_links.AUTHENTICATE, token)
-        found = card_pages.authentication(context.sessions(), context.gateway(), link.subject, with_stripe=False)
-    except (page_links.BadLink, NotFound):
-        return _json_error(404, "not_found", "there is no such page")
-    except page_links.ExpiredLink:
-        return _json_error(410, "gone", "this link has expired")
+    link = _link(page_links.AUTHENTICATE, token)
+    found = card_pages.authentication(context.sessions(), context.gateway(), link.subject, with_stripe=False)
     return jsonify({"status": found.status, "final": found.status != "action_required",
                     "message": AUTH_OUTCOMES.get(found.status, found.status)})
