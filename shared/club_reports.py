@@ -22,12 +22,12 @@ from datetime import date, datetime
 from typing import Any, Unpack
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, func, literal, or_, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Select, func, literal, select
+from sqlalchemy.orm import Session
 
 from shared import fields, periods, statements
 from shared.errors import InvalidInput
-from shared.models import EntryType, JournalEntry, Member, Organisation, Posting
+from shared.models import EntryType, JournalEntry, Organisation, Posting
 from shared.money import format_cents, to_decimal
 from shared.org_movements import CATEGORY, Category, club_category_is, movement_summary
 from shared.periods import Period
@@ -123,14 +123,7 @@ def _filtered(query: Lines, category: Category | None, search: str | None, type_
     if type_ is not None:
         query = query.where(JournalEntry.type == type_)
     if search is not None:
-        pattern = "%" + search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        other, member = aliased(Posting), aliased(Member)
-        named = (
-            select(literal(1)).select_from(other).join(member, member.account_id == other.account_id)
-            .where(other.entry_id == JournalEntry.id,
-                   (member.first_name + " " + member.last_name).ilike(pattern, escape="\\"))
-        )
-        query = query.where(or_(JournalEntry.description.ilike(pattern, escape="\\"), named.exists()))
+        query = query.where(statements.matches_search(search))
     return query
 
 

@@ -136,7 +136,7 @@ class Filters:
         if self.type is not None:
             found.append(JournalEntry.type == self.type)
         if self.search is not None:
-            found.append(_matches_search(self.search))
+            found.append(matches_search(self.search))
         return found
 
     def dated(self, zone: ZoneInfo) -> list[ColumnElement[bool]]:
@@ -377,16 +377,17 @@ def _row(line: Any, balance: int, zone: ZoneInfo) -> StatementRow:
                         line.description, line.amount, balance, line.event_id, line.session_id)
 
 
-def _matches_search(search: str) -> ColumnElement[bool]:
-    """The description, or the first or last name of a member with a posting in the entry,
-    holds `search` (any case; `%` and `_` are plain characters)."""
+def matches_search(search: str) -> ColumnElement[bool]:
+    """The original's search (ORIGINAL 6.3), for statements and club reports alike: the entry's
+    description, or the name ("First Last", so either part or both) of a member with a posting
+    in the entry, holds `search` (any case; `%`, `_` and `\\` are plain characters)."""
     other = aliased(Posting)
     named = (
         select(other.id)
         .join(Member, Member.account_id == other.account_id)
         .where(
             other.entry_id == JournalEntry.id,
-            or_(Member.first_name.icontains(search, autoescape=True), Member.last_name.icontains(search, autoescape=True)),
+            (Member.first_name + " " + Member.last_name).icontains(search, autoescape=True),
         )
         .exists()
     )

@@ -47,6 +47,11 @@ def pay(session: Session, payer: int, payee: int, cents: int, key: str, **extra:
     )
 
 
+def bearer(token: str) -> dict[str, str]:
+    """The Authorization header of a client's token."""
+    return {"Authorization": f"Bearer {token}"}
+
+
 def balance_of(sessions: sessionmaker[Session], account_id: int) -> int:
     with sessions.begin() as session:
         return ledger.balance(session, account_id)

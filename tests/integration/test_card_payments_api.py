@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import access, refunds
 from shared.config import Settings
 from shared.models import CardPayment, CardPaymentKind, CardPaymentStatus
-from tests.integration.helpers import add_member, top_up
+from tests.integration.helpers import add_member, bearer, top_up
 from tests.integration.test_api import assert_error
 
 TODAY = "2025-12-05T01:00:00Z"  # 12:00 in Sydney
@@ -108,10 +108,10 @@ def test_bad_arguments_are_a_400_naming_the_field(client, auth, cards) -> None:
 
 def test_the_payments_scope_reads_one_members_and_reports_reads_any(client, sessions, cards) -> None:
     with sessions.begin() as session:
-        portal = {"Authorization": f"Bearer {access.add(session, 'portal', ['payments']).token}"}
-        reporter = {"Authorization": f"Bearer {access.add(session, 'reporter', ['reports']).token}"}
-        people = {"Authorization": f"Bearer {access.add(session, 'people', ['profiles']).token}"}
-        club = {"Authorization": f"Bearer {access.add(session, 'club', ['clubs'], organisations=['c']).token}"}
+        portal = bearer(access.add(session, "portal", ["payments"]).token)
+        reporter = bearer(access.add(session, "reporter", ["reports"]).token)
+        people = bearer(access.add(session, "people", ["profiles"]).token)
+        club = bearer(access.add(session, "club", ["clubs"], organisations=["c"]).token)
     assert _rows(client, portal, "member_id=ann&refundable=true") == [PI_1]
     assert _rows(client, reporter, "period=all") == [PI_3, PI_2, PI_1]
     assert_error(client.get("/api/card-payments?period=all", headers=portal), 403, "forbidden")

@@ -23,7 +23,7 @@ from shared.adjustments import Adjustment, book_adjustment
 from shared.org_movements import Category
 from shared.ledger import Entry, Line
 from shared.models import EntryType, JournalEntry, Posting, SystemAccount
-from tests.integration.helpers import add_member, add_organisation
+from tests.integration.helpers import add_member, add_organisation, bearer
 
 FEB = "from=2026-02-01&to=2026-02-28"
 TODAY = "2026-03-05T01:00:00Z"  # 12:00 on 5 March in Sydney: "last month" is February
@@ -461,9 +461,6 @@ def test_who_may_read_the_reports(client, auth, history, sessions) -> None:
         own = access.add(session, "club-tool", ["clubs"], organisations=["club"]).token
         elsewhere = access.add(session, "other-tool", ["clubs"], organisations=["other"]).token
         reporter = access.add(session, "reporter", ["reports"]).token
-
-    def bearer(token: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {token}"}
 
     assert report(client, bearer(own), FEB).status_code == 200
     assert report(client, bearer(reporter), FEB).status_code == 200

@@ -20,6 +20,7 @@ from shared.config import Settings
 from shared.ledger import Entry, Line
 from shared.models import EntryType, Organisation, SystemAccount
 from shared.profiles import OrganisationDetails
+from tests.integration.helpers import bearer
 from tests.integration.test_api import assert_error
 
 TODAY = "2025-11-20T01:00:00Z"  # 12:00 in Sydney, 20 November
@@ -224,9 +225,9 @@ def test_bad_history_arguments_are_a_400_naming_the_field(client, auth) -> None:
 
 def test_a_club_reads_its_own_settlements_only(client, sessions, clubs) -> None:
     with sessions.begin() as session:
-        club = {"Authorization": f"Bearer {access.add(session, 'delta-club', ['clubs'], organisations=['delta']).token}"}
-        portal = {"Authorization": f"Bearer {access.add(session, 'portal', ['payments']).token}"}
-        reporter = {"Authorization": f"Bearer {access.add(session, 'reporter', ['reports']).token}"}
+        club = bearer(access.add(session, "delta-club", ["clubs"], organisations=["delta"]).token)
+        portal = bearer(access.add(session, "portal", ["payments"]).token)
+        reporter = bearer(access.add(session, "reporter", ["reports"]).token)
     assert client.get("/api/settlements?organisation_id=delta", headers=club).status_code == 200
     assert client.get("/api/settlements?organisation_id=alpha", headers=club).status_code == 403
     assert client.get("/api/settlements", headers=club).status_code == 403
@@ -318,7 +319,7 @@ def test_bad_bank_details_are_a_400_naming_the_field(client, auth) -> None:
 
 def test_only_admin_sets_bank_details(client, sessions) -> None:
     with sessions.begin() as session:
-        people = {"Authorization": f"Bearer {access.add(session, 'people', ['profiles']).token}"}
+        people = bearer(access.add(session, "people", ["profiles"]).token)
     assert client.put("/api/organisations/club", headers=people, json={"name": "C"}).status_code == 201
     for field, value in (("bank_bsb", "123456"), ("bank_account", "12345"), ("bank_bsb", None)):
         assert client.put("/api/organisations/club", headers=people, json={"name": "C", field: value}).status_code == 403
