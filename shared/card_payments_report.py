@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
-from shared import keyset, profiles
+from shared import fields, profiles
 from shared.config import Settings
 from shared.errors import InvalidInput
 from shared.keyset import Cursor
@@ -41,7 +41,7 @@ class CardPaymentsQuery:
     member_id: str | None
     period: Period | None
     refundable_only: bool = False
-    limit: int = keyset.DEFAULT_LIMIT
+    limit: int = fields.PAGE_DEFAULT
     cursor: Cursor | None = None
 
     def __post_init__(self) -> None:

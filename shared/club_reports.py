@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from shared import fields, periods, statements
 from shared.errors import InvalidInput
-from shared.models import EntryType, JournalEntry, Organisation, Posting
+from shared.models import JournalEntry, Organisation, Posting
 from shared.money import format_cents, to_decimal
 from shared.org_movements import CATEGORY, Category, club_category_is, movement_summary
 from shared.periods import Period
@@ -38,7 +38,6 @@ from shared.periods import Period
 VIEWS = ("movement", "sessions", "events", "membership", "other", "transactions")
 LISTINGS = {"membership": Category.CLUB_MEMBERSHIPS, "other": Category.OTHER, "transactions": None}
 DEFAULT_PERIOD = "month_to_date"  # the original's screen opens on month to date
-DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 
 
 @dataclass(frozen=True)
@@ -46,7 +45,7 @@ class Query:
     view: str
     period: Period
     format: str = "json"
-    limit: int = DEFAULT_LIMIT
+    limit: int = fields.PAGE_DEFAULT
     cursor: int | None = None  # the last posting id of the previous page
     search: str | None = None
     type: str | None = None
@@ -69,10 +68,9 @@ def parse_query(args: Mapping[str, str], today: date) -> Query:
     if search is not None:
         search = fields.text(search, "search", max_length=80)
     type_ = args.get("type")
-    if type_ is not None and type_ not in {t.value for t in EntryType}:
-        raise InvalidInput(f"type: {fields.fit(type_, 40)!r} is not a transaction type", field="type")
-    limit = fields.whole_number(args.get("limit"), "limit", most=MAX_LIMIT)
-    return Query(view=view, period=period, format=fmt, limit=DEFAULT_LIMIT if limit is None else limit,
+    if type_ is not None:
+        type_ = fields.entry_type(type_)
+    return Query(view=view, period=period, format=fmt, limit=fields.page_limit(args.get("limit")),
                  cursor=fields.whole_number(args.get("cursor"), "cursor", most=2**63 - 1), search=search, type=type_)
 
 

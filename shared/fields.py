@@ -113,6 +113,7 @@ def local_date(value: object, field: str) -> date:
 
 
 _WHOLE = re.compile(r"[0-9]{1,19}")
+PAGE_DEFAULT, PAGE_MOST = 100, 1000  # a list's page: CONTRACT's default and most
 
 
 def whole_number(value: str | None, field: str, *, most: int, default: int | None = None) -> int | None:
@@ -125,11 +126,20 @@ def whole_number(value: str | None, field: str, *, most: int, default: int | Non
     return int(value)
 
 
-def page_limit(value: str | None, *, default: int = 100, most: int = 1000) -> int:
+def page_limit(value: str | None, *, default: int = PAGE_DEFAULT, most: int = PAGE_MOST) -> int:
     """A list's `limit`: how many rows a page holds (CONTRACT: 100 unless asked, at most 1,000)."""
     limit = whole_number(value, "limit", most=most, default=default)
     assert limit is not None
     return limit
+
+
+def entry_type(value: str, field: str = "type") -> str:
+    """One of the statements' transaction types (SPEC 1; `shared.models.EntryType`)."""
+    from shared.models import EntryType  # the models import SQLAlchemy; the other checks need not
+
+    if value not in {t.value for t in EntryType}:
+        raise InvalidInput(f"{field}: {_show(value)} is not a transaction type", field=field)
+    return value
 
 
 def only_one(body: dict[str, Any], *fields: str) -> str:

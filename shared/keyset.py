@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 
 from shared.errors import InvalidInput
 
-DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 _CURSOR = re.compile(r"(\d{1,18})\.(\d{1,18})")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import and_, case, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from shared import exports, keyset, profiles
+from shared import exports, fields, profiles
 from shared.errors import Conflict, NotFound
 from shared.keyset import Cursor
 from shared.models import (
@@ -73,7 +73,7 @@ class SettlementRow:
 
 def history(
     session: Session, period: Period, zone: ZoneInfo, *, organisation_id: str | None = None,
-    limit: int = keyset.DEFAULT_LIMIT, cursor: Cursor | None = None,
+    limit: int = fields.PAGE_DEFAULT, cursor: Cursor | None = None,
 ) -> tuple[list[SettlementRow], Cursor | None]:
     """One page of the Settlement entries booked in `period`, newest first, and the cursor of
     the next page (None on the last)."""

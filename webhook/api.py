@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from shared import access, fields, ledger, periods, profiles, statements
 from shared.adjustments import Adjustment, book_adjustment
 from shared.errors import InvalidInput
-from shared.models import EntryType, Member, Organisation, utcnow
+from shared.models import Member, Organisation, utcnow
 from shared.money import format_cents
 from shared.profiles import KEEP, MemberDetails, OrganisationDetails
 from webhook import auth, context, schemas
@@ -262,7 +262,7 @@ def _statement_response(account_id: int, owner: dict[str, str], filename: str) -
         last=period.last if chosen - {"from"} else None,
         event_id=_optional_arg("event_id", fields.identifier),
         session_id=_optional_arg("session_id", fields.identifier),
-        type=_optional_arg("type", _entry_type),
+        type=_optional_arg("type", fields.entry_type),
         search=_optional_arg("search", lambda value, field: fields.text(value, field, max_length=100) or None),
     )
     if wanted == "csv":
@@ -289,12 +289,6 @@ def _optional_arg(name: str, check: Callable[[str, str], T]) -> T | None:
     """A query argument checked by `check`, or None when it is absent or blank."""
     value = request.args.get(name)
     return None if value is None or not value.strip() else check(value, name)
-
-
-def _entry_type(value: str, field: str) -> str:
-    if value not in {t.value for t in EntryType}:
-        raise InvalidInput(f"{field}: {value[:60]!r} is not an entry type", field=field)
-    return value
 
 
 # Money movements (webhook/movements.py) and saved cards (webhook/cards.py) are nested under

@@ -124,3 +124,11 @@ def test_a_page_limit_defaults_and_takes_its_bounds() -> None:
     assert fields.page_limit("1000") == 1000
     assert fields.page_limit(None, default=1000, most=10_000) == 1000
     assert fields.page_limit("10000", default=1000, most=10_000) == 10_000
+
+
+def test_an_entry_type_is_one_of_the_statements_types_or_a_400_naming_the_field() -> None:
+    assert fields.entry_type("Club Membership") == "Club Membership"
+    for value in ("club membership", "Settlements", ""):
+        with pytest.raises(InvalidInput) as caught:
+            fields.entry_type(value)
+        assert caught.value.field == "type"
