@@ -29,6 +29,7 @@ from shared import fields, periods
 from shared.errors import InvalidInput
 from shared.models import JournalEntry, Member, Organisation, Posting
 from shared.money import format_cents, to_decimal
+from shared.statements import end_of_local_day
 
 DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
@@ -76,11 +77,6 @@ def cursor_id(args: Mapping[str, str]) -> str | None:
     """The id a page starts after (the `next_cursor` of the page before)."""
     raw = args.get("cursor")
     return None if raw is None else fields.identifier(raw, "cursor")
-
-
-def end_of(day: date, zone: ZoneInfo) -> datetime:
-    """The first instant after the local date (DST-safe)."""
-    return periods.Period(day, day).end(zone)
 
 
 # Queries ----------------------------------------------------------------------------------
@@ -139,7 +135,7 @@ class BalancesPage:
 def page(session: Session, kind: Kind, day: date, zone: ZoneInfo, *, size: int, after: str | None) -> BalancesPage:
     """Up to `size` non-zero balances in id order after `after`, with the whole list's count and
     total, counted by window functions over the same scan (one statement)."""
-    listed = _owners(kind, end_of(day, zone)).subquery("listed")
+    listed = _owners(kind, end_of_local_day(day, zone)).subquery("listed")
     counted = select(
         listed,
         func.count().over().label("listed_count"),
@@ -182,7 +178,7 @@ def export_rows(session: Session, kind: Kind, day: date, zone: ZoneInfo, *, mone
     `money` is "text" (CSV: "12.34") or "decimal" (XLSX: a number a spreadsheet can sum)."""
     yield (TITLES[kind], f"as at {day.isoformat()}")
     yield HEADERS[kind]
-    for *cells, cents in stream(session, kind, end_of(day, zone)):
+    for *cells, cents in stream(session, kind, end_of_local_day(day, zone)):
         yield (*cells, money_cell(cents, money))
 
 

@@ -32,9 +32,10 @@ from sqlalchemy import and_, case, func, literal, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from shared import periods
-from shared.balances_report import STREAM_BATCH, Kind, balances_before, end_of, stream
+from shared.balances_report import STREAM_BATCH, Kind, balances_before, stream
 from shared.models import Account, AccountKind, JournalEntry, Member, Organisation, Posting, SystemAccount
 from shared.money import format_cents
+from shared.statements import end_of_local_day
 
 TOTALS = ("members", "organisations", *(s.value for s in SystemAccount))
 CSV_COLUMNS = ("Date", "Table", "Counterparty", "Reference", "Type", "Description", "Amount", "Balance", "Account")
@@ -115,7 +116,7 @@ def movements(session: Session, start: datetime, end: datetime) -> list[dict[str
 
 def report(session: Session, day: date, zone: ZoneInfo) -> dict[str, object]:
     span = window(day)
-    totals = totals_at(session, end_of(day, zone))
+    totals = totals_at(session, end_of_local_day(day, zone))
     return {
         "date": day.isoformat(),
         "from": span.first.isoformat(),
@@ -185,7 +186,7 @@ def csv_rows(session: Session, day: date, zone: ZoneInfo, now: datetime) -> Iter
 def balances_csv_rows(session: Session, kind: Kind, day: date, zone: ZoneInfo) -> Iterator[tuple[Any, ...]]:
     """member_balances.csv or organisation_balances.csv: the balances at the end of the date
     (zero ones left out, as the balances report), in the original's columns."""
-    until = end_of(day, zone)
+    until = end_of_local_day(day, zone)
     yield (f"Balances prior to {until.isoformat(timespec='minutes')}",)
     if kind is Kind.MEMBER:
         yield MEMBER_BALANCE_COLUMNS

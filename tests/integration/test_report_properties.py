@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine
 
-from shared import balances_report, ledger, profiles, reconciliation
+from shared import balances_report, ledger, profiles, reconciliation, statements
 from shared.balances_report import Kind
 from shared.db import make_sessions
 from shared.errors import InsufficientFunds
@@ -64,7 +64,7 @@ def test_reconciliation_sums_to_zero_and_balances_lists_add_up(
                 pass
     with sessions.begin() as session:
         for day in days:
-            end = balances_report.end_of(day, ZONE)
+            end = statements.end_of_local_day(day, ZONE)
             totals = reconciliation.totals_at(session, end)
             assert totals.sum == 0, (day, totals)
             for kind, names in ((Kind.MEMBER, MEMBERS), (Kind.ORGANISATION, CLUBS)):
