@@ -228,6 +228,19 @@ class Posting(Base):
     amount: Mapped[Cents]
 
 
+class AccountBalance(Base):
+    """An account's running sum of postings, kept by a trigger on `postings` in the same
+    transaction (migration 0016): the account's balance is the sum of its rows, at most 16, one
+    per database connection's stripe, so concurrent credits to a hot account do not queue on
+    one row. Only that trigger writes it."""
+
+    __tablename__ = "account_balances"
+
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    stripe: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
+    balance: Mapped[Cents]
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 

@@ -38,6 +38,7 @@ from shared.config import Settings
 from shared.errors import Conflict, InsufficientFunds, InvalidInput
 from shared.ledger import Entry, Line
 from shared.models import (
+    AccountBalance,
     EntryType,
     JournalEntry,
     Organisation,
@@ -251,7 +252,7 @@ def positions(session: Session, reference_date: date, zone: ZoneInfo,
     counted in one and not the other).
 
     Set-based for 2,000 organisations: the balance at the end of the date is the balance now
-    (an index-only sum over postings by account) less what entries booked since that end moved
+    (the accounts' running sums, `ledger.current_balance`) less what entries booked since that end moved
     (entries by `created_at`, indexed: usually a month of them); settlements are read through
     their partial index (migration 0015)."""
     end = statements.end_of_local_day(reference_date, zone)
@@ -261,8 +262,8 @@ def positions(session: Session, reference_date: date, zone: ZoneInfo,
     if org_ids is not None:
         accounts = accounts.where(Organisation.org_id.in_(list(org_ids)))
     totals = (
-        select(Posting.account_id, func.sum(Posting.amount).label("total"))
-        .where(Posting.account_id.in_(accounts)).group_by(Posting.account_id).subquery("totals")
+        select(AccountBalance.account_id, func.sum(AccountBalance.balance).label("total"))
+        .where(AccountBalance.account_id.in_(accounts)).group_by(AccountBalance.account_id).subquery("totals")
     )
     since = (
         select(Posting.account_id, func.sum(Posting.amount).label("moved"),

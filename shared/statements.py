@@ -37,6 +37,7 @@ from shared.errors import InvalidInput
 from shared.models import (
     TOP_UP_TYPES,
     Account,
+    AccountBalance,
     AccountKind,
     AutoTopUpStatus,
     JournalEntry,
@@ -89,15 +90,21 @@ def balance_at_end_of(session: Session, account_id: int, day: date, zone: ZoneIn
 
 
 def last_top_up(session: Session, account_id: int) -> datetime | None:
-    """When the account last received card money (auto, manual or card payment), or None."""
+    """When the account last received card money (auto, manual or card payment), or None.
+
+    The account's postings are walked newest first (by id, as booked) to the first top-up, so
+    the read costs the postings since the last top-up, not the whole history."""
     return session.scalar(
-        select(func.max(JournalEntry.created_at))
+        select(JournalEntry.created_at)
         .join(Posting, Posting.entry_id == JournalEntry.id)
         .where(
             Posting.account_id == account_id,
             Posting.amount > 0,
             JournalEntry.type.in_([t.value for t in TOP_UP_TYPES]),
         )
+        # (account_id, id): the order of the account's index, which the planner then walks.
+        .order_by(Posting.account_id.desc(), Posting.id.desc())
+        .limit(1)
     )
 
 
@@ -234,7 +241,7 @@ def _walk(
     shape: Callable[[Any, int], T],
 ) -> Iterator[T]:
     """The lines of `lines`, each shaped by `shape(row, balance after it)`. The account's balance at the newest posting
-    of the range is summed in the same statement (one snapshot); each older line's balance is
+    of the range is read in the same statement (one snapshot; `ledger.balance_through`); each older line's balance is
     the newer one's minus the newer one's amount, over every posting in the range, filtered or
     not, so filters never break the running balance."""
     span = _dated_span(session, account_id, filters.dated(zone))
@@ -244,11 +251,7 @@ def _walk(
     in_span = [Posting.account_id == account_id]
     if low is not None:
         in_span += [Posting.id >= low, Posting.id <= high]
-    opening = (
-        select(func.coalesce(func.sum(Posting.amount), 0))
-        .where(*([Posting.account_id == account_id] + ([] if high is None else [Posting.id <= high])))
-        .scalar_subquery()
-    )
+    opening = ledger.current_balance(account_id) if high is None else ledger.balance_through(account_id, high)
     conditions = filters.conditions(zone)
     shown = and_(*conditions) if conditions else true()
     query = (
@@ -397,8 +400,8 @@ def matches_search(search: str) -> ColumnElement[bool]:
 def _balances_after(session: Session, account_id: int, ids: list[int], before: Position | None) -> dict[int, int]:
     """The account's balance after each of these postings, in one statement: a running sum over
     every posting of the account from the oldest of them up to the cursor (index-only), counted
-    from the balance the cursor vouches for, else from an index-only sum of the postings before
-    the oldest."""
+    from the balance the cursor vouches for, else from the balance now less the postings after
+    the oldest (`ledger.balance_through`: the cost of what came later, not of the history)."""
     low = min(ids)
     if before is not None and before.balance is not None:
         # Newest first from just below the cursor: the balance after a posting is the balance
@@ -410,11 +413,7 @@ def _balances_after(session: Session, account_id: int, ids: list[int], before: P
             .subquery()
         )
     else:
-        opening = (
-            select(func.coalesce(func.sum(Posting.amount), 0))
-            .where(Posting.account_id == account_id, Posting.id < low)
-            .scalar_subquery()
-        )
+        opening = ledger.balance_through(account_id, low - 1)
         span = (
             select(Posting.id, (opening + func.sum(Posting.amount).over(order_by=Posting.id)).label("after"))
             .where(Posting.account_id == account_id, Posting.id >= low, Posting.id <= max(ids))
@@ -431,12 +430,7 @@ def _empty_page_balance(
     if before is not None:
         if before.balance is not None:
             return before.balance
-        total = session.scalar(
-            select(func.coalesce(func.sum(Posting.amount), 0)).where(
-                Posting.account_id == account_id, Posting.id < before.posting_id
-            )
-        )
-        return int(total or 0)
+        return int(session.scalar(select(ledger.balance_through(account_id, before.posting_id - 1))) or 0)
     if filters.last is not None:
         return ledger.balance_at(session, account_id, end_of_local_day(filters.last, zone))
     return ledger.balance(session, account_id)
@@ -512,8 +506,8 @@ def summary_by_type(
 def admin_summary(session: Session, *, now: datetime | None = None) -> dict[str, object]:
     """SPEC 6: counts and sums across all members and organisations."""
     per_account = (
-        select(Posting.account_id, func.sum(Posting.amount).label("balance"))
-        .group_by(Posting.account_id)
+        select(AccountBalance.account_id, func.sum(AccountBalance.balance).label("balance"))
+        .group_by(AccountBalance.account_id)
         .subquery()
     )
     totals = {

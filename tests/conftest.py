@@ -116,7 +116,7 @@ def empty_database(engine: Engine) -> None:
     """
     with engine.begin() as conn:
         conn.execute(text("SET LOCAL session_replication_role = replica"))
-        conn.execute(text("TRUNCATE accounts, postings, journal_entries, members, organisations, payment_requests, outbox, stripe_events, card_payments, clients, client_tokens, ious"))
+        conn.execute(text("TRUNCATE accounts, account_balances, postings, journal_entries, members, organisations, payment_requests, outbox, stripe_events, card_payments, clients, client_tokens, ious"))
         conn.execute(
             text("INSERT INTO accounts (kind, owner, created_at) SELECT 'system', name, now() FROM unnest(CAST(:names AS text[])) AS name"),
             {"names": [s.value for s in SystemAccount]},

@@ -30,6 +30,12 @@ BROKEN_RULES = {
     "a member's balance is negative": """
         SELECT m.member_id, sum(p.amount) AS balance FROM members m JOIN postings p ON p.account_id = m.account_id
         GROUP BY m.member_id HAVING sum(p.amount) < 0""",
+    "an account's running sum is not the sum of its postings": """
+        SELECT coalesce(b.account_id, p.account_id) AS account_id, b.total AS running, p.total AS postings
+        FROM (SELECT account_id, sum(balance) AS total FROM account_balances GROUP BY account_id) b
+        FULL JOIN (SELECT account_id, sum(amount) AS total FROM postings GROUP BY account_id) p
+          ON p.account_id = b.account_id
+        WHERE coalesce(b.total, 0) <> coalesce(p.total, 0)""",
     "a request is not in a terminal state": f"""
         SELECT request_id, kind, status FROM payment_requests WHERE status NOT IN {TERMINAL!r}""",
     "a card attempt is still in flight": """

@@ -1,6 +1,7 @@
 """The ledger under real concurrency on PostgreSQL: 8 OS processes book 2,000 payments from
 200 members, once all into one club and once spread over 50. No update is lost, no deadlock
-reaches a caller, no member is overdrawn, and every final balance is exact."""
+reaches a caller, no member is overdrawn, every final balance is exact, and the running sums
+(`account_balances`) are the sums of the postings."""
 
 from __future__ import annotations
 
@@ -91,6 +92,12 @@ def test_concurrent_payments_lose_nothing_and_overdraw_no_one(
     assert {club: final.get(club, 0) for club in clubs} == {club: expected_clubs[club] for club in clubs}
     with sessions.begin() as session:
         assert session.scalar(text("SELECT count(*) FROM journal_entries WHERE type = 'Club Payment'")) == len(booked)
+        # The running sums agree with the postings, and a club credited from 8 connections at
+        # once was credited on more than one row (its stripes), so the credits did not queue.
+        assert ledger.disagreeing_balances(session) == []
+        stripes = session.scalar(text("SELECT count(*) FROM account_balances WHERE account_id = :club"),
+                                 {"club": clubs[0]})
+        assert stripes > 1
 
 
 def test_entries_debiting_two_members_in_opposite_orders_never_deadlock(
@@ -117,3 +124,5 @@ def test_entries_debiting_two_members_in_opposite_orders_never_deadlock(
     final = balances(sessions)
     assert {m: final[m] for m in members} == {m: 1_000_00 - spent[m] for m in members}
     assert final[club] == 800 * 3_00
+    with sessions.begin() as session:
+        assert ledger.disagreeing_balances(session) == []

@@ -118,6 +118,7 @@ def test_any_sequence_of_bookings_keeps_the_ledger_invariants(
         ) == 0
         assert session.scalar(text("SELECT count(*) FROM journal_entries")) == len(booked)
         assert session.scalar(text("SELECT coalesce(sum(amount), 0) FROM postings")) == 0
+        assert ledger.disagreeing_balances(session) == []
         for account_id, cents in expected.items():
             assert ledger.balance(session, account_id) == cents
             rows = statements.statement(session, account_id, ZONE)

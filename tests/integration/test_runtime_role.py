@@ -42,6 +42,9 @@ def accounts(runtime_sessions: sessionmaker[Session]) -> dict[str, int]:
         "TRUNCATE accounts CASCADE",
         "UPDATE members SET account_id = account_id",
         "DELETE FROM payment_requests",
+        "UPDATE account_balances SET balance = balance + 100",
+        "DELETE FROM account_balances",
+        "INSERT INTO account_balances (account_id, stripe, balance) SELECT id, 99, 100 FROM accounts",
     ],
 )
 def test_the_runtime_role_may_not_update_delete_or_truncate_the_ledger(runtime_sessions, accounts, statement) -> None:
@@ -89,12 +92,22 @@ def test_an_entry_booked_inside_a_savepoint_is_accepted(runtime_sessions, accoun
     assert balance_of(runtime_sessions, accounts["club"]) == 30_00
 
 
-@pytest.mark.parametrize("table", ["journal_entries", "postings", "accounts"])
+@pytest.mark.parametrize("table", ["journal_entries", "postings", "accounts", "account_balances"])
 def test_truncating_a_ledger_table_is_refused_even_to_the_owner(engine: Engine, accounts, table) -> None:
     with pytest.raises(DBAPIError, match=f"{table} is append-only: TRUNCATE refused"), engine.begin() as conn:
         conn.execute(text(f"TRUNCATE {table} CASCADE"))
     with engine.connect() as conn:
         assert conn.scalar(text("SELECT count(*) FROM postings")) == 2
+
+
+def test_a_running_sum_written_around_the_trigger_is_found(sessions, accounts) -> None:
+    """`ledger.disagreeing_balances` (invariant 2's check, also run by the fault suite) names
+    an account whose running sum was changed by the owner outside `ledger_post`."""
+    with sessions.begin() as session:
+        assert ledger.disagreeing_balances(session) == []
+        session.execute(text("UPDATE account_balances SET balance = balance + 5 WHERE account_id = :ann"),
+                        {"ann": accounts["ann"]})
+        assert ledger.disagreeing_balances(session) == [(accounts["ann"], 100_05, 100_00)]
 
 
 def test_the_runtime_role_cannot_turn_the_triggers_off(runtime_sessions, accounts) -> None:

@@ -16,7 +16,8 @@ from shared import ledger, outbox, payments, requests, topups, transfers
 from shared.config import Settings
 from shared.errors import InvalidInput
 from shared.ledger import Entry, Line
-from shared.models import Base, CardPayment, EntryType, Member, OutboxMessage
+from shared.schema import upgrade
+from shared.models import CardPayment, EntryType, Member, OutboxMessage
 from tests.integration.helpers import add_member, add_organisation, balance_of, top_up
 from tests.integration.test_outbox import smtp_server  # noqa: F401 (a fixture: a real local SMTP server)
 
@@ -174,8 +175,9 @@ def test_the_database_refuses_a_refund_below_zero_that_debits_a_member(sessions,
 
 
 def test_the_portable_ledger_refuses_a_refund_below_zero_that_debits_a_member(tmp_path: Path) -> None:
-    engine = create_engine(f"sqlite:///{tmp_path / 'lite.db'}")
-    Base.metadata.create_all(engine)
+    url = f"sqlite:///{tmp_path / 'lite.db'}"
+    upgrade(url)  # the schema as `payments db upgrade` makes it (with the running sums' trigger)
+    engine = create_engine(url)
     lite = sessionmaker(engine)
     with lite.begin() as session:
         ann, club = add_member(session, "ann"), add_organisation(session, "club")
