@@ -130,7 +130,9 @@ QUERY: dict[str, dict[str, Any]] = {
     "limit": {"type": "integer", "minimum": 1, "maximum": 1000, "description": "rows a page holds"},
     "cursor": {"type": "string", "description": "next_cursor of the page before"},
     "event_id": {"type": "string"}, "session_id": {"type": "string"}, "type": {"type": "string"},
-    "search": {"type": "string"}, "days": {"type": "integer", "minimum": 1}, "status": {"type": "string"},
+    "search": {"type": "string"}, "status": {"type": "string"},
+    # statements.summary_days takes only these (30 when absent).
+    "days": {"type": "string", "enum": ["30", "90", "365", "all"], "description": "the last 30, 90 or 365 days, or all"},
     "view": {"type": "string"}, "organisation_id": {"type": "string"}, "member_id": {"type": "string"},
     "refundable": {"type": "string", "enum": ["true", "false"]}, "kind": {"type": "string"},
     "file": {"type": "string"},

@@ -33,7 +33,9 @@ MoneyIn = Annotated[StrictInt | Annotated[str, Field(pattern=r"^\s*-?[0-9]+(\.[0
 # Out: always a string with two decimals.
 Money = Annotated[str, Field(pattern=MONEY_PATTERN, description='money, a string such as "12.34"')]
 Text80 = Annotated[str, Field(max_length=80)]
-Time = Annotated[str, Field(description="ISO 8601 with offset")]
+Time = Annotated[str, Field(description="ISO 8601 with offset", json_schema_extra={"format": "date-time"})]
+# A local calendar day in an answer.
+Day = Annotated[str, Field(description="YYYY-MM-DD, local", json_schema_extra={"format": "date"})]
 
 
 class Model(BaseModel):
@@ -310,7 +312,7 @@ class Balance(Model):
     balance: Money
     member_id: str | None = None
     organisation_id: str | None = None
-    date: str | None = Field(default=None, description="only when asked for a date")
+    date: Day | None = Field(default=None, description="only when asked for a date")
     last_top_up: Time | None = Field(default=None, description="a member's, now: its last top-up's time")
     auto_topup: AutoTopup | None = Field(default=None, description="a member's, now")
 
@@ -325,8 +327,24 @@ class Checkout(Model):
     url: str | None = None
 
 
+class SettlementOutcome(Model):
+    """One organisation in a settlement request's outcome (`shared.settlements.settle`): the
+    amounts once assessed; `entry_id` once booked (or found booked); `reason` when it failed."""
+
+    organisation_id: str
+    status: Literal["settled", "already_settled", "nothing_to_settle", "failed"]
+    gross: Money | None = None
+    net: Money | None = None
+    fee: Money | None = None
+    bank_amount: Money | None = None
+    fee_percent: str | None = None
+    entry_id: int | None = None
+    reason: str | None = None
+
+
 class RequestStatus(Model):
-    """`GET /api/payments/{request_id}`: any request's status document."""
+    """`GET /api/payments/{request_id}`: any request's status document, with its kind's outcome
+    once decided (a settlement's organisations, a refund's booking)."""
 
     request_id: str
     kind: str
@@ -335,6 +353,14 @@ class RequestStatus(Model):
     client: str | None
     reason: str | None = None
     checkout: Checkout | None = None
+    reference_date: Day | None = Field(default=None, description="a settlement's")
+    organisations: list[SettlementOutcome] | None = Field(default=None, description="a settlement's, once completed")
+    booked: bool | None = Field(default=None, description="a refund's, once booked")
+    entry_id: int | None = Field(default=None, description="a refund's booking")
+    member_id: str | None = Field(default=None, description="a refund's: the member the card money came from")
+    to_card: Money | None = Field(default=None, description="a refund's: what goes back to the card")
+    fee: Money | None = Field(default=None, description="a refund's: the fee kept (a member's refund)")
+    stripe_refund_id: str | None = Field(default=None, description="a refund's, once Stripe took it")
 
 
 class Adjustment(Model):
@@ -400,8 +426,8 @@ class Statement(Model):
     next_cursor: str | None
     opening_balance: Money
     closing_balance: Money
-    from_: str = Field(alias="from")
-    to: str
+    from_: Day = Field(alias="from")
+    to: Day
 
 
 class TypeTotal(Model):
@@ -428,7 +454,7 @@ class SettlementCandidate(Model):
 
 
 class SettlementCandidates(Model):
-    reference_date: str
+    reference_date: Day
     organisations: list[SettlementCandidate]
     count: int
     total_gross: Money
@@ -446,7 +472,7 @@ class BalanceRow(Model):
 class BalancesPage(Model):
     """`GET /api/reports/balances` (JSON): a page of non-zero balances on `date`."""
 
-    date: str
+    date: Day
     kind: Literal["member", "organisation"]
     rows: list[BalanceRow]
     count: int
@@ -475,8 +501,8 @@ class MovementRow(MovementTotals):
 class MovementReport(Model):
     """`GET /api/reports/movement` (JSON): a row per organisation, money as strings."""
 
-    from_: str = Field(alias="from")
-    to: str
+    from_: Day = Field(alias="from")
+    to: Day
     rows: list[MovementRow]
     totals: MovementTotals
 
@@ -538,8 +564,8 @@ class Reconciliation(Model):
     """`GET /api/reports/reconciliation` (JSON): balances at the end of `date`, the window's
     movements by account total and entry type."""
 
-    date: str
-    from_: str = Field(alias="from")
+    date: Day
+    from_: Day = Field(alias="from")
     totals: ReconciliationAmounts
     counts: ReconciliationCounts = Field(description="accounts with a posting before the end, by total")
     sum: Money
@@ -588,8 +614,8 @@ class SpecificTransactions(Model):
     whole period's totals."""
 
     type: str
-    from_: str = Field(alias="from")
-    to: str
+    from_: Day = Field(alias="from")
+    to: Day
     members: list[MemberTransaction]
     organisations: list[OrganisationTransaction]
     totals: TransactionTotals
@@ -599,8 +625,8 @@ class SpecificTransactions(Model):
 class _ClubReportHead(Model):
     organisation_id: str
     name: str
-    from_: str = Field(alias="from")
-    to: str
+    from_: Day = Field(alias="from")
+    to: Day
 
 
 class ClubMovement(_ClubReportHead):
@@ -679,7 +705,7 @@ class SettlementMade(Model):
     request_id: str
     organisation_id: str | None
     name: str | None
-    reference_date: str | None
+    reference_date: Day | None
     net: Money
     fee: Money
     bank_amount: Money
@@ -690,8 +716,8 @@ class SettlementMade(Model):
 class Settlements(Model):
     """`GET /api/settlements`: booked settlements, newest first."""
 
-    from_: str = Field(alias="from")
-    to: str
+    from_: Day = Field(alias="from")
+    to: Day
     rows: list[SettlementMade]
     next_cursor: str | None
 
