@@ -44,6 +44,7 @@ ROUTES = {
     "payments.topup": {"queue": "topups"},
     "payments.refund": {"queue": "payments"},
     "payments.auto_topup": {"queue": "topups"},
+    "payments.auto_topups": {"queue": "topups"},
     "payments.process_stripe_event": {"queue": "webhooks"},
 }
 

@@ -24,7 +24,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from shared import charges, messages, outbox, payments, refunds, requests, settlements, stripe_events, topups, transfers
+from shared import charges, healing, messages, outbox, payments, refunds, requests, settlements, stripe_events, topups, transfers
 from shared.access import Principal
 from shared.errors import Conflict, Forbidden, InvalidInput, StripeUnavailable, Unauthenticated
 from shared.models import RequestKind, RequestStatus
@@ -94,6 +94,10 @@ def process_stripe_event(event_id: str) -> str:
 
 @app.task(name="payments.auto_topup", soft_time_limit=60, time_limit=90, **RETRY)
 def auto_topup(member_id: str, key: str) -> str:
+    return _auto_topup(member_id, key)
+
+
+def _auto_topup(member_id: str, key: str) -> str:
     """Top up an `on` member below the low limit: the attempt row (keyed by the caller, e.g.
     per sweep window) is committed first, then the saved card is charged."""
     with sessions().begin() as session:
@@ -102,6 +106,26 @@ def auto_topup(member_id: str, key: str) -> str:
         return "nothing to do"
     carry_out(charges.Effects(charges=[attempt_id]))
     return "charged"
+
+
+# A chunk stops starting members after this long and sends the rest on as a new chunk, well
+# inside its time limit (a charge waits on Stripe for up to its timeout).
+CHUNK_BUDGET_SECONDS = 150
+
+
+@app.task(name="payments.auto_topups", soft_time_limit=240, time_limit=270, **RETRY)
+def auto_topups(members: list[dict[str, str]]) -> int:
+    """A sweep's chunk (up to `scheduler.jobs.SWEEP_CHUNK` members): each member as
+    `payments.auto_topup` does, under its own key, on its own (DESIGN invariant 12). A member
+    that raises is sent on as its own `payments.auto_topup`, which retries with backoff; the
+    members after it go on. A chunk delivered twice charges no one twice: the keys find the
+    attempts of the first delivery. Returns how many members it started."""
+    done = healing.each(members, lambda member: _auto_topup(**member),
+                        lambda member, _: auto_topup.apply_async(kwargs=member),
+                        what="auto top-up chunk", budget_seconds=CHUNK_BUDGET_SECONDS)
+    if done < len(members):
+        auto_topups.apply_async(kwargs={"members": members[done:]})
+    return done
 
 
 @app.task(name="payments.dispatch_outbox", bind=True, soft_time_limit=30, time_limit=45, **RETRY)

@@ -105,6 +105,24 @@ def test_two_sweeps_at_once_charge_the_member_once(client, auth, sessions, gatew
     assert charges_at_stripe(browser, customer) == [100_00]
 
 
+def test_a_sweep_chunk_goes_on_past_a_failing_member_and_charges_no_one_twice_when_sent_again(
+    sessions, gateway, browser, settings, broker
+) -> None:
+    """A chunk of the sweep (`payments.auto_topups`): a member that fails (here: unknown) is
+    sent on by itself and the members after it are still charged; the same chunk delivered
+    again finds their attempts by key and charges no one twice."""
+    customers = {member: member_on_auto_topup(sessions, gateway, browser, member) for member in ("ann", "bob")}
+    chunk = [{"member_id": member, "key": f"sweep:{member}:7"} for member in ("ann", "nobody", "bob")]
+    for _ in range(2):
+        messages.send("payments.auto_topups", {"members": chunk}, queue="topups", settings=settings)
+    wait_for(lambda: auto_top_ups(sessions) == 2, "both members' top-ups to be booked")
+    # Both deliveries, and `nobody` sent on by itself (it fails: not a member), are worked off.
+    wait_for(lambda: idle(broker, ("topups",)), "the topups queue to be worked off")
+    assert auto_top_ups(sessions) == 2
+    assert {member: charges_at_stripe(browser, customer) for member, customer in customers.items()} == {
+        "ann": [100_00], "bob": [100_00]}
+
+
 def test_an_event_whose_enqueue_was_lost_is_processed_after_the_redrive(sessions, settings) -> None:
     event = {"id": "evt_lost", "object": "event", "type": "customer.created", "data": {"object": {"id": "cus_x"}}}
     with sessions.begin() as session:
