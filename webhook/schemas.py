@@ -1,7 +1,9 @@
 """The `/api/*` bodies and answers as pydantic v2 models: declared once, they make the OpenAPI
 description (`webhook.openapi`), and the bodies' models are what validates them.
 
-The models that validate are built from `shared.bodies`: each field runs the check `shared.fields` or
+The request bodies the Celery tasks share (payments, transfers, settlements, refunds, top-ups,
+IOUs) are declared next to their parsers in shared/, the one entry for HTTP and tasks; the
+others here. Both are built from `shared.bodies`: each field runs the check `shared.fields` or
 `shared.money` has always made, and says in JSON Schema what it accepts. Money in is a string
 with two decimals (`"12.34"`) or an integer of whole units, never a JSON number with a fraction
 (SPEC; `shared.money.parse_cents` refuses a float); money out is always such a string. Request
@@ -13,10 +15,10 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, RootModel, StrictBool, StrictInt, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
-from shared import fields
-from shared.bodies import (ID_SCHEMA, CheckedEmail, CheckedFlag, CheckedId, CheckedName, CheckedOptionalAccount,
+from shared import fields, ious, payments, refunds, settlements, topups, transfers
+from shared.bodies import (CheckedEmail, CheckedFlag, CheckedId, CheckedName, CheckedOptionalAccount,
                            CheckedOptionalBsb, CheckedOptionalFlag, CheckedOptionalId, CheckedOptionalMinimum,
                            CheckedOptionalPercent, CheckedSignedAmount, CheckedText80, CheckedText200, Validating,
                            required, validated)
@@ -25,13 +27,8 @@ __all__ = ["validated"]  # the routes' entry, from shared.bodies
 
 MONEY_PATTERN = r"^-?[0-9]+\.[0-9]{2}$"
 
-Id = Annotated[str, WithJsonSchema(ID_SCHEMA)]
-# In: "12.34" or whole units as an integer; a float is refused with 400.
-MoneyIn = Annotated[StrictInt | Annotated[str, Field(pattern=r"^\s*-?[0-9]+(\.[0-9]{1,2})?\s*$")],
-                    Field(description='money: a string such as "12.34", or an integer of whole units; never a float')]
 # Out: always a string with two decimals.
 Money = Annotated[str, Field(pattern=MONEY_PATTERN, description='money, a string such as "12.34"')]
-Text80 = Annotated[str, Field(max_length=80)]
 Time = Annotated[str, Field(description="ISO 8601 with offset")]
 
 
@@ -101,74 +98,14 @@ class AdjustmentIn(Validating):
         return body
 
 
-class _Routed(Model):
-    route_code: Id | None = None
-    route_payload: Any = Field(default=None, description="handed back in the callback, as sent (at most 2000 characters)")
-    event_id: Id | None = None
-    session_id: Id | None = None
-
-
-class PaymentIn(_Routed):
-    request_id: Id
-    member_id: Id
-    amount: MoneyIn
-    description: Text80
-    payment_type: str | None = None
-    organisation_id: Id | None = None
-    other_member_id: Id | None = None
-    book_internals: StrictBool = True
-    allow_checkout: StrictBool = False
-    iou_id: StrictInt | str | None = None
-
-
-class TransferIn(_Routed):
-    request_id: Id
-    amount: MoneyIn
-    description: Text80
-    payment_type: str | None = None
-    from_member_id: Id | None = Field(default=None, description="exactly one of from_member_id, from_organisation_id")
-    from_organisation_id: Id | None = None
-    to_member_id: Id | None = Field(default=None, description="exactly one of to_member_id, to_organisation_id")
-    to_organisation_id: Id | None = None
-    allow_checkout: StrictBool = False
-    allow_negative: StrictBool = False
-
-
-class SettlementItem(Model):
-    organisation_id: Id
-    override_amount: MoneyIn | None = None
-
-
-class SettlementIn(Model):
-    request_id: Id
-    reference_date: str | None = Field(default=None, description="YYYY-MM-DD")
-    organisations: Literal["all"] | list[SettlementItem]
-
-
-class RefundIn(Model):
-    request_id: Id
-    by: Literal["member", "admin"]
-    payment_intent_id: Annotated[str, Field(max_length=255)]
-    amount: MoneyIn | None = Field(default=None, description="admin only; a member refunds the whole remainder")
-    admin_id: Id | None = Field(default=None, description="required when by is admin")
-
-
-class TopupIn(Model):
-    request_id: Id
-    amount: MoneyIn
-    use_saved_card: StrictBool = False
-
-
-class AutoTopupAmountIn(Model):
-    amount: MoneyIn
-
-
-class IouIn(_Routed):
-    request_id: Id
-    organisation_id: Id
-    member_id: Id
-    amount: MoneyIn
-    description: Text80
+# Validated by the parsers in shared/ (the Celery tasks' entry too), described from the same models.
+PaymentIn = payments.PaymentIn
+TransferIn = transfers.TransferIn
+SettlementIn = settlements.SettlementIn
+RefundIn = refunds.RefundIn
+TopupIn = topups.TopupIn
+AutoTopupAmountIn = topups.AutoTopupAmountIn
+IouIn = ious.IouIn
 
 
 class IouPayIn(Validating):
