@@ -25,15 +25,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields as dataclass_fields
 from typing import Any
 
+from pydantic import ConfigDict
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared import fields, notifications, outbox, payments, profiles, requests
+from shared import bodies, fields, notifications, outbox, payments, profiles, requests
 from shared.config import Settings
 from shared.db import dialect_insert
 from shared.errors import Conflict, InvalidInput, NotFound
 from shared.models import EntryType, Iou, IouStatus, PaymentRequest, RequestStatus, utcnow
-from shared.money import format_cents, parse_cents
+from shared.money import format_cents
 
 # A payment in these still decides the IOU: no other may start, and the IOU cannot be cancelled.
 IN_FLIGHT = (RequestStatus.QUEUED.value, RequestStatus.AWAITING_CARD.value)
@@ -54,20 +55,25 @@ class IouOrder:
     event_id: str | None = None
 
 
+class IouIn(bodies.Validating):
+    """`POST /api/ious` (`max_amount` in the context)."""
+
+    model_config = ConfigDict(json_schema_extra=bodies.required(
+        "request_id", "organisation_id", "member_id", "amount", "description"))
+    request_id: bodies.CheckedId = None  # type: ignore[assignment]
+    organisation_id: bodies.CheckedId = None  # type: ignore[assignment]
+    member_id: bodies.CheckedId = None  # type: ignore[assignment]
+    amount: bodies.CheckedAmount = None  # type: ignore[assignment]
+    description: bodies.CheckedText80 = None  # type: ignore[assignment]
+    route_code: bodies.CheckedOptionalId = None
+    route_payload: bodies.CheckedRoutePayload = None
+    session_id: bodies.CheckedOptionalId = None
+    event_id: bodies.CheckedOptionalId = None
+
+
 def parse(body: Mapping[str, Any], settings: Settings) -> IouOrder:
-    """Check every field of `POST /api/ious`; errors name the field."""
-    optional_id = lambda name: None if body.get(name) is None else fields.identifier(body[name], name)  # noqa: E731
-    return IouOrder(
-        request_id=fields.identifier(body.get("request_id"), "request_id"),
-        organisation_id=fields.identifier(body.get("organisation_id"), "organisation_id"),
-        member_id=fields.identifier(body.get("member_id"), "member_id"),
-        amount=parse_cents(body.get("amount"), "amount", minimum=1, maximum=settings.max_amount),
-        description=fields.text(body.get("description"), "description", max_length=80),
-        route_code=fields.route_code(body),
-        route_payload=fields.route_payload(body),
-        session_id=optional_id("session_id"),
-        event_id=optional_id("event_id"),
-    )
+    """Check every field of `POST /api/ious` (`IouIn`); errors name the field."""
+    return IouOrder(**bodies.declared(bodies.validated(IouIn, body, max_amount=settings.max_amount)))
 
 
 def iou_id(value: str) -> int:

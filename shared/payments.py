@@ -43,13 +43,14 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import ConfigDict, Field, ValidationInfo, WithJsonSchema, model_validator
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
-from shared import db, fields, ious, ledger, notifications, profiles, requests, topups
+from shared import bodies, db, ious, ledger, notifications, profiles, requests, topups
 from shared.config import Settings
 from shared.errors import InsufficientFunds, InvalidInput, NotFound
 from shared.ledger import Entry, Line
@@ -118,54 +119,70 @@ class PaymentOrder:
         return cls(**{**payload, "amount": parse_cents(payload["amount"], "amount")})
 
 
+_PAYMENT_TYPES_SCHEMA = {
+    "type": "string", "enum": [*PAYMENT_TYPES, *MEMBER_PAYMENT_TYPES],
+    "description": f"to an organisation (or none): one of {', '.join(sorted(PAYMENT_TYPES))} (default "
+                   f"{EntryType.MISCELLANEOUS.value}); to another member: {', '.join(MEMBER_PAYMENT_TYPES)}"}
+
+
+class PaymentIn(bodies.Validating):
+    """`POST /api/payments` and the `payments.pay` task (`max_amount` and `transfer_max` in
+    the context)."""
+
+    model_config = ConfigDict(json_schema_extra=bodies.required("request_id", "member_id", "amount", "description"))
+    request_id: bodies.CheckedId = None  # type: ignore[assignment]
+    member_id: bodies.CheckedId = None  # type: ignore[assignment]
+    amount: bodies.CheckedAmount = None  # type: ignore[assignment]
+    description: bodies.CheckedText80 = None  # type: ignore[assignment]
+    payment_type: Annotated[str, WithJsonSchema(_PAYMENT_TYPES_SCHEMA)] = EntryType.MISCELLANEOUS.value
+    organisation_id: bodies.CheckedOptionalId = Field(default=None, description="at most one counterparty")
+    other_member_id: bodies.CheckedOptionalId = None
+    route_code: bodies.CheckedOptionalId = None
+    route_payload: bodies.CheckedRoutePayload = None
+    book_internals: bodies.CheckedFlag = True
+    allow_checkout: bodies.CheckedFlag = False
+    event_id: bodies.CheckedOptionalId = None
+    session_id: bodies.CheckedOptionalId = None
+    iou_id: bodies.CheckedOptionalIouId = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _counterparty_and_type(cls, body: Any) -> Any:
+        """Checked before the fields, as they always were: at most one counterparty, and a type
+        in the direction it names (the default is the direction's)."""
+        if not isinstance(body, Mapping):
+            return body  # pydantic refuses it
+        if body.get("organisation_id") is not None and body.get("other_member_id") is not None:
+            raise InvalidInput("organisation_id or other_member_id: at most one counterparty", field="organisation_id")
+        to_member = body.get("other_member_id") is not None
+        allowed = MEMBER_PAYMENT_TYPES if to_member else PAYMENT_TYPES
+        payment_type = body.get("payment_type", next(iter(allowed)) if to_member else EntryType.MISCELLANEOUS.value)
+        if not isinstance(payment_type, str) or payment_type not in allowed:  # a list is unhashable
+            towards = "another member" if to_member else "an organisation"
+            raise InvalidInput(
+                f"payment_type: {payment_type!r} is not a type of payment to {towards}; "
+                f"one of {', '.join(sorted(allowed))}",
+                field="payment_type",
+            )
+        return {**body, "payment_type": payment_type}
+
+    @model_validator(mode="after")
+    def _to_another_member(self, info: ValidationInfo) -> PaymentIn:
+        if self.other_member_id == self.member_id:
+            raise InvalidInput("other_member_id: a member cannot pay themselves", field="other_member_id")
+        transfer_max = (info.context or {}).get("transfer_max")
+        if self.other_member_id is not None and transfer_max is not None and self.amount > transfer_max:
+            # Every way of paying another member has the transfer cap (ORIGINAL 2.7, issue 13).
+            raise InvalidInput(f"amount: a payment to another member is at most {format_cents(transfer_max)}",
+                               field="amount")
+        return self
+
+
 def parse(body: Mapping[str, Any], settings: Settings) -> PaymentOrder:
-    """Check every field of a payment request; errors name the field."""
-    optional_id = lambda name: None if body.get(name) is None else fields.identifier(body[name], name)  # noqa: E731
-    if body.get("organisation_id") is not None and body.get("other_member_id") is not None:
-        raise InvalidInput("organisation_id or other_member_id: at most one counterparty", field="organisation_id")
-    to_member = body.get("other_member_id") is not None
-    allowed = MEMBER_PAYMENT_TYPES if to_member else PAYMENT_TYPES
-    payment_type = body.get("payment_type", next(iter(allowed)) if to_member else EntryType.MISCELLANEOUS.value)
-    if not isinstance(payment_type, str) or payment_type not in allowed:  # a list is unhashable
-        towards = "another member" if to_member else "an organisation"
-        raise InvalidInput(
-            f"payment_type: {payment_type!r} is not a type of payment to {towards}; "
-            f"one of {', '.join(sorted(allowed))}",
-            field="payment_type",
-        )
-    order = PaymentOrder(
-        request_id=fields.identifier(body.get("request_id"), "request_id"),
-        member_id=fields.identifier(body.get("member_id"), "member_id"),
-        amount=parse_cents(body.get("amount"), "amount", minimum=1, maximum=settings.max_amount),
-        description=fields.text(body.get("description"), "description", max_length=80),
-        payment_type=payment_type,
-        organisation_id=optional_id("organisation_id"),
-        other_member_id=optional_id("other_member_id"),
-        route_code=fields.route_code(body),
-        route_payload=fields.route_payload(body),
-        book_internals=fields.boolean(body.get("book_internals", True), "book_internals"),
-        allow_checkout=fields.boolean(body.get("allow_checkout", False), "allow_checkout"),
-        event_id=optional_id("event_id"),
-        session_id=optional_id("session_id"),
-        iou_id=_iou_id(body.get("iou_id")),
-    )
-    if order.other_member_id == order.member_id:
-        raise InvalidInput("other_member_id: a member cannot pay themselves", field="other_member_id")
-    if order.other_member_id is not None and order.amount > settings.transfer_max:
-        # Every way of paying another member has the transfer cap (ORIGINAL 2.7, issue 13).
-        raise InvalidInput(f"amount: a payment to another member is at most {format_cents(settings.transfer_max)}",
-                           field="amount")
-    return order
-
-
-def _iou_id(value: Any) -> int | None:
-    """An IOU's id, as its pay route puts it in the order (the task gets the same JSON). A
-    payment naming an IOU that is not paying it fails when it is decided (`ious.payable`)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise InvalidInput(f"iou_id: {value!r} is not an IOU id", field="iou_id")
-    return value
+    """Check every field of a payment request (`PaymentIn`); errors name the field. A payment
+    naming an IOU that is not paying it fails when it is decided (`ious.payable`)."""
+    given = bodies.validated(PaymentIn, body, max_amount=settings.max_amount, transfer_max=settings.transfer_max)
+    return PaymentOrder(**bodies.declared(given))
 
 
 # Raised by `pay_request` when a request is not the plain case; it has then written nothing.

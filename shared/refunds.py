@@ -25,12 +25,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator, model_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import db, fields, healing, ledger, notifications, profiles, requests
+from shared import bodies, db, fields, healing, ledger, notifications, profiles, requests
 from shared.config import Settings
 from shared.errors import InsufficientFunds, InvalidAmount, InvalidInput, StripeRequestFailed
 from shared.ledger import Entry, Line
@@ -68,21 +69,37 @@ class RefundOrder:
         return cls(**{**payload, "amount": None if amount is None else parse_cents(amount, "amount")})
 
 
+class RefundIn(bodies.Validating):
+    """`POST /api/refunds` and the `payments.refund` task (`max_amount` in the context)."""
+
+    model_config = ConfigDict(json_schema_extra=bodies.required("request_id", "by", "payment_intent_id"))
+    by: Literal["member", "admin"] = None  # type: ignore[assignment]
+    payment_intent_id: bodies.CheckedText255 = None  # type: ignore[assignment]
+    request_id: bodies.CheckedId = None  # type: ignore[assignment]
+    amount: bodies.CheckedOptionalAmount = Field(default=None, description="admin only; a member refunds the whole remainder")
+    admin_id: Annotated[str | None, WithJsonSchema({"anyOf": [bodies.ID_SCHEMA, {"type": "null"}],
+                                                    "description": "required when by is admin (a member's refund ignores it)"})] = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _who(cls, body: Any) -> Any:
+        if not isinstance(body, Mapping):
+            return body  # pydantic refuses it
+        by = body.get("by")
+        if by not in ("member", "admin"):
+            raise InvalidInput("by: must be member or admin", field="by")
+        if by == "member" and body.get("amount") is not None:
+            raise InvalidInput("amount: a member refunds the whole remainder; leave amount out", field="amount")
+        return body
+
+    @field_validator("admin_id", mode="before")
+    @classmethod
+    def _admin(cls, value: Any, info: ValidationInfo) -> str | None:
+        return fields.identifier(value, "admin_id") if info.data.get("by") == "admin" else None
+
+
 def parse(body: Mapping[str, Any], settings: Settings) -> RefundOrder:
-    by = body.get("by")
-    if by not in ("member", "admin"):
-        raise InvalidInput("by: must be member or admin", field="by")
-    amount = body.get("amount")
-    if by == "member" and amount is not None:
-        raise InvalidInput("amount: a member refunds the whole remainder; leave amount out", field="amount")
-    intent = fields.text(body.get("payment_intent_id"), "payment_intent_id", max_length=255)
-    return RefundOrder(
-        request_id=fields.identifier(body.get("request_id"), "request_id"),
-        payment_intent_id=intent,
-        by=by,
-        amount=None if amount is None else parse_cents(amount, "amount", minimum=1, maximum=settings.max_amount),
-        admin_id=fields.identifier(body.get("admin_id"), "admin_id") if by == "admin" else None,
-    )
+    return RefundOrder(**bodies.declared(bodies.validated(RefundIn, body, max_amount=settings.max_amount)))
 
 
 def fee(amount: int, percent: Decimal) -> int:

@@ -27,13 +27,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationInfo, WithJsonSchema, model_validator
 from sqlalchemy import case, func, literal_column, select
 from sqlalchemy.orm import Session
 
-from shared import fields, ledger, profiles, requests, statements
+from shared import bodies, fields, ledger, profiles, requests, statements
 from shared.config import Settings
 from shared.errors import Conflict, InsufficientFunds, InvalidInput
 from shared.ledger import Entry, Line
@@ -112,33 +113,63 @@ def reference_date(raw: object, today: date) -> date:
     return reference
 
 
-def parse(body: Mapping[str, Any], settings: Settings, *, now: datetime | None = None) -> SettlementOrder:
-    reference = reference_date(body.get("reference_date"), (now or utcnow()).astimezone(settings.time_zone).date())
-    items = body.get("organisations")
-    request_id = fields.identifier(body.get("request_id"), "request_id")
-    if items == ALL:
-        return SettlementOrder(request_id, reference, (), all_candidates=True)
-    if not isinstance(items, list) or not items or len(items) > MAX_ORGANISATIONS:
+class SettlementItem(bodies.Validating):
+    model_config = ConfigDict(json_schema_extra=bodies.required("organisation_id"))
+    organisation_id: bodies.CheckedId = None  # type: ignore[assignment]
+    override_amount: bodies.CheckedOptionalAmount = None
+
+
+def _organisations(value: Any, info: ValidationInfo) -> Any:
+    """`"all"`, or 1 to `MAX_ORGANISATIONS` objects, each checked in turn."""
+    if value == ALL:
+        return value
+    if not isinstance(value, list) or not value or len(value) > MAX_ORGANISATIONS:
         raise InvalidInput(
             f"organisations: expected \"all\" or a list of 1 to {MAX_ORGANISATIONS} organisations",
             field="organisations",
         )
-    organisations: list[tuple[str, int | None]] = []
-    for item in items:
+    items = []
+    for item in value:
         if not isinstance(item, dict):
             raise InvalidInput("organisations: each item must be an object", field="organisations")
-        org = fields.identifier(item.get("organisation_id"), "organisation_id")
-        override = item.get("override_amount")
-        cents = None if override is None else parse_cents(
-            override, "override_amount", minimum=1, maximum=settings.max_amount
-        )
-        organisations.append((org, cents))
-    if len({org for org, _ in organisations}) != len(organisations):
-        raise InvalidInput("organisations: an organisation is listed twice", field="organisations")
+        items.append(SettlementItem.model_validate(item, context=info.context))
+    return items
+
+
+def _reference_date(value: Any, info: ValidationInfo) -> date:
+    return reference_date(value, info.context["today"]) if info.context else value
+
+
+class SettlementIn(bodies.Validating):
+    """`POST /api/settlements` and the `payments.settle` task (`today`, local, and `max_amount`
+    in the context)."""
+
+    model_config = ConfigDict(json_schema_extra=bodies.required("request_id", "organisations"))
+    reference_date: Annotated[date, BeforeValidator(_reference_date), WithJsonSchema({
+        "type": ["string", "null"], "format": "date",
+        "description": "YYYY-MM-DD, a day that has ended; absent or null: the last day of last month"})] = None  # type: ignore[assignment]
+    request_id: bodies.CheckedId = None  # type: ignore[assignment]
+    organisations: Annotated[Literal["all"] | list[SettlementItem], BeforeValidator(_organisations), Field(
+        description=f'"all" (the candidates when it is settled), or 1 to {MAX_ORGANISATIONS} organisations')
+    ] = None  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _each_once(self) -> SettlementIn:
+        if isinstance(self.organisations, list):
+            if len({item.organisation_id for item in self.organisations}) != len(self.organisations):
+                raise InvalidInput("organisations: an organisation is listed twice", field="organisations")
+        return self
+
+
+def parse(body: Mapping[str, Any], settings: Settings, *, now: datetime | None = None) -> SettlementOrder:
+    today = (now or utcnow()).astimezone(settings.time_zone).date()
+    given = bodies.validated(SettlementIn, body, today=today, max_amount=settings.max_amount)
+    if not isinstance(given.organisations, list):  # "all"
+        return SettlementOrder(given.request_id, given.reference_date, (), all_candidates=True)
     return SettlementOrder(
-        request_id=request_id,
-        reference_date=reference,
-        organisations=tuple(organisations),
+        request_id=given.request_id,
+        reference_date=given.reference_date,
+        organisations=tuple((item.organisation_id, item.override_amount) for item in given.organisations),
     )
 
 

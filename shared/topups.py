@@ -22,10 +22,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from pydantic import ConfigDict
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared import fields, ledger, notifications, profiles, requests
+from shared import bodies, ledger, notifications, profiles, requests
 from shared.config import Settings
 from shared.stripe_gateway import CardDetails
 from shared.db import dialect_insert, dialect_name
@@ -73,15 +74,22 @@ def auto_topup_charge(*, auto_amount: int, balance: int, payment: int, settings:
     return amount if amount <= settings.auto_topup_max_charge else None
 
 
-def check_auto_amount(value: object, settings: Settings) -> int:
-    return parse_cents(
-        value, "amount", minimum=settings.auto_topup_min_amount, maximum=settings.auto_topup_max_amount
-    )
+class AutoTopupAmountIn(bodies.Validating):
+    """`PUT /api/members/{member_id}/auto-topup` (`min_amount` and `max_amount` in the context)."""
+
+    model_config = ConfigDict(json_schema_extra=bodies.required("amount"))
+    amount: bodies.CheckedAmount = None  # type: ignore[assignment]
 
 
-def set_auto_amount(session: Session, member_id: str, value: object, settings: Settings) -> Member:
-    """SPEC 4.1: the member's auto top-up amount, only within the allowed range."""
-    amount = check_auto_amount(value, settings)
+def check_auto_amount(body: Mapping[str, Any], settings: Settings) -> int:
+    given = bodies.validated(AutoTopupAmountIn, body, min_amount=settings.auto_topup_min_amount,
+                             max_amount=settings.auto_topup_max_amount)
+    return given.amount
+
+
+def set_auto_amount(session: Session, member_id: str, body: Mapping[str, Any], settings: Settings) -> Member:
+    """SPEC 4.1: the member's auto top-up amount (`body`'s), only within the allowed range."""
+    amount = check_auto_amount(body, settings)
     member = profiles.get_member(session, member_id)
     member.auto_topup_amount = amount
     member.updated_at = utcnow()
@@ -343,14 +351,21 @@ class TopupOrder:
         return cls(**{**payload, "amount": parse_cents(payload["amount"], "amount")})
 
 
+class TopupIn(bodies.Validating):
+    """`POST /api/members/{member_id}/topups` (`member_id` from the path) and the
+    `payments.topup` task (`min_amount` and `max_amount` in the context)."""
+
+    model_config = ConfigDict(json_schema_extra=bodies.required("request_id", "amount", hidden=("member_id",)))
+    request_id: bodies.CheckedId = None  # type: ignore[assignment]
+    member_id: bodies.CheckedId = None  # type: ignore[assignment]
+    amount: bodies.CheckedAmount = None  # type: ignore[assignment]
+    use_saved_card: bodies.CheckedFlag = False
+
+
 def parse_topup(body: Mapping[str, Any], settings: Settings) -> TopupOrder:
-    return TopupOrder(
-        request_id=fields.identifier(body.get("request_id"), "request_id"),
-        member_id=fields.identifier(body.get("member_id"), "member_id"),
-        amount=parse_cents(body.get("amount"), "amount", minimum=settings.manual_topup_min,
-                           maximum=settings.manual_topup_max_balance),
-        use_saved_card=fields.boolean(body.get("use_saved_card", False), "use_saved_card"),
-    )
+    given = bodies.validated(TopupIn, body, min_amount=settings.manual_topup_min,
+                             max_amount=settings.manual_topup_max_balance)
+    return TopupOrder(**bodies.declared(given))
 
 
 def record_topup(session: Session, order: TopupOrder, *, client: str | None = None) -> tuple[requests.Request, bool]:

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import ConfigDict, Field, ValidationInfo, WithJsonSchema, field_validator, model_validator
 from sqlalchemy.orm import Session
 
-from shared import fields, ledger, notifications, payments, profiles, requests
+from shared import bodies, fields, ledger, notifications, payments, profiles, requests
 from shared.config import Settings
 from shared.errors import InsufficientFunds, InvalidInput, NotFound
 from shared.ledger import Entry, Line
@@ -93,40 +94,82 @@ class TransferOrder:
         )
 
 
+_TYPES_SCHEMA = {
+    "type": ["string", "null"], "enum": [*dict.fromkeys(t.value for types in TYPES.values() for t in types), None],
+    "description": "by direction (the first is the default): " + "; ".join(
+        f"{source} to {target}: {', '.join(t.value for t in types)}" for (source, target), types in TYPES.items())}
+
+
+class TransferIn(bodies.Validating):
+    """`POST /api/transfers` and the `payments.transfer` task (`max_amount` and `transfer_max`
+    in the context)."""
+
+    model_config = ConfigDict(json_schema_extra=bodies.required("request_id", "amount", "description"))
+    request_id: bodies.CheckedId = None  # type: ignore[assignment]
+    amount: bodies.CheckedAmount = None  # type: ignore[assignment]  # a member's: at most transfer_max
+    description: bodies.CheckedText80 = None  # type: ignore[assignment]
+    payment_type: Annotated[str | None, WithJsonSchema(_TYPES_SCHEMA)] = None
+    event_id: bodies.CheckedOptionalId = None
+    session_id: bodies.CheckedOptionalId = None
+    allow_checkout: bodies.CheckedFlag = False
+    allow_negative: bodies.CheckedFlag = False
+    route_code: bodies.CheckedOptionalId = None
+    route_payload: bodies.CheckedRoutePayload = None
+    # Checked last, as they always were (that exactly one of each pair is given, first).
+    from_member_id: bodies.CheckedOptionalId = Field(
+        default=None, description="exactly one of from_member_id, from_organisation_id")
+    from_organisation_id: bodies.CheckedOptionalId = None
+    to_member_id: bodies.CheckedOptionalId = Field(
+        default=None, description="exactly one of to_member_id, to_organisation_id")
+    to_organisation_id: bodies.CheckedOptionalId = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _direction(cls, body: Any, info: ValidationInfo) -> Any:
+        """First: exactly one source and one target, not a member paying an organisation. The
+        direction sets the amount's maximum and the types allowed, checked in their turn: it is
+        put in the validation context, a dict of this call's own (`validated`)."""
+        if not isinstance(body, Mapping):
+            return body  # pydantic refuses it
+        source = fields.only_one(dict(body), "from_member_id", "from_organisation_id")
+        target = fields.only_one(dict(body), "to_member_id", "to_organisation_id")
+        if source == "from_member_id" and target == "to_organisation_id":
+            raise InvalidInput(
+                "to_organisation_id: a member pays an organisation with a payment, not a transfer",
+                field="to_organisation_id",
+            )
+        if info.context is not None:
+            info.context["direction"] = (source.removeprefix("from_").removesuffix("_id"),
+                                         target.removeprefix("to_").removesuffix("_id"))
+            if source == "from_member_id":
+                info.context["max_amount"] = info.context["transfer_max"]
+        return body
+
+    @field_validator("payment_type", mode="before")
+    @classmethod
+    def _payment_type(cls, value: Any, info: ValidationInfo) -> str | None:
+        return _payment_type(value, info.context["direction"]) if info.context else value
+
+    @model_validator(mode="after")
+    def _accounts_and_flags(self) -> TransferIn:
+        for source, target, field in ((self.from_member_id, self.to_member_id, "to_member_id"),
+                                      (self.from_organisation_id, self.to_organisation_id, "to_organisation_id")):
+            if source is not None and source == target:  # checked ids: 5 and "5" are one account
+                raise InvalidInput(f"{field}: cannot transfer to the same account", field=field)
+        if self.allow_checkout and self.from_member_id is None:
+            raise InvalidInput("allow_checkout: only a member's transfer can fall back to a card", field="allow_checkout")
+        # The entry type is Refund only when named: no direction's default is.
+        if self.allow_negative and not (self.payment_type == EntryType.REFUND.value and self.event_id):
+            raise InvalidInput(
+                "allow_negative: only an organisation's Refund of an event (with event_id) may take it below zero",
+                field="allow_negative",
+            )
+        return self
+
+
 def parse(body: Mapping[str, Any], settings: Settings) -> TransferOrder:
-    source = fields.only_one(dict(body), "from_member_id", "from_organisation_id")
-    target = fields.only_one(dict(body), "to_member_id", "to_organisation_id")
-    if source == "from_member_id" and target == "to_organisation_id":
-        raise InvalidInput(
-            "to_organisation_id: a member pays an organisation with a payment, not a transfer",
-            field="to_organisation_id",
-        )
-    direction = (source.removeprefix("from_").removesuffix("_id"), target.removeprefix("to_").removesuffix("_id"))
-    optional_id = lambda name: None if body.get(name) is None else fields.identifier(body[name], name)  # noqa: E731
-    maximum = settings.transfer_max if source == "from_member_id" else settings.max_amount
-    order = TransferOrder(
-        request_id=fields.identifier(body.get("request_id"), "request_id"),
-        amount=parse_cents(body.get("amount"), "amount", minimum=1, maximum=maximum),
-        description=fields.text(body.get("description"), "description", max_length=80),
-        payment_type=_payment_type(body.get("payment_type"), direction),
-        event_id=optional_id("event_id"),
-        session_id=optional_id("session_id"),
-        allow_checkout=fields.boolean(body.get("allow_checkout", False), "allow_checkout"),
-        allow_negative=fields.boolean(body.get("allow_negative", False), "allow_negative"),
-        route_code=fields.route_code(body),
-        route_payload=fields.route_payload(body),
-        **{source: fields.identifier(body[source], source), target: fields.identifier(body[target], target)},
-    )
-    if direction[0] == direction[1] and body[source] == body[target]:
-        raise InvalidInput(f"{target}: cannot transfer to the same account", field=target)
-    if order.allow_checkout and direction[0] != "member":
-        raise InvalidInput("allow_checkout: only a member's transfer can fall back to a card", field="allow_checkout")
-    if order.allow_negative and not (order.entry_type is EntryType.REFUND and order.event_id):
-        raise InvalidInput(
-            "allow_negative: only an organisation's Refund of an event (with event_id) may take it below zero",
-            field="allow_negative",
-        )
-    return order
+    given = bodies.validated(TransferIn, body, max_amount=settings.max_amount, transfer_max=settings.transfer_max)
+    return TransferOrder(**bodies.declared(given))
 
 
 def _payment_type(value: object, direction: tuple[str, str]) -> str | None:

@@ -28,9 +28,9 @@ def setup(member_id: str) -> ResponseReturnValue:
 @action(access.AUTO_TOPUP_CHANGE)
 def change_amount(member_id: str) -> ResponseReturnValue:
     member_id = fields.identifier(member_id, "member_id")
-    amount = context.json_body().get("amount")
+    body = context.json_body()
     with context.transaction() as session:
-        member = topups.set_auto_amount(session, member_id, amount, context.settings())
+        member = topups.set_auto_amount(session, member_id, body, context.settings())
         auto_topup = {"status": member.auto_topup_status, "amount": format_cents(member.auto_topup_amount)}
     return jsonify({"member_id": member_id, "auto_topup": auto_topup})
 

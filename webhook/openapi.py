@@ -24,7 +24,7 @@ from markupsafe import escape
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from shared import specific_transactions
+from shared import bodies, specific_transactions
 from shared.balances_report import Kind
 from shared.periods import PRESETS
 from webhook import schemas as s
@@ -187,7 +187,7 @@ def _operation(app: Flask, rule: str, endpoint: str, op: Operation) -> dict[str,
     arguments = next(r.arguments for r in app.url_map.iter_rules() if r.rule == rule and r.endpoint == endpoint)
     parameters = [
         {"name": name, "in": "path", "required": True,
-         "schema": PATH.get(name, {"type": "string", "pattern": s.ID_PATTERN})}
+         "schema": PATH.get(name, {"type": "string", "pattern": bodies.ID_PATTERN})}
         for name in sorted(arguments)
     ] + [{"name": name, "in": "query", "required": True, "schema": schema} for name, schema in op.required.items()
          ] + [{"name": name, "in": "query", "required": False, "schema": QUERY[name]} for name in op.query]

@@ -1,38 +1,34 @@
 """The `/api/*` bodies and answers as pydantic v2 models: declared once, they make the OpenAPI
-description (`webhook.openapi`), and they validate where a route has been moved to them.
+description (`webhook.openapi`), and the bodies' models are what validates them.
 
-The fields' own rules (ids, money, text) stay in `shared.fields` and `shared.money`, which the
-routes still call: the models say what the rules accept, in JSON Schema. Money is a string with
-two decimals (`"12.34"`) or an integer of whole units, never a JSON number with a fraction (SPEC;
-`shared.money.parse_cents` refuses a float), so `Money` is `StrictInt | str`, never `float`.
-Request models allow extra fields (the parsers ignore them), answers may grow (CONTRACT: "add
-freely"), so every model allows properties it does not name.
+The request bodies the Celery tasks share (payments, transfers, settlements, refunds, top-ups,
+IOUs) are declared next to their parsers in shared/, the one entry for HTTP and tasks; the
+others here. Both are built from `shared.bodies`: each field runs the check `shared.fields` or
+`shared.money` has always made, and says in JSON Schema what it accepts. Money in is a string
+with two decimals (`"12.34"`) or an integer of whole units, never a JSON number with a fraction
+(SPEC; `shared.money.parse_cents` refuses a float); money out is always such a string. Request
+models allow extra fields (the parsers ignore them), answers may grow (CONTRACT: "add freely"),
+so every model allows properties it does not name.
 """
 
 from __future__ import annotations
 
-from decimal import Decimal
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, RootModel, StrictBool, StrictInt, ValidationError,
-                      ValidationInfo, WithJsonSchema, model_validator)
+from pydantic import BaseModel, ConfigDict, Field, RootModel, model_validator
 
-from shared import fields, profiles
-from shared.errors import InvalidInput
-from shared.money import parse_cents
+from shared import fields, ious, payments, refunds, settlements, topups, transfers
+from shared.bodies import (CheckedEmail, CheckedFlag, CheckedId, CheckedName, CheckedOptionalAccount,
+                           CheckedOptionalBsb, CheckedOptionalFlag, CheckedOptionalId, CheckedOptionalMinimum,
+                           CheckedOptionalPercent, CheckedSignedAmount, CheckedText80, CheckedText200, Validating,
+                           required, validated)
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
+__all__ = ["validated"]  # the routes' entry, from shared.bodies
+
 MONEY_PATTERN = r"^-?[0-9]+\.[0-9]{2}$"
 
-_ID_SCHEMA = {"anyOf": [{"type": "string", "pattern": ID_PATTERN}, {"type": "integer", "minimum": 0}],
-              "description": "an id: 1 to 64 letters, digits or _.:- (a whole number is taken as its digits)"}
-Id = Annotated[str, WithJsonSchema(_ID_SCHEMA)]
-# In: "12.34" or whole units as an integer; a float is refused with 400.
-MoneyIn = Annotated[StrictInt | Annotated[str, Field(pattern=r"^\s*-?[0-9]+(\.[0-9]{1,2})?\s*$")],
-                    Field(description='money: a string such as "12.34", or an integer of whole units; never a float')]
 # Out: always a string with two decimals.
 Money = Annotated[str, Field(pattern=MONEY_PATTERN, description='money, a string such as "12.34"')]
-Text80 = Annotated[str, Field(max_length=80)]
 Time = Annotated[str, Field(description="ISO 8601 with offset", json_schema_extra={"format": "date-time"})]
 # A local calendar day in an answer.
 Day = Annotated[str, Field(description="YYYY-MM-DD, local", json_schema_extra={"format": "date"})]
@@ -40,103 +36,6 @@ Day = Annotated[str, Field(description="YYYY-MM-DD, local", json_schema_extra={"
 
 class Model(BaseModel):
     model_config = ConfigDict(extra="allow")
-
-
-# Validating models ------------------------------------------------------------------------
-# A route converted to a model validates its body with `validated(Model, body)`. Each field's
-# check is the one `shared.fields` has always made, run by pydantic (a BeforeValidator): its
-# InvalidInput is not a ValueError, so it passes through pydantic unchanged, with the message
-# and field it always had. Every field has a default and defaults are validated too, so a
-# missing field gets the same 400 as a null one (the checks' own "required" rule); the JSON
-# Schema's `required` is given by the model. Fields are checked in the order declared.
-
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def _checked(check: Any, schema: dict[str, Any]) -> Any:
-    def run(value: Any, info: ValidationInfo) -> Any:
-        return check(value, info.field_name)
-
-    return (BeforeValidator(run), WithJsonSchema(schema))
-
-
-CheckedId = Annotated[str, *_checked(fields.identifier, _ID_SCHEMA)]
-CheckedFlag = Annotated[bool, *_checked(fields.boolean, {"type": "boolean"})]
-CheckedEmail = Annotated[str, *_checked(fields.email, {"type": "string", "maxLength": 254,
-                                                       "description": "one plain address, local@domain.tld"})]
-CheckedName = Annotated[str, *_checked(
-    lambda value, field: fields.text(value, field, max_length=100),
-    {"type": "string", "minLength": 1, "maxLength": 100, "description": "no control characters"})]
-CheckedOptionalFlag = Annotated[bool | None, *_checked(
-    lambda value, field: None if value is None else fields.boolean(value, field),
-    {"type": ["boolean", "null"], "description": "null: the default; absent: keep the stored value"})]
-
-
-# Money checks need the service's limit (`Settings.max_amount`): `validated` hands it to them
-# in pydantic's validation context.
-_MONEY_IN_SCHEMA = {"anyOf": [{"type": "integer"}, {"type": "string", "pattern": r"^\s*-?[0-9]+(\.[0-9]{1,2})?\s*$"}],
-                    "description": 'money: a string such as "12.34", or an integer of whole units; never a float'}
-
-
-def _signed_amount(value: Any, info: ValidationInfo) -> int:
-    limit = info.context["max_amount"] if info.context else None
-    return parse_cents(value, info.field_name or "amount", minimum=None if limit is None else -limit, maximum=limit)
-
-
-def _optional_positive_amount(value: Any, info: ValidationInfo) -> int | None:
-    limit = info.context["max_amount"] if info.context else None
-    return None if value is None else parse_cents(value, info.field_name or "amount", minimum=0, maximum=limit)
-
-
-def _optional(check: Any) -> Any:
-    """An optional field's check: null stays null (the default; absent is told apart by the
-    model's `model_fields_set`)."""
-    return lambda value, field: None if value is None else check(value, field)
-
-
-CheckedSignedAmount = Annotated[int, BeforeValidator(_signed_amount), WithJsonSchema(_MONEY_IN_SCHEMA)]
-CheckedOptionalId = Annotated[str | None, *_checked(_optional(fields.identifier),
-                                                     {"anyOf": [_ID_SCHEMA, {"type": "null"}]})]
-CheckedText80 = Annotated[str, *_checked(lambda value, field: fields.text(value, field, max_length=80),
-                                         {"type": "string", "maxLength": 80})]
-CheckedText200 = Annotated[str, *_checked(lambda value, field: fields.text(value, field, max_length=200),
-                                          {"type": "string", "maxLength": 200})]
-CheckedOptionalPercent = Annotated[Decimal | None, *_checked(_optional(fields.percent), {
-    "anyOf": [{"type": "integer"}, {"type": "string"}, {"type": "null"}],
-    "description": '0 to 100, e.g. "2.50" (admin); null: the default; absent: keep the stored value'})]
-CheckedOptionalMinimum = Annotated[int | None, BeforeValidator(_optional_positive_amount), WithJsonSchema({
-    "anyOf": [*_MONEY_IN_SCHEMA["anyOf"], {"type": "null"}],
-    "description": "money (0 or more); null: the default, 0.00; absent: keep the stored value"})]
-CheckedOptionalBsb = Annotated[str | None, *_checked(_optional(profiles.bank_bsb), {
-    "type": ["string", "null"], "description": "123456 or 123-456; null: clear it; absent: keep it"})]
-CheckedOptionalAccount = Annotated[str | None, *_checked(_optional(profiles.bank_account), {
-    "type": ["string", "null"], "description": "5 to 9 digits; null: clear it; absent: keep it"})]
-
-
-def validated(model: type[M], body: dict[str, Any], **context: Any) -> M:
-    """`body` (a JSON object) as `model`, or the 400 of CONTRACT naming the field. `context`
-    reaches the field checks (`max_amount`)."""
-    try:
-        return model.model_validate(body, context=context or None)
-    except ValidationError as exc:  # a shape the field checks did not see first
-        problem = exc.errors()[0]
-        field = str(problem["loc"][0]) if problem["loc"] else "body"
-        raise InvalidInput(f"{field}: {problem['msg']}", field=field) from None
-
-
-def _required(*names: str) -> Any:
-    """The JSON Schema's `required` (the fields' defaults are only there to be validated)."""
-    def edit(schema: dict[str, Any]) -> None:
-        schema["required"] = list(names)
-        for name in names:
-            schema["properties"][name].pop("default", None)
-
-    return edit
-
-
-class _Validating(BaseModel):
-    model_config = ConfigDict(extra="allow", validate_default=True)
 
 
 # Errors -----------------------------------------------------------------------------------
@@ -159,21 +58,21 @@ class Error(BaseModel):
 # Requests ---------------------------------------------------------------------------------
 
 
-class MemberIn(_Validating):
+class MemberIn(Validating):
     """`PUT /api/members/{member_id}` (validated by this model)."""
 
-    model_config = ConfigDict(json_schema_extra=_required("email", "first_name", "last_name"))
+    model_config = ConfigDict(json_schema_extra=required("email", "first_name", "last_name"))
     email: CheckedEmail = None  # type: ignore[assignment]
     first_name: CheckedName = None  # type: ignore[assignment]
     last_name: CheckedName = None  # type: ignore[assignment]
     low_balance_emails: CheckedOptionalFlag = None
 
 
-class OrganisationIn(_Validating):
+class OrganisationIn(Validating):
     """`PUT /api/organisations/{org_id}` (validated by this model): an optional field absent
     keeps the stored value, null sets the default (see `model_fields_set`)."""
 
-    model_config = ConfigDict(json_schema_extra=_required("name"))
+    model_config = ConfigDict(json_schema_extra=required("name"))
     name: CheckedText200 = None  # type: ignore[assignment]
     settlement_fee_percent: CheckedOptionalPercent = None
     minimum_balance_after_settlement: CheckedOptionalMinimum = None
@@ -181,10 +80,10 @@ class OrganisationIn(_Validating):
     bank_account: CheckedOptionalAccount = None
 
 
-class AdjustmentIn(_Validating):
+class AdjustmentIn(Validating):
     """`POST /api/adjustments` (validated by this model; `max_amount` in the context)."""
 
-    model_config = ConfigDict(json_schema_extra=_required("request_id", "amount", "description", "admin_id"))
+    model_config = ConfigDict(json_schema_extra=required("request_id", "amount", "description", "admin_id"))
     request_id: CheckedId = None  # type: ignore[assignment]
     amount: CheckedSignedAmount = None  # type: ignore[assignment]
     description: CheckedText80 = None  # type: ignore[assignment]
@@ -201,80 +100,20 @@ class AdjustmentIn(_Validating):
         return body
 
 
-class _Routed(Model):
-    route_code: Id | None = None
-    route_payload: Any = Field(default=None, description="handed back in the callback, as sent (at most 2000 characters)")
-    event_id: Id | None = None
-    session_id: Id | None = None
+# Validated by the parsers in shared/ (the Celery tasks' entry too), described from the same models.
+PaymentIn = payments.PaymentIn
+TransferIn = transfers.TransferIn
+SettlementIn = settlements.SettlementIn
+RefundIn = refunds.RefundIn
+TopupIn = topups.TopupIn
+AutoTopupAmountIn = topups.AutoTopupAmountIn
+IouIn = ious.IouIn
 
 
-class PaymentIn(_Routed):
-    request_id: Id
-    member_id: Id
-    amount: MoneyIn
-    description: Text80
-    payment_type: str | None = None
-    organisation_id: Id | None = None
-    other_member_id: Id | None = None
-    book_internals: StrictBool = True
-    allow_checkout: StrictBool = False
-    iou_id: StrictInt | str | None = None
-
-
-class TransferIn(_Routed):
-    request_id: Id
-    amount: MoneyIn
-    description: Text80
-    payment_type: str | None = None
-    from_member_id: Id | None = Field(default=None, description="exactly one of from_member_id, from_organisation_id")
-    from_organisation_id: Id | None = None
-    to_member_id: Id | None = Field(default=None, description="exactly one of to_member_id, to_organisation_id")
-    to_organisation_id: Id | None = None
-    allow_checkout: StrictBool = False
-    allow_negative: StrictBool = False
-
-
-class SettlementItem(Model):
-    organisation_id: Id
-    override_amount: MoneyIn | None = None
-
-
-class SettlementIn(Model):
-    request_id: Id
-    reference_date: str | None = Field(default=None, description="YYYY-MM-DD")
-    organisations: Literal["all"] | list[SettlementItem]
-
-
-class RefundIn(Model):
-    request_id: Id
-    by: Literal["member", "admin"]
-    payment_intent_id: Annotated[str, Field(max_length=255)]
-    amount: MoneyIn | None = Field(default=None, description="admin only; a member refunds the whole remainder")
-    admin_id: Id | None = Field(default=None, description="required when by is admin")
-
-
-class TopupIn(Model):
-    request_id: Id
-    amount: MoneyIn
-    use_saved_card: StrictBool = False
-
-
-class AutoTopupAmountIn(Model):
-    amount: MoneyIn
-
-
-class IouIn(_Routed):
-    request_id: Id
-    organisation_id: Id
-    member_id: Id
-    amount: MoneyIn
-    description: Text80
-
-
-class IouPayIn(_Validating):
+class IouPayIn(Validating):
     """`POST /api/ious/{iou_id}/pay` (validated by this model)."""
 
-    model_config = ConfigDict(json_schema_extra=_required("request_id"))
+    model_config = ConfigDict(json_schema_extra=required("request_id"))
     request_id: CheckedId = None  # type: ignore[assignment]
     allow_checkout: CheckedFlag = False
 

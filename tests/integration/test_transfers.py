@@ -260,3 +260,10 @@ def test_a_transfer_short_of_funds_with_checkout_allowed_waits_for_the_card(sess
 def test_a_transfer_between_members_above_the_cap_is_refused() -> None:
     with pytest.raises(InvalidInput, match="above the maximum 2000.00"):
         member_order(amount="2000.01")
+
+
+@pytest.mark.parametrize("source, target", [("ann", "ann"), (5, "5")], ids=["same", "a number and its digits"])
+def test_a_transfer_to_the_same_account_is_refused_naming_the_target(source: object, target: object) -> None:
+    with pytest.raises(InvalidInput, match="cannot transfer to the same account") as refused:
+        order(from_organisation_id=None, from_member_id=source, to_member_id=target)
+    assert refused.value.field == "to_member_id"
