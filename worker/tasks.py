@@ -21,7 +21,6 @@ from typing import Any
 from celery import Task
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from shared import charges, healing, messages, outbox, payments, refunds, requests, settlements, stripe_events, topups, transfers
@@ -148,7 +147,7 @@ def _decide(
     fields: dict[str, Any],
     parse: Callable[..., Any],
     act: Callable[[Session, Any, Any], Any],
-    at_once: Callable[[Engine, Any, Any], list[int] | None] | None = None,
+    at_once: Callable[..., list[int] | None] | None = None,
 ) -> str:
     """Who sent it first (`shared.messages`): a refused message moves nothing. Then the request
     is parsed (or rebuilt from its stored form), recorded under its client, and decided."""
@@ -169,7 +168,7 @@ def _decide(
                 headers_of(task.request))
             messages.authorise(principal, task.name, fields)
             client = None if principal is None else principal.name
-            if order is not None and client is not None:
+            if order is not None and client is not None and at_once is None:
                 RECORD[kind](session, order, client=client)  # who asked, before anything is decided
             if order is None:
                 stored = requests.accepted(session, kind, fields)
@@ -189,11 +188,20 @@ def _decide(
             return stored.status
         order = FROM_PAYLOAD[kind](stored.payload)
     if at_once is not None:
-        # The plain case in one statement; None means it wrote nothing and `act` decides.
-        outbox_ids = at_once(engine(), order, config)
+        # The plain case in one statement, which records a new request under its client itself
+        # (one transaction per payment, not two); None means it wrote nothing: the request is
+        # recorded as above, and `act` decides.
+        outbox_ids = at_once(engine(), order, config, client=client)
         if outbox_ids is not None:
             dispatch(outbox_ids)
             return RequestStatus.PAID.value
+        if stored is None and client is not None:
+            try:
+                with sessions().begin() as session:
+                    RECORD[kind](session, order, client=client)
+            except Conflict as exc:
+                log.warning("%s %s refused: %s", kind.value, order.request_id, exc.message)
+                return "conflict"
     effects = charges.Effects()
     try:
         with sessions().begin() as session:
