@@ -15,15 +15,19 @@ commit, `carry_out` makes the card calls a step scheduled and hands the outbox r
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from celery.utils.time import get_exponential_backoff_interval
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from shared import charges, healing, messages, outbox, payments, refunds, requests, settlements, stripe_events, topups, transfers
+from shared import charges, healing, logs, messages, metrics, outbox, payments, refunds, requests, settlements, stripe_events, topups, transfers
 from shared.access import Principal
 from shared.errors import Conflict, Forbidden, InvalidInput, StripeUnavailable, Unauthenticated
 from shared.models import RequestKind, RequestStatus
@@ -41,29 +45,67 @@ RETRY = {
 }
 
 
-@app.task(name="payments.pay", bind=True, clients=True, soft_time_limit=20, time_limit=30, **RETRY)
+@app.task(name="payments.pay", bind=True, clients=True, soft_time_limit=20, time_limit=30,
+          Strategy="worker.batching:strategy", **RETRY)
 def pay(self: Task, **fields: Any) -> str:
-    return _decide(self, RequestKind.PAYMENT, fields, payments.parse, payments.pay, at_once=payments.pay_at_once)
+    return decide_payment(_envelope(self), fields)
+
+
+def decide_payment(envelope: Envelope, fields: dict[str, Any]) -> str:
+    """The body of `payments.pay`, also run for each payment of a batch (`worker.batching`)."""
+    return _decide(envelope, RequestKind.PAYMENT, fields, payments.parse, payments.pay, at_once=payments.pay_at_once)
+
+
+def pay_one_of_batch(item: dict[str, Any]) -> str:
+    """One payment of a batch (`worker.batching.pay_batch`), as its own task would run: logged
+    and timed under its own id; a transient error sends it again by itself with Celery's
+    backoff (`RETRY`), so its neighbours go on."""
+    fields, envelope = item["kwargs"], Envelope(pay.name, (), item["headers"])
+    logs.context.set({"task_id": item["id"], "task": pay.name,
+                      **{key: fields[key] for key in ("request_id", "member_id") if isinstance(fields.get(key), str)}})
+    started, state = time.perf_counter(), "SUCCESS"
+    try:
+        outcome = decide_payment(envelope, fields)
+        log.info("Task payments.pay[%s] succeeded in batch: %r", item["id"], outcome)  # as Celery logs a task's
+        return outcome
+    except (*TRANSIENT, SoftTimeLimitExceeded) as exc:  # (the batch's soft limit: this payment goes again)
+        state = "RETRY"
+        retries = item["retries"] + 1
+        if retries > RETRY["max_retries"]:
+            state = "FAILURE"
+            log.error("payments.pay %s: gave up after %d tries: %s", item["id"], retries, exc)
+            return "failed"
+        countdown = get_exponential_backoff_interval(RETRY["retry_backoff"], retries - 1, RETRY["retry_backoff_max"],
+                                                     RETRY["retry_jitter"])
+        log.warning("payments.pay %s: %s; sent again in %d s", item["id"], type(exc).__name__, countdown)
+        pay.apply_async(kwargs=fields, headers=item["headers"], countdown=countdown, retries=retries)
+        return "retry"
+    except Exception:
+        state = "FAILURE"
+        log.exception("payments.pay %s failed", item["id"])
+        return "failed"
+    finally:
+        metrics.TASK_SECONDS.labels(pay.name, state).observe(time.perf_counter() - started)
 
 
 @app.task(name="payments.transfer", bind=True, clients=True, soft_time_limit=20, time_limit=30, **RETRY)
 def transfer(self: Task, **fields: Any) -> str:
-    return _decide(self, RequestKind.TRANSFER, fields, transfers.parse, transfers.transfer)
+    return _decide(_envelope(self), RequestKind.TRANSFER, fields, transfers.parse, transfers.transfer)
 
 
 @app.task(name="payments.settle", bind=True, clients=True, soft_time_limit=120, time_limit=150, **RETRY)
 def settle(self: Task, **fields: Any) -> str:
-    return _decide(self, RequestKind.SETTLEMENT, fields, settlements.parse, settlements.settle)
+    return _decide(_envelope(self), RequestKind.SETTLEMENT, fields, settlements.parse, settlements.settle)
 
 
 @app.task(name="payments.topup", bind=True, clients=True, soft_time_limit=60, time_limit=90, **RETRY)
 def topup(self: Task, **fields: Any) -> str:
-    return _decide(self, RequestKind.TOPUP, fields, topups.parse_topup, topups.topup)
+    return _decide(_envelope(self), RequestKind.TOPUP, fields, topups.parse_topup, topups.topup)
 
 
 @app.task(name="payments.refund", bind=True, clients=True, soft_time_limit=60, time_limit=90, **RETRY)
 def refund(self: Task, **fields: Any) -> str:
-    return _decide(self, RequestKind.REFUND, fields, refunds.parse, refunds.book)
+    return _decide(_envelope(self), RequestKind.REFUND, fields, refunds.parse, refunds.book)
 
 
 # Each kind's order rebuilt from its stored normal form, without today's limits.
@@ -141,8 +183,25 @@ def ping() -> str:
     return "pong"
 
 
+@dataclass(frozen=True)
+class Envelope:
+    """Who a message says sent it: the task's name, its args and trust headers
+    (`shared.messages`); `direct` for a function call in this process (a command, a test),
+    which is the service's own."""
+
+    task: str
+    args: tuple[Any, ...]
+    headers: dict[str, Any]
+    direct: bool = False
+
+
+def _envelope(task: Task) -> Envelope:
+    return Envelope(task.name, tuple(task.request.args or ()), headers_of(task.request),
+                    bool(task.request.called_directly))
+
+
 def _decide(
-    task: Task,
+    envelope: Envelope,
     kind: RequestKind,
     fields: dict[str, Any],
     parse: Callable[..., Any],
@@ -162,11 +221,10 @@ def _decide(
     stored: requests.Request | None = None
     try:
         with sessions().begin() as session:
-            # A function call in this process (a command, a test) is the service's own.
-            principal = None if task.request.called_directly else messages.sender(
-                session, app.conf.payments_service_key, config.api_token, task.name, task.request.args or (), fields,
-                headers_of(task.request))
-            messages.authorise(principal, task.name, fields)
+            principal = None if envelope.direct else messages.sender(
+                session, app.conf.payments_service_key, config.api_token, envelope.task, envelope.args, fields,
+                envelope.headers)
+            messages.authorise(principal, envelope.task, fields)
             client = None if principal is None else principal.name
             if order is not None and client is not None and at_once is None:
                 RECORD[kind](session, order, client=client)  # who asked, before anything is decided
