@@ -9,11 +9,14 @@ The guarantees of the single-task path hold:
   after every payment of the batch was decided and committed. A pool process that dies, or a
   batch past its hard time limit, puts every message of the batch back on the queue (as
   `task_reject_on_worker_lost` does); the request ids make deciding them again a no-op.
-- **One bad payment never fails its neighbours.** Each payment is decided on its own, in its
-  own transactions; one that meets a transient error (database, broker or Stripe down) is sent
-  again by itself with Celery's backoff (as `autoretry_for` would), and the others go on.
-- **The same decisions and rows**: each payment runs `worker.tasks.decide_payment`, the body of
-  `payments.pay`, with the message's own trust headers.
+- **One bad payment never fails its neighbours.** Only the plain payments are paid together,
+  by `pay_request` for each in one statement and one transaction (`pay_requests`, migration
+  0017), each in a subtransaction of its own: one that is not the plain case is rolled back
+  alone. Every other payment (card work, a payment to another member or of an IOU, one that
+  met an error) is handed back, having written nothing, and runs as a task of its own on
+  Celery's path, with its own time limits and retries (`worker.tasks.pay_batch`).
+- **The same decisions and rows**: each payment is admitted (sender, fields) as `payments.pay`
+  does, with its message's own trust headers, and paid by the same `pay_request`.
 
 At low load a payment waits at most `FLUSH_SECONDS` and goes alone. A message with an ETA (a
 retry's countdown), an expiry or linked tasks takes Celery's own path. While messages wait in the buffer the consumer's
@@ -33,10 +36,13 @@ from celery.worker.request import create_request_cls
 from celery.worker.strategy import default, hybrid_to_proto2, proto1_to_proto2
 
 from shared import messages
+from worker import tasks
 from worker.app import LINKS
 
 log = logging.getLogger(__name__)
 
+# At most 64 subtransactions per transaction stay in PostgreSQL's per-backend cache (more slow
+# down every snapshot of the server): each plain payment of a batch is one.
 BATCH_MOST = 50
 FLUSH_SECONDS = 0.002
 BUFFER_MOST = 4 * BATCH_MOST
@@ -98,13 +104,16 @@ def strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
             accept_callback=lambda pid, accepted: _started(batch, pid, events),
             callback=lambda outcomes: _done(batch, outcomes, time.monotonic() - started),
             error_callback=lambda info: _lost(batch, info),
-            soft_timeout=task.soft_time_limit * 2, timeout=task.time_limit * 2,
+            soft_timeout=task.soft_time_limit, timeout=task.time_limit,
         )
 
     def _done(batch: list[Any], outcomes: list[str], runtime: float) -> None:
         for request, outcome in zip(batch, outcomes, strict=True):
-            request.acknowledge()
             _ready(request)
+            if outcome == tasks.SINGLE:  # left to Celery's own path, which acknowledges it when done
+                request.execute_using_pool(consumer.pool)
+                continue
+            request.acknowledge()
             if events:
                 request.send_event("task-succeeded", result=outcome, runtime=runtime)
 
@@ -118,6 +127,7 @@ def strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
     def _ready(request: Any) -> None:
         state.task_ready(request)
         if request.raised:
+            request.raised = False
             raised[0] -= 1
             consumer.qos.decrement_eventually()
 
@@ -139,7 +149,5 @@ def _item(request: Any) -> dict[str, Any]:
 
 
 def pay_batch(items: list[dict[str, Any]]) -> list[str]:
-    """In a pool process: each payment of the batch decided on its own (`worker.tasks`)."""
-    from worker import tasks
-
-    return [tasks.pay_one_of_batch(item) for item in items]
+    """In a pool process: the batch decided by `worker.tasks.pay_batch`."""
+    return tasks.pay_batch(items)
