@@ -6,9 +6,10 @@ job, `pay_batch`, which decides each payment as `payments.pay` does.
 The guarantees of the single-task path hold:
 
 - **Acknowledged after commit.** A message is acknowledged when the batch job has returned,
-  after every payment of the batch was decided and committed. A pool process that dies, or a
-  batch past its hard time limit, puts every message of the batch back on the queue (as
-  `task_reject_on_worker_lost` does); the request ids make deciding them again a no-op.
+  after every payment of the batch was decided and committed. A pool process that dies puts
+  every message of its batch back on the queue (as `task_reject_on_worker_lost` does); the
+  request ids make deciding them again a no-op. A batch past its time limit hands each of its
+  payments to Celery's own path.
 - **One bad payment never fails its neighbours.** Only the plain payments are paid together,
   by `pay_request` for each in one statement and one transaction (`pay_requests`, migration
   0017), each in a subtransaction of its own: one that is not the plain case is rolled back
@@ -19,9 +20,9 @@ The guarantees of the single-task path hold:
   does, with its message's own trust headers, and paid by the same `pay_request`.
 
 At low load a payment waits at most `FLUSH_SECONDS` and goes alone. A message with an ETA (a
-retry's countdown), an expiry or linked tasks takes Celery's own path. While messages wait in the buffer the consumer's
-prefetch is raised by one for each (as Celery does for ETA tasks), up to `BUFFER_MOST`, so the
-next batch gathers while one is being paid.
+retry's countdown), an expiry or linked tasks takes Celery's own path. While messages wait in
+the buffer or in a batch the consumer's prefetch is raised by one for each (as Celery does for
+ETA tasks), up to `BUFFER_MOST`, so the next batch gathers while one is being paid.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import logging
 import time
 from typing import Any
 
+from billiard.exceptions import WorkerLostError
 from celery.utils.imports import symbol_by_name
 from celery.worker import state
 from celery.worker.request import create_request_cls
@@ -109,23 +111,32 @@ def strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
 
     def _done(batch: list[Any], outcomes: list[str], runtime: float) -> None:
         for request, outcome in zip(batch, outcomes, strict=True):
-            _ready(request)
-            if outcome == tasks.SINGLE:  # left to Celery's own path, which acknowledges it when done
+            _release(request)
+            if outcome == tasks.SINGLE:  # Celery's own path, which acknowledges it when done
                 request.execute_using_pool(consumer.pool)
                 continue
             request.acknowledge()
+            state.task_ready(request)
             if events:
                 request.send_event("task-succeeded", result=outcome, runtime=runtime)
 
     def _lost(batch: list[Any], info: Any) -> None:
-        log.error("a batch of %d payments was lost with its pool process (%s): all go back on the queue",
-                  len(batch), getattr(info, "exception", info))
+        exc = getattr(info, "exception", info)
         for request in batch:
-            request.reject(requeue=True)
-            _ready(request)
+            _release(request)
+        if isinstance(exc, WorkerLostError):  # killed: all go back on the queue, as one task's would
+            log.error("a batch of %d payments was lost with its pool process (%s): all go back on the queue",
+                      len(batch), exc)
+            for request in batch:
+                request.reject(requeue=True)
+                state.task_ready(request)
+            return
+        # Past its time limit (a stalled database?): each runs on its own, with its own limits.
+        log.error("a batch of %d payments failed (%r): each runs on its own", len(batch), exc)
+        for request in batch:
+            request.execute_using_pool(consumer.pool)
 
-    def _ready(request: Any) -> None:
-        state.task_ready(request)
+    def _release(request: Any) -> None:
         if request.raised:
             request.raised = False
             raised[0] -= 1
@@ -144,7 +155,7 @@ def _started(batch: list[Any], pid: int, events: bool) -> None:
 def _item(request: Any) -> dict[str, Any]:
     """What the pool process needs of a message: picklable, no Celery objects."""
     _, kwargs, _ = request._payload
-    return {"id": request.id, "kwargs": kwargs, "retries": request.request_dict.get("retries", 0),
+    return {"id": request.id, "kwargs": kwargs,
             "headers": {name: request.request_dict.get(name) for name in messages.HEADERS}}
 
 

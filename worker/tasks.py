@@ -46,12 +46,9 @@ RETRY = {
 @app.task(name="payments.pay", bind=True, clients=True, soft_time_limit=20, time_limit=30,
           Strategy="worker.batching:strategy", **RETRY)
 def pay(self: Task, **fields: Any) -> str:
-    return decide_payment(_envelope(self), fields)
-
-
-def decide_payment(envelope: Envelope, fields: dict[str, Any]) -> str:
-    """The body of `payments.pay`, also run for each payment of a batch (`worker.batching`)."""
-    return _decide(envelope, RequestKind.PAYMENT, fields, payments.parse, payments.pay, at_once=payments.pay_at_once)
+    """One payment; the consumer hands most of them to `pay_batch` instead (`worker.batching`)."""
+    return _decide(_envelope(self), RequestKind.PAYMENT, fields, payments.parse, payments.pay,
+                   at_once=payments.pay_at_once)
 
 
 # A batch's answer for a payment it leaves to Celery's own path (`worker.batching`).
