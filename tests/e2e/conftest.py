@@ -17,13 +17,18 @@ from celery import Celery
 
 import urllib.request
 
-from tests.conftest import API_TOKEN
+from tests.conftest import API_TOKEN, REDIS_URL
 from tests.e2e.processes import free_port, readies, start, stop, wait_for
 from tests.stripe_fixture import STRIPE_TEST_KEY, register_webhook
 
-# A Redis database of its own per run, so side-by-side runs do not share queues.
+# A Redis database of its own per run, so side-by-side runs do not share queues. Not the one the
+# integration tests enqueue into (PAYMENTS_TEST_REDIS_URL): the e2e worker lives for the whole
+# run, and would take and decide their tasks under them.
 REDIS_DB = int(os.environ.get("PAYMENTS_TEST_REDIS_DB", str(1 + uuid.uuid4().int % 14)))
 BROKER = f"redis://127.0.0.1:6379/{REDIS_DB}"
+if BROKER == REDIS_URL.rstrip("/"):
+    raise RuntimeError(f"PAYMENTS_TEST_REDIS_DB={REDIS_DB} is the database of PAYMENTS_TEST_REDIS_URL ({REDIS_URL}):"
+                       " give the e2e worker another one")
 CALLBACK_QUEUE = "events"
 CALLBACK_LIST = "callbacks-received"
 # EVT reaches the events app; GONE names a route code no one configured.
