@@ -89,6 +89,15 @@ def process(
         received_at = event.received_at if event is not None else None
     if payload is None:
         return "skipped", charges.Effects()
+    return handle(sessions, gateway, settings, event_id, payload, received_at)
+
+
+def handle(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, event_id: str,
+    payload: dict[str, Any], received_at: datetime | None,
+) -> tuple[str, charges.Effects]:
+    """Run the handler of an event claimed for processing, and record the outcome (`failed`
+    with the error when the handler raises, which is raised again)."""
     handler = HANDLERS.get(payload["type"])
     if handler is None:
         with sessions.begin() as session:
