@@ -153,6 +153,21 @@ def finish(session: Session, event_id: str, status: EventStatus, error: str | No
     )
 
 
+def finish_many(session: Session, outcomes: list[tuple[str, EventStatus, str | None]]) -> None:
+    """`finish` for many events (event id, status, error): one UPDATE per status and error."""
+    groups: dict[tuple[EventStatus, str | None], list[str]] = {}
+    for event_id, status, error in outcomes:
+        groups.setdefault((status, error), []).append(event_id)
+    now = utcnow()
+    for (status, error), ids in groups.items():
+        session.execute(
+            update(StripeEvent)
+            .where(StripeEvent.event_id.in_(ids))
+            .values(status=status.value, last_error=error[:500] if error else None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
 def replay(session: Session, event_id: str) -> None:
     """Make a stored event processable again, whatever its state."""
     event = session.get(StripeEvent, event_id, with_for_update=True)

@@ -91,30 +91,48 @@ class InboxConsumer:
         while not self.stopping.is_set():
             with self.sessions.begin() as session:
                 taken = inbox.take(session, BATCH)
-            for event in taken:
-                self.process(event)
+            self.process(taken)
             done += len(taken)
             if len(taken) < BATCH:
                 break
         return done
 
-    def process(self, event: inbox.Taken) -> None:
+    def process(self, taken: list[inbox.Taken]) -> None:
+        """Each event's handler (its own transactions), then the outcomes recorded together in
+        one transaction, then their effects carried out; what `payments.process_stripe_event`
+        does per event. An event recorded as `processing` after a crash here is handled again
+        later: handlers are idempotent (DESIGN invariant 8)."""
         from worker.tasks import carry_out
 
         assert self.sessions is not None and self.gateway is not None
-        try:
-            _, effects = stripe_events.handle(self.sessions, self.gateway, self.settings, event.event_id,
-                                              event.payload, event.received_at)
-            carry_out(effects, self.sessions, self.gateway)
-        except Exception as exc:
-            # `failed` now (or `processing` if the failure was recording the outcome): its task
-            # retries it with backoff; if this send fails too, the redrive sends it later.
-            log.warning("event %s failed in the inbox consumer (%s: %s); handed to its task", event.event_id,
-                        type(exc).__name__, exc)
+        outcomes: list[tuple[inbox.Taken, stripe_events.Outcome]] = []
+        for event in taken:
             try:
-                self.send_task("payments.process_stripe_event", kwargs={"event_id": event.event_id})
-            except Exception:
-                log.warning("event %s not enqueued; the redrive will send it", event.event_id)
+                outcomes.append((event, stripe_events.run_handler(self.sessions, self.gateway, self.settings,
+                                                                  event.payload)))
+            except Exception as exc:
+                self.hand_over(event.event_id, exc)
+        if not outcomes:
+            return
+        with self.sessions.begin() as session:
+            inbox.finish_many(session, [(event.event_id, outcome.status, outcome.error) for event, outcome in outcomes])
+        for event, outcome in outcomes:
+            stripe_events.observe_delay(event.received_at, outcome.status)
+            try:
+                carry_out(outcome.effects, self.sessions, self.gateway)
+            except Exception:  # as after a task's commit: the reconciler and the relay finish them
+                log.exception("event %s: its effects were not all carried out", event.event_id)
+
+    def hand_over(self, event_id: str, exc: Exception) -> None:
+        """A failed event: recorded `failed`, then sent to its task, which retries it with backoff
+        (if the recording or the send fails, the redrive sends it later)."""
+        log.warning("event %s failed in the inbox consumer (%s: %s); handed to its task", event_id,
+                    type(exc).__name__, exc)
+        try:
+            stripe_events.record_failure(self.sessions, event_id, exc)  # type: ignore[arg-type]
+            self.send_task("payments.process_stripe_event", kwargs={"event_id": event_id})
+        except Exception:
+            log.warning("event %s not handed to its task; the redrive will send it", event_id)
 
 
 def _libpq_url(url: str) -> str:
