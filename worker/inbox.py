@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 BATCH = 50
 # After an error (the database away, say): wait this long before listening again.
 RETRY_SECONDS = 1.0
+# How soon a waiting consumer sees `stop`.
+STOP_CHECK_SECONDS = 0.5
 
 
 class InboxConsumer:
@@ -50,6 +53,7 @@ class InboxConsumer:
         self.thread: threading.Thread | None = None
         self.sessions: sessionmaker[Session] | None = None
         self.gateway: StripeGateway | None = None
+        self.looks = 0  # drains done: once per NOTIFY or poll (for tests and logs)
 
     def start(self) -> None:
         self.thread = threading.Thread(target=self.run, name="inbox-consumer", daemon=True)
@@ -61,17 +65,21 @@ class InboxConsumer:
             self.thread.join(timeout)
 
     def run(self) -> None:
-        self.sessions = make_sessions(make_engine(self.settings.database_url, pool_size=1, max_overflow=1))
+        engine = make_engine(self.settings.database_url, pool_size=1, max_overflow=1)
+        self.sessions = make_sessions(engine)
         self.gateway = StripeGateway(self.settings)
         log.info("inbox consumer started: LISTEN %s, polling every %.1f s", inbox.CHANNEL,
                  self.settings.inbox_poll_seconds)
-        while not self.stopping.is_set():
-            try:
-                self.listen()
-            except Exception:
-                log.exception("inbox consumer: error; listening again in %.0f s", RETRY_SECONDS)
-                self.stopping.wait(RETRY_SECONDS)
-        log.info("inbox consumer stopped")
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self.listen()
+                except Exception:
+                    log.exception("inbox consumer: error; listening again in %.0f s", RETRY_SECONDS)
+                    self.stopping.wait(RETRY_SECONDS)
+        finally:
+            engine.dispose()
+            log.info("inbox consumer stopped")
 
     def listen(self) -> None:
         """LISTEN, then process what is there, and again at each NOTIFY or poll."""
@@ -79,10 +87,16 @@ class InboxConsumer:
             connection.execute(f"LISTEN {inbox.CHANNEL}")
             while not self.stopping.is_set():
                 self.drain()
-                # Wakes at the first NOTIFY (those that came during the drain are waiting) or
-                # after the poll interval; the rest of a burst is taken by the next drain.
-                for _ in connection.notifies(timeout=self.settings.inbox_poll_seconds, stop_after=1):
-                    pass
+                self.looks += 1
+                self.wait(connection)
+
+    def wait(self, connection: psycopg.Connection) -> None:
+        """Until the first NOTIFY (those that came during the drain are waiting already; the
+        rest of a burst is taken by the next drain), the poll interval, or `stop`."""
+        deadline = time.monotonic() + self.settings.inbox_poll_seconds
+        while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
+            if any(True for _ in connection.notifies(timeout=min(left, STOP_CHECK_SECONDS), stop_after=1)):
+                return
 
     def drain(self) -> int:
         """Process `received` events, a batch at a time, until none is left; how many."""
