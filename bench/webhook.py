@@ -2,15 +2,19 @@
 
 What it measures, in one run against one real gunicorn server (the app of `payments webhook`,
 `webhook:create_app()`, with its settings: bind, access log to stdout), its own PostgreSQL
-database and Redis database 8 as the broker (no Celery worker runs, so the tasks queue up):
+database and Redis database 8 as the broker, with a real `payments worker` (its default
+concurrency, every queue) processing the events as they arrive, as in production, on the same
+machine: its cost is the webhook's cost too.
 
 * **bare**: `GET /healthz` (a tiny JSON 200: Flask, gunicorn and the HTTP round trip, nothing
   else), the ceiling of this server on this machine;
 * **webhook**: `POST /stripe/webhook` with distinct, validly signed events (a small
   `payment_intent.succeeded`), i.e. the whole production path: HMAC check, JSON parse, INSERT
-  ... ON CONFLICT DO NOTHING into `stripe_events`, COMMIT, then `send_task` of
-  `payments.process_stripe_event` to the `webhooks` queue. Every answer must be 200 with
-  `{"duplicate": false, "received": true}`.
+  ... ON CONFLICT DO NOTHING into `stripe_events` (with its NOTIFY, on PostgreSQL), COMMIT,
+  answer; the worker's inbox consumer takes the events (`worker/inbox.py`; a tree without it
+  publishes `payments.process_stripe_event` instead, and the worker's pool runs the tasks).
+  Every answer must be 200 with `{"duplicate": false, "received": true}`. Each row starts
+  with nothing left to process (the backlog of the row before is waited for, and reported).
 
 Both rows use the same senders: 32 concurrent connections (by default 2 processes x 16 threads,
 "spawn"), each a keep-alive HTTP/1.1 connection over a plain socket that sends a pre-built
@@ -32,9 +36,11 @@ much. If `wrk` is on PATH (Debian package `wrk`) it runs both rows again with `w
 events), to show what a sender written in C measures against what the Python senders measure.
 
 At the end it checks that `stripe_events` holds one row per webhook answered (warm-up included;
-wrk stops with up to one uncounted request per connection in flight) and that the Redis list
-`webhooks` holds one message per row (one task per new event); exit status 1 if not, or if any
-answer was not the expected 200.
+wrk stops with up to one uncounted request per connection in flight), that the worker processed
+every one (`ignored`: no attempt of ours matches them) and that the Redis list `webhooks` is
+empty; exit status 1 if not, or if any answer was not the expected 200. It also reports how
+long after each webhook row the worker still had events to process, and the arrival-to-
+processed delay (updated_at - received_at) over all events.
 
 Run it from the project root (PostgreSQL and Redis must be up, e.g. `make services`):
 
@@ -46,7 +52,9 @@ has no such option); otherwise the server is `payments webhook --workers W` itse
 and recreates the database `payments_bench_webhook` on PAYMENTS_BENCH_PG_URL (default
 postgresql://postgres@127.0.0.1:5432/postgres) and flushes Redis database 8 on
 PAYMENTS_BENCH_REDIS (default redis://127.0.0.1:6379/8), refusing if another client is
-connected to it. The server's log goes to var/bench-webhook-server.log.
+connected to it. The server's log goes to var/bench-webhook-server.log, the worker's to
+var/bench-webhook-worker.log. To measure another tree's code with this script, put that tree
+first on PYTHONPATH (the server and the worker inherit it).
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ from typing import Any
 
 from celery import Celery
 from celery.app.amqp import AMQP
-from kombu import Connection, Producer
+from kombu import Connection, Exchange, Producer, Queue
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.orm import Session
 
@@ -135,6 +135,7 @@ class Publisher:
         self.pid = os.getpid()
         self.connection: Connection | None = None
         self.producer: Producer | None = None
+        self.declared: set[str] = set()
 
     def _producer(self) -> Producer:
         if self.producer is None:
@@ -153,8 +154,13 @@ class Publisher:
         assert self.connection is not None
         # The transport's own errors (redis-py's, say) are "the broker is down" to the callers.
         broker_errors = (*self.connection.connection_errors, *self.connection.channel_errors)
-        message = self.app.amqp.as_task_v2(str(uuid.uuid4()), task, (), kwargs)
+        # What `send_task` gives `as_task_v2` besides the task and its kwargs.
+        message = self.app.amqp.as_task_v2(str(uuid.uuid4()), task, (), kwargs, reply_to=self.app.thread_oid,
+                                           ignore_result=None)
         try:
+            if queue not in self.declared:  # as the worker declares it; once per connection
+                producer.maybe_declare(Queue(queue, Exchange(queue, type="direct"), routing_key=queue))
+                self.declared.add(queue)
             producer.publish(message.body, exchange="", routing_key=queue, serializer="json",
                              headers=message.headers, delivery_mode=2, retry=False, declare=[],
                              **message.properties)
@@ -167,6 +173,7 @@ class Publisher:
 
     def close(self) -> None:
         connection, self.connection, self.producer = self.connection, None, None
+        self.declared = set()
         if connection is not None:
             with contextlib.suppress(Exception):
                 connection.release()
