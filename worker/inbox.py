@@ -91,11 +91,13 @@ class InboxConsumer:
                 self.wait(connection)
 
     def wait(self, connection: psycopg.Connection) -> None:
-        """Until the first NOTIFY (those that came during the drain are waiting already; the
-        rest of a burst is taken by the next drain), the poll interval, or `stop`."""
+        """Until a NOTIFY (those that came during the drain are waiting already, and are read
+        together: one drain takes all their rows), the poll interval, or `stop`. Under load the
+        batches grow with the rate: each drain takes what arrived during the one before."""
         deadline = time.monotonic() + self.settings.inbox_poll_seconds
         while not self.stopping.is_set() and (left := deadline - time.monotonic()) > 0:
-            if any(True for _ in connection.notifies(timeout=min(left, STOP_CHECK_SECONDS), stop_after=1)):
+            heard = list(connection.notifies(timeout=min(left, STOP_CHECK_SECONDS), stop_after=1))
+            if heard:
                 return
 
     def drain(self) -> int:
