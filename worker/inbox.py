@@ -10,7 +10,7 @@ An event whose handler fails is `failed` and handed to `payments.process_stripe_
 retries it with backoff; an event taken by a consumer that dies (kill -9) stays `processing`
 and is redriven by `payments.redrive_inbox` after PAYMENTS_REDRIVE_AFTER_SECONDS. So an answered
 event is never lost. SQLite has no LISTEN/NOTIFY: there the webhook still enqueues each event,
-and no consumer runs.
+and no consumer runs. A worker whose queues leave out `webhooks` runs none either.
 
 The consumer has its own engine, Stripe client and LISTEN connection, made in its thread: the
 pool processes are forked from this process and must not inherit its connections.
@@ -35,6 +35,8 @@ from shared.stripe_gateway import StripeGateway
 
 log = logging.getLogger(__name__)
 
+# The consumer is this queue's work: it runs in the workers that consume it.
+WEBHOOKS_QUEUE = "webhooks"
 # Events taken per transaction: a consumer killed mid-batch leaves at most this many for the redrive.
 BATCH = 50
 # After an error (the database away, say): wait this long before listening again.
@@ -161,12 +163,15 @@ _consumer: InboxConsumer | None = None
 
 @signals.worker_ready.connect
 def _start(sender: Any = None, **_: object) -> None:
-    """Every worker on PostgreSQL runs a consumer (in its main process, once its pool is up)."""
+    """A worker on PostgreSQL that consumes the `webhooks` queue (every worker, unless its
+    queues were chosen) runs a consumer, in its main process, once its pool is up."""
     global _consumer
     from worker.app import app, settings
 
     config = settings()
     if make_url(normalise_url(config.database_url)).get_backend_name() != "postgresql":
+        return
+    if WEBHOOKS_QUEUE not in app.amqp.queues.consume_from:
         return
     _consumer = InboxConsumer(config, app.send_task)
     _consumer.start()
