@@ -34,9 +34,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="serve /metrics on this internal port only (default: PAYMENTS_METRICS_ADDRESS; unset: not served)")
     web.add_argument("--metrics-host", default=None, help="the metrics listener's address (default 127.0.0.1)")
 
-    verbs.add_parser("worker", help="a Celery worker on every queue (its /metrics on PAYMENTS_WORKER_METRICS_ADDRESS)",
+    verbs.add_parser("worker", help="a Celery worker on every queue, or on those of --queues or PAYMENTS_WORKER_QUEUES "
+                     "(its /metrics on PAYMENTS_WORKER_METRICS_ADDRESS)", add_help=False)
+    verbs.add_parser("beat", help="the scheduler; on Redis any number may run, one sending (PAYMENTS_BEAT_LOCK_SECONDS)",
                      add_help=False)
-    verbs.add_parser("beat", help="the scheduler", add_help=False)
 
     flower = verbs.add_parser("flower", help="Flower, the Celery console, on the configured broker (Redis), with basic "
                               "auth: user admin, password PAYMENTS_FLOWER_PASSWORD")
@@ -206,17 +207,47 @@ def _worker(extra: Sequence[str]) -> int:
     # Gossip stays: its subscription to the event channel is what tells the worker that Redis
     # went away. Without it (and without remote control) a worker whose Redis restarted sat on
     # dead connections and consumed nothing more (the broker-outage fault scenario, half of the runs).
-    argv = ["worker", "--queues", ",".join(QUEUES), "--loglevel", "INFO", "--without-mingle", *extra]
+    queues, extra = _worker_queues(extra, QUEUES)
+    argv = ["worker", "--queues", ",".join(queues), "--loglevel", "INFO", "--without-mingle", *extra]
     app.worker_main(argv)
     return 0
 
 
+def _worker_queues(extra: Sequence[str], known: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The queues a worker consumes (README "Scaling out"): Celery's `--queues`/`-Q` when given,
+    else PAYMENTS_WORKER_QUEUES, else every queue (CONTRACT). Each is comma-separated and must
+    name the service's queues; returns them and the other options, passed on to Celery."""
+    options = argparse.ArgumentParser(prog="payments worker", add_help=False, allow_abbrev=False)
+    options.add_argument("-Q", "--queues")
+    given, rest = options.parse_known_args(list(extra))
+    source, value = ("--queues", given.queues) if given.queues is not None else (
+        "PAYMENTS_WORKER_QUEUES", os.environ.get("PAYMENTS_WORKER_QUEUES", ""))
+    if given.queues is None and not value.strip():
+        return list(known), rest
+    queues = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in queues if name not in known]
+    if unknown or not queues:
+        named = f"unknown queue {unknown[0]!r}" if unknown else "no queue named"
+        raise SystemExit(f"payments worker: {source}: {named}; the queues are {', '.join(known)}")
+    return list(dict.fromkeys(queues)), rest
+
+
 def _beat(extra: Sequence[str]) -> int:
-    from scheduler.schedule import beat_schedule
-    from worker.app import app
+    """On Redis, beats share a lock (any number may run; one sends, the others stand by:
+    scheduler/redis_lock.py); on the embedded SQLite broker, Celery's file scheduler (one beat)."""
+    from scheduler.schedule import beat_schedule, lock_seconds, uses_lock
+    from shared.errors import ConfigError
+    from worker.app import app, settings
 
     _needs_service_key(app, "beat")
-    app.conf.beat_schedule = beat_schedule()
+    try:
+        app.conf.beat_schedule = beat_schedule()
+        if uses_lock(settings().broker_url):
+            from scheduler import redis_lock
+
+            redis_lock.configure(app, settings().broker_url, lock_seconds())
+    except ConfigError as exc:
+        raise SystemExit(f"payments beat: {exc.message}") from None
     app.start(["beat", "--loglevel", "INFO", *extra])
     return 0
 

@@ -1,5 +1,9 @@
 """The beat schedule (`payments beat`). Every job is also safe to send by hand at any time, and
-to run twice at once. Intervals are configurable: PAYMENTS_<JOB>_SECONDS."""
+to run twice at once. Intervals are configurable: PAYMENTS_<JOB>_SECONDS.
+
+On a Redis broker any number of beats may run, one sending (`scheduler.redis_lock`, its lock
+held for PAYMENTS_BEAT_LOCK_SECONDS); on the embedded SQLite broker one beat runs with Celery's
+file scheduler (`payments run`)."""
 
 from __future__ import annotations
 
@@ -21,6 +25,17 @@ def _every(job: str, default: float) -> float:
     if seconds <= 0:
         raise ConfigError(f"{name}: must be more than 0", field=name)
     return seconds
+
+
+def lock_seconds() -> float:
+    """How long a beat's lock lasts unrenewed: a standby takes over at most this long (plus one
+    tick, a fifth of it) after the beat sending the schedule dies."""
+    return _every("beat_lock", 25)
+
+
+def uses_lock(broker_url: str) -> bool:
+    """Whether beats on this broker share one lock (Redis) or run alone (the embedded SQLite)."""
+    return broker_url.startswith(("redis://", "rediss://"))
 
 
 def beat_schedule() -> dict[str, dict[str, Any]]:

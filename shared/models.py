@@ -236,7 +236,8 @@ class AccountBalance(Base):
 
     __tablename__ = "account_balances"
 
-    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id"), primary_key=True)
+    # No foreign key (migration 0016): the rows come only from postings.
+    account_id: Mapped[int] = mapped_column(BigId, primary_key=True)
     stripe: Mapped[int] = mapped_column(SmallInteger, primary_key=True)
     balance: Mapped[Cents]
 

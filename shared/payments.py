@@ -203,11 +203,48 @@ def pay_at_once(
 
     Returns the outbox rows written (its callback, if it has a route code), or None when the
     request is not the plain case: nothing was written, and `pay` must decide it."""
-    if (engine.dialect.name != "postgresql" or not order.book_internals or order.other_member_id is not None
-            or order.iou_id is not None):
-        # (A payment to another member e-mails both of them, and an IOU's payment settles the
-        # IOU in its transaction: `_decide` does both.)
+    if not may_be_plain(engine, order):
         return None
+    with db.one_statement(engine) as connection:
+        try:
+            row = connection.execute(_PAY_REQUEST, _pay_request_arguments(order, settings, client)).one()
+        except DBAPIError as exc:
+            if getattr(exc.orig, "sqlstate", None) == NOT_PLAIN:
+                return None
+            raise
+    return [] if row.outbox_id is None else [row.outbox_id]
+
+
+_PAY_REQUESTS = text("SELECT n, paid, outbox_id FROM pay_requests(CAST(:items AS json))")
+
+
+def pay_many_at_once(
+    engine: Engine, orders: list[tuple[PaymentOrder, str | None]], settings: Settings
+) -> list[list[int] | None]:
+    """`pay_at_once` for many payments (each with its client) in one statement and one
+    transaction (`pay_requests`, migration 0017): in the same order, each one's outbox rows, or
+    None for one that is not the plain case (it wrote nothing; the second of one request id
+    sent twice is not). Only for orders `may_be_plain`."""
+    items = [{name: value for name, value in _pay_request_arguments(order, settings, client).items()
+              if value is not None} for order, client in orders]
+    for item in items:
+        item["now"] = item["now"].isoformat()
+    with db.one_statement(engine) as connection:
+        rows = connection.execute(_PAY_REQUESTS, {"items": json.dumps(items)}).all()
+    answers: list[list[int] | None] = [None] * len(items)
+    for row in rows:
+        answers[row.n - 1] = ([] if row.outbox_id is None else [row.outbox_id]) if row.paid else None
+    return answers
+
+
+def may_be_plain(engine: Engine, order: PaymentOrder) -> bool:
+    """Whether `pay_request` may decide it. (A payment to another member e-mails both of them,
+    and an IOU's payment settles the IOU in its transaction: `pay` does both.)"""
+    return (engine.dialect.name == "postgresql" and order.book_internals and order.other_member_id is None
+            and order.iou_id is None)
+
+
+def _pay_request_arguments(order: PaymentOrder, settings: Settings, client: str | None) -> dict[str, Any]:
     payload = order.payload()
     callback = None
     if order.route_code:
@@ -215,7 +252,7 @@ def pay_at_once(
             order.request_id, order.route_code, order.route_payload, RequestStatus.PAID, order.amount, None,
             member_id=order.member_id, organisation_id=order.organisation_id,
         )
-    params = {
+    return {
         "request_id": order.request_id,
         "request_hash": requests.payload_hash(RequestKind.PAYMENT, payload),
         "payload": json.dumps(payload),
@@ -233,14 +270,6 @@ def pay_at_once(
         "callback": None if callback is None else json.dumps(callback),
         "client": client,
     }
-    with db.one_statement(engine) as connection:
-        try:
-            row = connection.execute(_PAY_REQUEST, params).one()
-        except DBAPIError as exc:
-            if getattr(exc.orig, "sqlstate", None) == NOT_PLAIN:
-                return None
-            raise
-    return [] if row.outbox_id is None else [row.outbox_id]
 
 
 def record(session: Session, order: PaymentOrder, *, client: str | None = None) -> tuple[requests.Request, bool]:

@@ -15,16 +15,17 @@ commit, `carry_out` makes the card calls a step scheduled and hands the outbox r
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Task
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import charges, healing, messages, outbox, payments, refunds, requests, settlements, stripe_events, topups, transfers
+from shared import charges, healing, logs, messages, metrics, outbox, payments, refunds, requests, settlements, stripe_events, topups, transfers
 from shared.access import Principal
 from shared.errors import Conflict, Forbidden, InvalidInput, StripeUnavailable, Unauthenticated
 from shared.models import RequestKind, RequestStatus
@@ -43,29 +44,94 @@ RETRY = {
 }
 
 
-@app.task(name="payments.pay", bind=True, clients=True, soft_time_limit=20, time_limit=30, **RETRY)
+@app.task(name="payments.pay", bind=True, clients=True, soft_time_limit=20, time_limit=30,
+          Strategy="worker.batching:strategy", **RETRY)
 def pay(self: Task, **fields: Any) -> str:
-    return _decide(self, RequestKind.PAYMENT, fields, payments.parse, payments.pay, at_once=payments.pay_at_once)
+    return decide_payment(_envelope(self), fields)
+
+
+def decide_payment(envelope: Envelope, fields: dict[str, Any]) -> str:
+    """The body of `payments.pay`, also run for each payment of a batch (`worker.batching`)."""
+    return _decide(envelope, RequestKind.PAYMENT, fields, payments.parse, payments.pay, at_once=payments.pay_at_once)
+
+
+# A batch's answer for a payment it leaves to Celery's own path (`worker.batching`).
+SINGLE = "single"
+
+
+def pay_batch(items: list[dict[str, Any]]) -> list[str]:
+    """A batch of `payments.pay` messages (`worker.batching`): the plain payments paid together,
+    the rest left to run as tasks of their own. In three steps: admit each as `payments.pay`
+    does (sender, fields, stored form; a refused, invalid or already decided one ends here);
+    pay the plain ones in one statement and one transaction (`payments.pay_many_at_once`);
+    settle each one paid (its callback). Any other payment, and any that meets an error, is
+    answered `SINGLE`, having written nothing: it then runs as `payments.pay`, with its own time
+    limits and retries, so card work in one payment never holds up the batch. Each payment is
+    logged and timed under its own message id. Returns each message's outcome, in order."""
+    started = time.perf_counter()
+    steps = [_guarded(item, lambda item=item: _admit(_batch_envelope(item), RequestKind.PAYMENT, item["kwargs"],
+                                                       payments.parse, record=False)) for item in items]
+    plain = [n for n, step in enumerate(steps)
+             if isinstance(step, Admitted) and payments.may_be_plain(engine(), step.order)]
+    paid: dict[int, list[int] | None] = {}
+    if plain:
+        try:
+            answers = payments.pay_many_at_once(engine(), [(steps[n].order, steps[n].client) for n in plain],
+                                                settings())
+            paid = dict(zip(plain, answers, strict=True))
+        except Exception as exc:  # noqa: BLE001 (each goes on alone, as its own task)
+            log.warning("a batch of %d plain payments failed (%s): each runs on its own", len(plain), exc)
+    outcomes = []
+    for n, (item, step) in enumerate(zip(items, steps, strict=True)):
+        if isinstance(step, Admitted):
+            booked = paid.get(n)
+            step = SINGLE if booked is None else _guarded(
+                item, lambda step=step, booked=booked: _settle(RequestKind.PAYMENT, step, payments.pay, lambda: booked))
+        outcomes.append(str(step))
+        if step != SINGLE:
+            log.info("Task payments.pay[%s] decided in a batch of %d: %r", item["id"], len(items), str(step))
+    share = (time.perf_counter() - started) / len(items)
+    for outcome in outcomes:
+        if outcome != SINGLE:
+            metrics.TASK_SECONDS.labels(pay.name, "SUCCESS").observe(share)
+    return outcomes
+
+
+def _batch_envelope(item: dict[str, Any]) -> Envelope:
+    return Envelope(pay.name, (), item["headers"])
+
+
+def _guarded(item: dict[str, Any], step: Callable[[], Any]) -> Any:
+    """One payment's step of a batch, under its own log context; an error answers `SINGLE`
+    (the payment then runs as its own task, whose retries and failure handling are Celery's)."""
+    fields = item["kwargs"]
+    logs.context.set({"task_id": item["id"], "task": pay.name,
+                      **{key: fields[key] for key in ("request_id", "member_id") if isinstance(fields.get(key), str)}})
+    try:
+        return step()
+    except Exception as exc:  # noqa: BLE001
+        log.warning("payments.pay %s: %s in a batch: it runs on its own", item["id"], type(exc).__name__)
+        return SINGLE
 
 
 @app.task(name="payments.transfer", bind=True, clients=True, soft_time_limit=20, time_limit=30, **RETRY)
 def transfer(self: Task, **fields: Any) -> str:
-    return _decide(self, RequestKind.TRANSFER, fields, transfers.parse, transfers.transfer)
+    return _decide(_envelope(self), RequestKind.TRANSFER, fields, transfers.parse, transfers.transfer)
 
 
 @app.task(name="payments.settle", bind=True, clients=True, soft_time_limit=120, time_limit=150, **RETRY)
 def settle(self: Task, **fields: Any) -> str:
-    return _decide(self, RequestKind.SETTLEMENT, fields, settlements.parse, settlements.settle)
+    return _decide(_envelope(self), RequestKind.SETTLEMENT, fields, settlements.parse, settlements.settle)
 
 
 @app.task(name="payments.topup", bind=True, clients=True, soft_time_limit=60, time_limit=90, **RETRY)
 def topup(self: Task, **fields: Any) -> str:
-    return _decide(self, RequestKind.TOPUP, fields, topups.parse_topup, topups.topup)
+    return _decide(_envelope(self), RequestKind.TOPUP, fields, topups.parse_topup, topups.topup)
 
 
 @app.task(name="payments.refund", bind=True, clients=True, soft_time_limit=60, time_limit=90, **RETRY)
 def refund(self: Task, **fields: Any) -> str:
-    return _decide(self, RequestKind.REFUND, fields, refunds.parse, refunds.book)
+    return _decide(_envelope(self), RequestKind.REFUND, fields, refunds.parse, refunds.book)
 
 
 # Each kind's order rebuilt from its stored normal form, without today's limits.
@@ -143,16 +209,56 @@ def ping() -> str:
     return "pong"
 
 
+@dataclass(frozen=True)
+class Envelope:
+    """Who a message says sent it: the task's name, its args and trust headers
+    (`shared.messages`); `direct` for a function call in this process (a command, a test),
+    which is the service's own."""
+
+    task: str
+    args: tuple[Any, ...]
+    headers: dict[str, Any]
+    direct: bool = False
+
+
+def _envelope(task: Task) -> Envelope:
+    return Envelope(task.name, tuple(task.request.args or ()), headers_of(task.request),
+                    bool(task.request.called_directly))
+
+
 def _decide(
-    task: Task,
+    envelope: Envelope,
     kind: RequestKind,
     fields: dict[str, Any],
     parse: Callable[..., Any],
     act: Callable[[Session, Any, Any], Any],
-    at_once: Callable[[Engine, Any, Any], list[int] | None] | None = None,
+    at_once: Callable[..., list[int] | None] | None = None,
 ) -> str:
     """Who sent it first (`shared.messages`): a refused message moves nothing. Then the request
     is parsed (or rebuilt from its stored form), recorded under its client, and decided."""
+    admitted = _admit(envelope, kind, fields, parse, record=at_once is None)
+    if isinstance(admitted, str):
+        return admitted
+    plain = None if at_once is None else (lambda: at_once(engine(), admitted.order, settings(),
+                                                          client=admitted.client))
+    return _settle(kind, admitted, act, plain)
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request whose sender may make it: its order, its client (None: the service's own) and
+    its stored row, when it was rebuilt from it."""
+
+    order: Any
+    client: str | None
+    stored: requests.Request | None
+
+
+def _admit(envelope: Envelope, kind: RequestKind, fields: dict[str, Any], parse: Callable[..., Any], *,
+           record: bool) -> Admitted | str:
+    """The request to decide, or the outcome that ends it here (refused, conflict, failed, or
+    the status of a stored request already decided). `record`: record a new request under its
+    client now (else `_settle` does, unless the plain case records it itself)."""
     config = settings()
     order, invalid = None, None
     try:
@@ -164,13 +270,12 @@ def _decide(
     stored: requests.Request | None = None
     try:
         with sessions().begin() as session:
-            # A function call in this process (a command, a test) is the service's own.
-            principal = None if task.request.called_directly else messages.sender(
-                session, app.conf.payments_service_key, config.api_token, task.name, task.request.args or (), fields,
-                headers_of(task.request))
-            messages.authorise(principal, task.name, fields)
+            principal = None if envelope.direct else messages.sender(
+                session, app.conf.payments_service_key, config.api_token, envelope.task, envelope.args, fields,
+                envelope.headers)
+            messages.authorise(principal, envelope.task, fields)
             client = None if principal is None else principal.name
-            if order is not None and client is not None:
+            if order is not None and client is not None and record:
                 RECORD[kind](session, order, client=client)  # who asked, before anything is decided
             if order is None:
                 stored = requests.accepted(session, kind, fields)
@@ -189,16 +294,31 @@ def _decide(
         if not stored.queued:
             return stored.status
         order = FROM_PAYLOAD[kind](stored.payload)
-    if at_once is not None:
-        # The plain case in one statement; None means it wrote nothing and `act` decides.
-        outbox_ids = at_once(engine(), order, config)
+    return Admitted(order, client, stored)
+
+
+def _settle(kind: RequestKind, admitted: Admitted, act: Callable[[Session, Any, Any], Any],
+            plain: Callable[[], list[int] | None] | None) -> str:
+    """Decide an admitted request. `plain` first tries the plain case in one statement, which
+    records a new request under its client itself (one transaction per payment, not two); its
+    None means it wrote nothing: the request is recorded now, and `act` decides."""
+    order, client = admitted.order, admitted.client
+    if plain is not None:
+        outbox_ids = plain()
         if outbox_ids is not None:
             dispatch(outbox_ids)
             return RequestStatus.PAID.value
+        if admitted.stored is None and client is not None:
+            try:
+                with sessions().begin() as session:
+                    RECORD[kind](session, order, client=client)
+            except Conflict as exc:
+                log.warning("%s %s refused: %s", kind.value, order.request_id, exc.message)
+                return "conflict"
     effects = charges.Effects()
     try:
         with sessions().begin() as session:
-            row = act(session, order, config)
+            row = act(session, order, settings())
             status = row.status
             effects.collect(session)
     except Conflict as exc:

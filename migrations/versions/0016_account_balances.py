@@ -16,7 +16,10 @@ postings it adds. So:
 - the trigger adds a booking's accounts in ascending id, the same order as `ledger_post`'s
   locks, so two bookings cannot wait on each other in a cycle;
 - the runtime role may only read the table (`payments_grant_runtime`), like the ledger's
-  other tables, and TRUNCATE is refused as for them.
+  other tables, and TRUNCATE is refused as for them;
+- no foreign key to `accounts`, for the reason postings have none (0004): its check would take
+  a KEY SHARE lock on the account's row, and the rows come only from postings, whose accounts
+  `ledger_post` checks (and accounts are never deleted).
 
 `ledger_post`'s funds check reads the balance from here; its stored text is rewritten in place
 (as 0014 does). Existing postings are summed into stripe 0 while `postings` is locked against
@@ -54,7 +57,6 @@ def upgrade() -> None:
         sa.Column("account_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
         sa.Column("stripe", sa.SmallInteger(), nullable=False),
         sa.Column("balance", sa.BigInteger(), nullable=False),
-        sa.ForeignKeyConstraint(["account_id"], ["accounts.id"], name=op.f("fk_account_balances_account_id_accounts")),
         sa.PrimaryKeyConstraint("account_id", "stripe", name=op.f("pk_account_balances")),
     )
     bind = op.get_bind()

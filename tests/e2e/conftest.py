@@ -66,6 +66,35 @@ def worker_env(database_url: str, **extra: str) -> dict[str, str]:
     }
 
 
+# The broker's users of deploy/redis/start.sh (README "Security model") and their test passwords.
+PASSWORDS = {f"REDIS_{user}_PASSWORD": f"test-{user.lower()}-password"
+             for user in ("WORKER", "BEAT", "WEBHOOK", "MODULES", "FLOWER")}
+REDIS_START = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "start.sh"
+
+
+@pytest.fixture
+def restricted_redis(tmp_path: Path) -> Iterator[int]:
+    """A private Redis started by deploy/redis/start.sh, as compose starts it (the production
+    users, `default` off), on a free port; yields the port."""
+    port = free_port()
+    env = {**os.environ, **PASSWORDS, "REDIS_ACL_FILE": str(tmp_path / "users.acl")}
+    with open(tmp_path / "redis.log", "wb") as log:
+        process = subprocess.Popen(
+            ["sh", str(REDIS_START), "--port", str(port), "--dir", str(tmp_path), "--appendonly", "no", "--save", ""],
+            env=env, stdout=log, stderr=subprocess.STDOUT)
+    admin = redis.Redis(port=port, username="worker", password=PASSWORDS["REDIS_WORKER_PASSWORD"])
+    wait_for(admin.ping, "the restricted Redis to start", 20)
+    admin.close()
+    yield port
+    process.terminate()
+    process.wait(10)
+
+
+def broker_user_url(user: str, port: int) -> str:
+    """The broker URL of one of the restricted Redis's users."""
+    return f"redis://{user}:{PASSWORDS[f'REDIS_{user.upper()}_PASSWORD']}@127.0.0.1:{port}/0"
+
+
 @pytest.fixture(scope="session")
 def broker() -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(BROKER)

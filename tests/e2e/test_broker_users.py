@@ -7,9 +7,7 @@ in as a restricted user.)"""
 
 from __future__ import annotations
 
-import os
 import shutil
-import socket
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -24,49 +22,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared import client as payments_client
 from shared.config import Settings
 from tests.conftest import API_TOKEN
-from tests.e2e.conftest import worker_env
+from tests.e2e.conftest import PASSWORDS, broker_user_url as _url, worker_env
 from tests.e2e.processes import readies, start, stop, wait_for
 from tests.integration.helpers import add_member, add_organisation, top_up
 
-ROOT = Path(__file__).resolve().parents[2]
-PASSWORDS = {f"REDIS_{user}_PASSWORD": f"test-{user.lower()}-password"
-             for user in ("WORKER", "BEAT", "WEBHOOK", "MODULES", "FLOWER")}
-
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def restricted_redis(tmp_path: Path) -> Iterator[int]:
-    """Redis with the production users (default off), on a free port."""
-    port = _free_port()
-    env = {**os.environ, **PASSWORDS, "REDIS_ACL_FILE": str(tmp_path / "users.acl")}
-    with open(tmp_path / "redis.log", "wb") as log:
-        process = subprocess.Popen(
-            ["sh", str(ROOT / "deploy/redis/start.sh"), "--port", str(port), "--dir", str(tmp_path),
-             "--appendonly", "no", "--save", ""],
-            env=env, stdout=log, stderr=subprocess.STDOUT)
-    admin = redis.Redis(port=port, username="worker", password=PASSWORDS["REDIS_WORKER_PASSWORD"])
-    wait_for(lambda: _answers(admin), "the restricted Redis to start", 20)
-    yield port
-    process.terminate()
-    process.wait(10)
-
-
-def _answers(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
-
-
-def _url(user: str, port: int) -> str:
-    return f"redis://{user}:{PASSWORDS[f'REDIS_{user.upper()}_PASSWORD']}@127.0.0.1:{port}/0"
 
 
 @pytest.fixture
@@ -110,3 +70,23 @@ def test_payments_sent_as_the_webhook_and_as_a_module_are_paid_by_the_worker(
 
     wait_for(lambda: restricted_worker.poll() is not None or {status("by-webhook"), status("by-module")} == {"paid"},
              "both payments to be paid", 30)
+
+
+def test_the_beat_user_keeps_its_schedule_and_lock_under_redbeat_and_cannot_touch_a_queue(
+    restricted_redis: int,
+) -> None:
+    """What celery-redbeat does (scheduler/redis_lock.py; two beats really run in
+    tests/e2e/test_scale_out.py), and no more: its keys give it no way into the queues."""
+    beat = redis.Redis(port=restricted_redis, username="beat", password=PASSWORDS["REDIS_BEAT_PASSWORD"])
+    lock = beat.lock("redbeat::lock", timeout=5)
+    assert lock.acquire(blocking=False) and lock.reacquire() and lock.owned()
+    lock.release()
+    with beat.pipeline() as pipe:
+        pipe.hset("redbeat:relay-outbox", "definition", "{}").hsetnx("redbeat:relay-outbox", "meta", "{}")
+        pipe.zadd("redbeat::schedule", {"redbeat:relay-outbox": 1.0}).zrangebyscore("redbeat::schedule", 0, 2)
+        assert pipe.execute()[-1] == [b"redbeat:relay-outbox"]
+    beat.lpush("payments", "a message")  # as before: publish only
+    for forbidden in (lambda: beat.delete("payments"), lambda: beat.lrange("payments", 0, -1),
+                      lambda: beat.rpop("payments"), lambda: beat.set("payments", "x"), lambda: beat.get("unacked")):
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            forbidden()

@@ -104,6 +104,15 @@ def _worker_consumes(broker_url: str, log: Path) -> None:
         assert stop(worker) == 0, log.read_text()[-2000:]
 
 
+def test_worker_refuses_a_queue_the_service_does_not_have(tmp_path: Path) -> None:
+    done = subprocess.run([PAYMENTS, "worker", "--queues", "payments,topup"], capture_output=True, text=True,
+                          timeout=60, env={"PATH": "/usr/bin:/bin", "PAYMENTS_API_TOKEN": API_TOKEN,
+                                           "PAYMENTS_BROKER_URL": f"sqla+sqlite:///{tmp_path}/broker.db"})
+    assert done.returncode == 1
+    assert done.stderr.strip().endswith("payments worker: --queues: unknown queue 'topup'; the queues are "
+                                        "webhooks, payments, topups, outbox, celery")
+
+
 def test_run_serves_the_api_on_sqlite_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     port = free_port()
     log = tmp_path / "run.log"
@@ -125,6 +134,8 @@ def test_run_serves_the_api_on_sqlite_and_ctrl_c_stops_everything(tmp_path: Path
         assert (tmp_path / "var" / "payments.db").exists()
         wait_for(lambda: (tmp_path / "var" / "broker.db").exists(), "the worker to open its SQLite broker")
         wait_for(lambda: "beat: Starting" in log.read_text(), "beat to start")
+        # On the SQLite broker there is no lock to share: one beat, Celery's file scheduler.
+        assert "scheduler -> celery.beat.PersistentScheduler" in log.read_text()
         stack.send_signal(signal.SIGINT)
         assert stack.wait(timeout=30) == 0
     finally:

@@ -126,6 +126,29 @@ def test_anything_but_the_plain_case_comes_back_unwritten(engine, sessions, worl
         assert conn.execute(COUNTS).one() == counts
 
 
+def test_many_in_one_statement_pay_the_plain_ones_and_leave_the_rest_unwritten(engine, sessions, world) -> None:
+    """`pay_many_at_once` (`pay_requests`, migration 0017), the batch's one statement: each
+    answer in the order sent; one not plain (short of funds, an unknown member, the second of
+    a request id sent twice) is rolled back alone, and the plain ones around it are paid, each
+    leaving what `pay_at_once` leaves."""
+    with sessions.begin() as session:
+        add_member(session, "bob")  # no money
+    batch = [order(request_id="b1", amount="10.00"), order(request_id="b2", member_id="bob"),
+             order(request_id="b3", amount="20.00"), order(request_id="b4", member_id="zed"),
+             order(request_id="b1", amount="10.00"), order(request_id="b5", amount="5.00", route_code=None)]
+    answers = payments.pay_many_at_once(engine, [(o, "events") for o in batch], Settings())
+    assert [None if a is None else len(a) for a in answers] == [1, None, 1, None, None, 0]
+    with engine.connect() as conn:
+        paid = conn.execute(text("SELECT request_id, status, attempts, amount FROM payment_requests"
+                                 " ORDER BY request_id")).all()
+        clients = conn.execute(text("SELECT DISTINCT client FROM journal_entries WHERE idempotency_key LIKE"
+                                    " 'payment:b%'")).scalars().all()
+    assert [tuple(row) for row in paid] == [("b1", "paid", 1, 10_00), ("b3", "paid", 1, 20_00),
+                                            ("b5", "paid", 1, 5_00)]
+    assert clients == ["events"]
+    assert snapshot(engine, "b3")["entry"]["lines"] == [f"{world['ann']}:-2000", f"{world['club']}:2000"]
+
+
 def test_on_sqlite_there_is_no_one_statement_path(tmp_path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'payments.db'}")
     try:
