@@ -332,12 +332,17 @@ def _events_replay(event_id: str) -> int:
     from worker.tasks import carry_out
 
     try:
+        # Made processable and claimed in one transaction (the row locked throughout), so a
+        # worker's inbox consumer, which takes `received` events, cannot take it in between.
         with sessions().begin() as session:
             inbox.replay(session, event_id)
+            event = inbox.claim(session, event_id)
+            assert event is not None
+            payload, received_at = event.payload, event.received_at
     except NotFound as exc:
         print(exc.message, file=sys.stderr)
         return 1
-    outcome, effects = stripe_events.process(sessions(), gateway(), settings(), event_id)
+    outcome, effects = stripe_events.handle(sessions(), gateway(), settings(), event_id, payload, received_at)
     carry_out(effects)
     print(f"event {event_id}: {outcome}")
     return 0

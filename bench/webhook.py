@@ -2,15 +2,19 @@
 
 What it measures, in one run against one real gunicorn server (the app of `payments webhook`,
 `webhook:create_app()`, with its settings: bind, access log to stdout), its own PostgreSQL
-database and Redis database 8 as the broker (no Celery worker runs, so the tasks queue up):
+database and Redis database 8 as the broker, with a real `payments worker` (its default
+concurrency, every queue) processing the events as they arrive, as in production, on the same
+machine: its cost is the webhook's cost too.
 
 * **bare**: `GET /healthz` (a tiny JSON 200: Flask, gunicorn and the HTTP round trip, nothing
   else), the ceiling of this server on this machine;
 * **webhook**: `POST /stripe/webhook` with distinct, validly signed events (a small
   `payment_intent.succeeded`), i.e. the whole production path: HMAC check, JSON parse, INSERT
-  ... ON CONFLICT DO NOTHING into `stripe_events`, COMMIT, then `send_task` of
-  `payments.process_stripe_event` to the `webhooks` queue. Every answer must be 200 with
-  `{"duplicate": false, "received": true}`.
+  ... ON CONFLICT DO NOTHING into `stripe_events` (with its NOTIFY, on PostgreSQL), COMMIT,
+  answer; the worker's inbox consumer takes the events (`worker/inbox.py`; a tree without it
+  publishes `payments.process_stripe_event` instead, and the worker's pool runs the tasks).
+  Every answer must be 200 with `{"duplicate": false, "received": true}`. Each row starts
+  with nothing left to process (the backlog of the row before is waited for, and reported).
 
 Both rows use the same senders: 32 concurrent connections (by default 2 processes x 16 threads,
 "spawn"), each a keep-alive HTTP/1.1 connection over a plain socket that sends a pre-built
@@ -32,9 +36,11 @@ much. If `wrk` is on PATH (Debian package `wrk`) it runs both rows again with `w
 events), to show what a sender written in C measures against what the Python senders measure.
 
 At the end it checks that `stripe_events` holds one row per webhook answered (warm-up included;
-wrk stops with up to one uncounted request per connection in flight) and that the Redis list
-`webhooks` holds one message per row (one task per new event); exit status 1 if not, or if any
-answer was not the expected 200.
+wrk stops with up to one uncounted request per connection in flight), that the worker processed
+every one (`ignored`: no attempt of ours matches them) and that the Redis list `webhooks` is
+empty; exit status 1 if not, or if any answer was not the expected 200. It also reports how
+long after each webhook row the worker still had events to process, and the arrival-to-
+processed delay (updated_at - received_at) over all events.
 
 Run it from the project root (PostgreSQL and Redis must be up, e.g. `make services`):
 
@@ -46,7 +52,9 @@ has no such option); otherwise the server is `payments webhook --workers W` itse
 and recreates the database `payments_bench_webhook` on PAYMENTS_BENCH_PG_URL (default
 postgresql://postgres@127.0.0.1:5432/postgres) and flushes Redis database 8 on
 PAYMENTS_BENCH_REDIS (default redis://127.0.0.1:6379/8), refusing if another client is
-connected to it. The server's log goes to var/bench-webhook-server.log.
+connected to it. The server's log goes to var/bench-webhook-server.log, the worker's to
+var/bench-webhook-worker.log. To measure another tree's code with this script, put that tree
+first on PYTHONPATH (the server and the worker inherit it).
 """
 
 from __future__ import annotations
@@ -84,9 +92,12 @@ SECRET = "whsec_bench_0123456789abcdef"
 QUEUE = "webhooks"
 HOST = "127.0.0.1"
 SERVER_LOG = ROOT / "var" / "bench-webhook-server.log"
+WORKER_LOG = ROOT / "var" / "bench-webhook-worker.log"
+API_TOKEN = "bench-api-token-0123456789abcdef"  # the service key signs and checks internal tasks
+DRAIN_SECONDS = 180.0  # for the worker to finish what the rows left, after the last row
 WARMUP_SECONDS = 2.0
-TARGET_RATIO = 0.15  # webhook rate / bare rate
-TARGET_P99_MS = 50.0
+TARGET_RATIO = 0.35  # webhook rate / bare rate (issue 16)
+TARGET_P99_MS = 30.0  # webhook p99 at 32 senders, with wrk as the sender (issue 16)
 EXPECTED = {"duplicate": False, "received": True}
 
 
@@ -119,17 +130,55 @@ def server_command(port: int, workers: int, threads: int) -> list[str]:
             "webhook:create_app()"]
 
 
-def start_server(command: list[str], database_url: str) -> subprocess.Popen:
-    SERVER_LOG.parent.mkdir(exist_ok=True)
-    env = {
+def service_env(database_url: str) -> dict[str, str]:
+    """The server's and the worker's environment: one database, one broker, one service key."""
+    return {
         **os.environ,
         "PAYMENTS_DATABASE_URL": database_url,
         "PAYMENTS_BROKER_URL": BROKER_URL,
         "PAYMENTS_STRIPE_WEBHOOK_SECRET": SECRET,
+        "PAYMENTS_API_TOKEN": API_TOKEN,
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def start_server(command: list[str], database_url: str) -> subprocess.Popen:
+    SERVER_LOG.parent.mkdir(exist_ok=True)
     with open(SERVER_LOG, "wb") as out:
-        return subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        return subprocess.Popen(command, env=service_env(database_url), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def start_worker(database_url: str) -> subprocess.Popen:
+    """`payments worker` as in production (every queue, its default concurrency)."""
+    WORKER_LOG.parent.mkdir(exist_ok=True)
+    env = {key: value for key, value in service_env(database_url).items()
+           if key != "PAYMENTS_WORKER_METRICS_ADDRESS"}
+    with open(WORKER_LOG, "wb") as out:
+        return subprocess.Popen([str(Path(sys.executable).parent / "payments"), "worker"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def wait_for_worker(process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Until Celery says the worker is ready (it consumes its queues)."""
+    deadline = time.monotonic() + timeout
+    while b" ready." not in WORKER_LOG.read_bytes():
+        if process.poll() is not None:
+            sys.exit(f"the worker exited ({process.returncode}); see {WORKER_LOG}")
+        if time.monotonic() > deadline:
+            sys.exit(f"the worker was not ready within {timeout:.0f}s; see {WORKER_LOG}")
+        time.sleep(0.1)
+
+
+def drain(database_url: str, timeout: float = DRAIN_SECONDS) -> float:
+    """Seconds until no stored event is left to process (received, processing or failed)."""
+    started = time.monotonic()
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        while conn.execute("SELECT count(*) FROM stripe_events WHERE status NOT IN ('processed', 'ignored')"
+                           ).fetchone()[0]:
+            if time.monotonic() - started > timeout:
+                break
+            time.sleep(0.2)
+    return time.monotonic() - started
 
 
 def wait_for_server(process: subprocess.Popen, port: int, workers: int, timeout: float = 60.0) -> None:
@@ -356,6 +405,7 @@ class Row:
     server_cpu: float = 0.0
     postgres_cpu: float = 0.0
     redis_cpu: float = 0.0
+    worker_cpu: float = 0.0
     sender_cpu: float = 0.0
     machine_cpu: float = 0.0
     reported_ms: dict[float, float] | None = None  # percentiles measured elsewhere (wrk)
@@ -375,13 +425,13 @@ class Row:
 
     @property
     def other_cores(self) -> float:
-        """Busy cores not accounted to the server, its backends, Redis or the senders."""
-        ours = self.server_cpu + self.postgres_cpu + self.redis_cpu + self.sender_cpu
+        """Busy cores not accounted to the server, the worker, their backends, Redis or the senders."""
+        ours = self.server_cpu + self.postgres_cpu + self.redis_cpu + self.worker_cpu + self.sender_cpu
         return (self.machine_cpu - ours) / self.seconds
 
 
 def run_row(name: str, route: str, phase: str, args: argparse.Namespace, port: int, per_thread: int,
-            server: subprocess.Popen, database_url: str, redis_pid: int) -> Row:
+            server: subprocess.Popen, database_url: str, redis_pid: int, worker: subprocess.Popen) -> Row:
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(args.sender_procs + 1)
     results = ctx.Queue()
@@ -392,14 +442,15 @@ def run_row(name: str, route: str, phase: str, args: argparse.Namespace, port: i
              for i in range(args.sender_procs)]
     for p in procs:
         p.start()
-    servers, backends = server_pids(server.pid), backend_pids(database_url)
+    servers, backends, workers = server_pids(server.pid), backend_pids(database_url), server_pids(worker.pid)
     barrier.wait(timeout=300)
-    before = (cpu_seconds(servers), cpu_seconds(backends), cpu_seconds([redis_pid]), all_cpu_seconds())
+    before = (cpu_seconds(servers), cpu_seconds(backends), cpu_seconds([redis_pid]), all_cpu_seconds(),
+              cpu_seconds(workers))
     reports = [results.get(timeout=args.seconds + 300) for _ in procs]
     # gthread workers open pool connections as their threads need them: backends that appeared
     # during the row count from zero.
     after = (cpu_seconds(servers), cpu_seconds(sorted({*backends, *backend_pids(database_url)})),
-             cpu_seconds([redis_pid]), all_cpu_seconds())
+             cpu_seconds([redis_pid]), all_cpu_seconds(), cpu_seconds(workers))
     for p in procs:
         p.join()
     failed = [r for r in reports if isinstance(r, BaseException)]
@@ -412,7 +463,7 @@ def run_row(name: str, route: str, phase: str, args: argparse.Namespace, port: i
         name=name, requests=len(latencies) - len(errors), seconds=seconds, latencies=latencies, errors=errors,
         exhausted=sum(r["exhausted"] for r in reports), connects=sum(r["connects"] for r in reports),
         server_cpu=after[0] - before[0], postgres_cpu=after[1] - before[1], redis_cpu=after[2] - before[2],
-        sender_cpu=sum(r["cpu"] for r in reports), machine_cpu=after[3] - before[3],
+        worker_cpu=after[4] - before[4], sender_cpu=sum(r["cpu"] for r in reports), machine_cpu=after[3] - before[3],
     )
 
 
@@ -428,7 +479,8 @@ def write_wrk_requests(directory: Path, port: int, per_thread: int) -> None:
 
 
 def run_wrk(name: str, port: int, seconds: float, connections: int, *, webhooks: Path | None = None,
-            server: subprocess.Popen | None = None, database_url: str = "", redis_pid: int = 0) -> Row | None:
+            server: subprocess.Popen | None = None, database_url: str = "", redis_pid: int = 0,
+            worker: subprocess.Popen | None = None) -> Row | None:
     """`wrk -t2` with `connections` connections, if installed: /healthz, or with `webhooks` (a
     directory from `write_wrk_requests`) the webhook route through bench/webhook_wrk.lua. A
     sender written in C, to show what the Python senders' own latency adds."""
@@ -442,7 +494,7 @@ def run_wrk(name: str, port: int, seconds: float, connections: int, *, webhooks:
                     "--", str(webhooks)]
     servers = server_pids(server.pid) if server else []
     backends = backend_pids(database_url) if database_url else []
-    pids = [servers, backends, [redis_pid] if redis_pid else []]
+    pids = [servers, backends, [redis_pid] if redis_pid else [], server_pids(worker.pid) if worker else []]
     before = [cpu_seconds(p) for p in pids] + [all_cpu_seconds(), _children_cpu()]
     out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
     after = [cpu_seconds(p) for p in pids] + [all_cpu_seconds(), _children_cpu()]
@@ -464,8 +516,8 @@ def run_wrk(name: str, port: int, seconds: float, connections: int, *, webhooks:
     elapsed = float(total.group(2)) / (1000 if total.group(3) == "ms" else 1)
     delta = [a - b for a, b in zip(after, before)]
     return Row(name, int(total.group(1)), elapsed, [], errors, exhausted=int(ran_out.group(1)) if ran_out else 0,
-               server_cpu=delta[0], postgres_cpu=delta[1], redis_cpu=delta[2], machine_cpu=delta[3],
-               sender_cpu=delta[4], reported_ms={0.5: ms("50"), 0.99: ms("99")})
+               server_cpu=delta[0], postgres_cpu=delta[1], redis_cpu=delta[2], worker_cpu=delta[3],
+               machine_cpu=delta[4], sender_cpu=delta[5], reported_ms={0.5: ms("50"), 0.99: ms("99")})
 
 
 def _children_cpu() -> float:
@@ -482,32 +534,45 @@ def flush_count(broker: redis.Redis) -> int:
 
 def check(database_url: str, broker: redis.Redis, accepted: int, intruders: list[str], slack: int = 0) -> list[str]:
     """`slack`: wrk stops with up to one request per connection in flight, which the server
-    stores and enqueues but wrk does not count, so up to that many more rows are expected."""
+    stores but wrk does not count, so up to that many more rows are expected. Every stored
+    event must have been processed by the worker (`ignored`: no attempt of ours matches it)
+    and nothing be left in the queue."""
     problems = []
     queued = broker.llen(QUEUE)
-    if queued != accepted and intruders:
+    with psycopg.connect(database_url) as conn:
+        stored = conn.execute("SELECT count(*) FROM stripe_events").fetchone()[0]
+        done = conn.execute("SELECT count(*) FROM stripe_events WHERE status IN ('processed', 'ignored')"
+                            ).fetchone()[0]
+    if intruders and (queued or done != stored):
         # The e2e tests pick a Redis database in 1..14 at random and flush it.
         problems.append(f"other clients used Redis database {broker.connection_pool.connection_kwargs.get('db')}"
                         f" during the run? ({'; '.join(intruders)}): a FLUSHDB or a worker there"
                         " changes the queue; rerun, or set PAYMENTS_BENCH_REDIS to a free database")
-    with psycopg.connect(database_url) as conn:
-        stored = conn.execute("SELECT count(*) FROM stripe_events").fetchone()[0]
-        received = conn.execute("SELECT count(*) FROM stripe_events WHERE status = 'received'").fetchone()[0]
     if not accepted <= stored <= accepted + slack:
         problems.append(f"{stored} rows in stripe_events, expected {accepted} (webhook answers)"
                         + (f" to {accepted + slack}" if slack else ""))
-    if received != stored:
-        problems.append(f"{stored - received} stored events are not 'received'")
-    if queued != stored:
-        problems.append(f"{queued} messages in the Redis list {QUEUE!r}, expected {stored} (one per stored event)")
+    if done != stored:
+        problems.append(f"{stored - done} stored events were not processed (see {WORKER_LOG.relative_to(ROOT)})")
+    if queued:
+        problems.append(f"{queued} messages left in the Redis list {QUEUE!r}")
     return problems
+
+
+def delays(database_url: str) -> dict[str, float]:
+    """Arrival to processed (updated_at - received_at) over every event, in ms."""
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT percentile_cont(ARRAY[0.5, 0.99]) WITHIN GROUP (ORDER BY d), max(d) FROM"
+            " (SELECT 1000 * extract(epoch FROM updated_at - received_at) AS d FROM stripe_events) AS t"
+        ).fetchone()
+    return {"p50": float(row[0][0]), "p99": float(row[0][1]), "max": float(row[1])}
 
 
 def print_table(rows: list[Row]) -> None:
     # "x bare": against the bare row of the same senders (Python, or wrk).
     bare = {r.name.endswith("(wrk)"): r.rate for r in rows if r.name.startswith("bare")}
     headers = ["row", "requests", "seconds", "rate/s", "p50 ms", "p99 ms", "x bare",
-               "server CPU ms/req", "postgres ms/req", "redis ms/req", "sender ms/req", "cores busy", "other cores"]
+               "server CPU ms/req", "postgres ms/req", "redis ms/req", "worker ms/req", "sender ms/req", "cores busy", "other cores"]
     cells = []
     for r in rows:
         own = r.name != "bare (wrk)"  # the wrk webhook row has its CPU figures; wrk is the sender
@@ -515,8 +580,8 @@ def print_table(rows: list[Row]) -> None:
             r.name, str(r.requests), f"{r.seconds:.2f}", f"{r.rate:.0f}", f"{r.percentile(0.5):.1f}",
             f"{r.percentile(0.99):.1f}", f"{r.rate / bare[r.name.endswith('(wrk)')]:.2f}",
             *([f"{r.cpu_ms(r.server_cpu):.2f}", f"{r.cpu_ms(r.postgres_cpu):.2f}", f"{r.cpu_ms(r.redis_cpu):.2f}",
-               f"{r.cpu_ms(r.sender_cpu):.2f}", f"{r.machine_cpu / r.seconds:.2f}", f"{r.other_cores:.2f}"]
-              if own else ["-"] * 6),
+               f"{r.cpu_ms(r.worker_cpu):.2f}", f"{r.cpu_ms(r.sender_cpu):.2f}", f"{r.machine_cpu / r.seconds:.2f}", f"{r.other_cores:.2f}"]
+              if own else ["-"] * 7),
         ])
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(headers)]
 
@@ -530,7 +595,7 @@ def print_table(rows: list[Row]) -> None:
         print(line(row))
     print("(rate: answers / (first send -> last answer); latency: send -> full answer, per request."
           " CPU: utime + stime from /proc per request; server = gunicorn master and workers,"
-          " postgres = the workers' backends, sender = the sending processes; cores busy = whole"
+          " postgres = their backends, worker = `payments worker` (main and pool processes), sender = the sending processes; cores busy = whole"
           " machine, of 2; other cores = busy but none of these: other work on the machine, the"
           " kernel, PostgreSQL's WAL writer.)")
     noisy = [r.name for r in rows if r.name != "bare (wrk)" and r.other_cores > 0.2]
@@ -571,51 +636,66 @@ def main() -> int:
               else f"{args.workers} gthread workers x {args.threads} threads")
     print(f"starting the server: {config}, log {SERVER_LOG.relative_to(ROOT)}\n  {' '.join(command)}", flush=True)
     server = start_server(command, database_url)
+    worker = start_worker(database_url)
     rows: list[Row] = []
+    drained: list[float] = []
     accepted = 0
     wrk_rows: list[Row] = []
     try:
         wait_for_server(server, port, args.workers)
+        wait_for_worker(worker)
         # Warm-up: each worker opens its database and broker connections, SQLAlchemy compiles.
-        run_row("warm", "bare", "warm", args, port, 1, server, database_url, redis_pid)
+        run_row("warm", "bare", "warm", args, port, 1, server, database_url, redis_pid, worker)
         per_thread = max(100, math.ceil(2000 * WARMUP_SECONDS / args.senders))
-        warm = run_row("warm", "webhook", "warm", args, port, per_thread, server, database_url, redis_pid)
+        warm = run_row("warm", "webhook", "warm", args, port, per_thread, server, database_url, redis_pid, worker)
         accepted += warm.requests
         if warm.errors:
             sys.exit(f"webhook warm-up: {len(warm.errors)} bad answers, e.g. {warm.errors[0]}")
         per_thread = max(200, math.ceil(3 * warm.rate * args.seconds / args.senders))
         for name in ("bare", "webhook"):
-            row = run_row(name, name, "run", args, port, per_thread, server, database_url, redis_pid)
+            # Each row starts with nothing left to process: a backlog is the row before's cost.
+            drained.append(drain(database_url))
+            row = run_row(name, name, "run", args, port, per_thread, server, database_url, redis_pid, worker)
             rows.append(row)
             if name == "webhook":
                 accepted += row.requests
             print(f"  {name:7}: {row.requests} in {row.seconds:5.2f} s = {row.rate:6.0f}/s,"
                   f" p99 {row.percentile(0.99):5.1f} ms (load average {os.getloadavg()[0]:.2f})", flush=True)
+        drained.append(drain(database_url))
         bare_wrk = run_wrk("bare (wrk)", port, args.seconds, args.senders)
         if bare_wrk is not None:
             with tempfile.TemporaryDirectory() as files:
                 write_wrk_requests(Path(files), port, per_thread * args.senders // 2)
                 webhook_wrk = run_wrk("webhook (wrk)", port, args.seconds, args.senders, webhooks=Path(files),
-                                      server=server, database_url=database_url, redis_pid=redis_pid)
+                                      server=server, database_url=database_url, redis_pid=redis_pid,
+                                      worker=worker)
             assert webhook_wrk is not None
             wrk_rows = [bare_wrk, webhook_wrk]
             accepted += webhook_wrk.requests
             print(f"  webhook (wrk): {webhook_wrk.requests} in {webhook_wrk.seconds:5.2f} s ="
                   f" {webhook_wrk.rate:6.0f}/s, p99 {webhook_wrk.percentile(0.99):5.1f} ms", flush=True)
+            drained.append(drain(database_url))
     finally:
         code = stop_server(server)
         print(f"server stopped (exit status {code})", flush=True)
+        worker_code = stop_server(worker)
+        print(f"worker stopped (exit status {worker_code})", flush=True)
 
     print(f"\nload average at end: {os.getloadavg()[0]:.2f} (other work on the machine skews results)")
     print(f"server: {config} ({' '.join(command[1:] if args.threads <= 1 else command)});"
           f" senders: {args.senders} connections in {args.sender_procs} processes\n")
     print_table([*rows, *wrk_rows])
+    delay = delays(database_url)
+    print(f"worker: backlog left after the webhook row {drained[2]:.1f} s"
+          + (f", after the webhook (wrk) row {drained[3]:.1f} s" if wrk_rows else "")
+          + f"; arrival to processed over all events: p50 {delay['p50']:.0f} ms, p99 {delay['p99']:.0f} ms,"
+          f" max {delay['max']:.0f} ms")
 
     bare, webhook = rows
     ratio, p99 = webhook.rate / bare.rate, webhook.percentile(0.99)
-    verdict = "ok" if ratio >= TARGET_RATIO and p99 < TARGET_P99_MS else "BELOW TARGET"
+    verdict = "ok" if ratio >= TARGET_RATIO else "BELOW TARGET"
     print(f"\n  webhook / bare {ratio:.2f}x, webhook p99 {p99:.1f} ms"
-          f"  (target >= {TARGET_RATIO}x with p99 < {TARGET_P99_MS:.0f} ms: {verdict})")
+          f"  (target >= {TARGET_RATIO}x, and p99 < {TARGET_P99_MS:.0f} ms with wrk: {verdict})")
     if wrk_rows:
         bare_wrk, webhook_wrk = wrk_rows
         ratio_wrk, p99_wrk = webhook_wrk.rate / bare_wrk.rate, webhook_wrk.percentile(0.99)
@@ -623,7 +703,7 @@ def main() -> int:
         print(f"  with wrk as the sender: webhook / bare {ratio_wrk:.2f}x, webhook p99 {p99_wrk:.1f} ms"
               f"  ({verdict_wrk})")
 
-    # The server has stopped, so any other client of the database is someone else's; so is a FLUSHDB.
+    # The server and the worker have stopped, so any other client of the database is someone else's; so is a FLUSHDB.
     intruders = [f"client {c.get('addr')} last ran {c.get('cmd')}" for c in other_clients(broker, db)]
     if flush_count(broker) > flushes:
         intruders.append(f"{flush_count(broker) - flushes} FLUSHDB on some database")
@@ -639,7 +719,8 @@ def main() -> int:
         return 1
     print(f"\nChecks hold: every answer was 200 (webhook: duplicate false); {accepted} webhooks answered"
           f" (with {warm.requests} warm-up; wrk may leave up to {args.senders} more in flight, uncounted),"
-          f" as many rows in stripe_events, and one message in the Redis list {QUEUE!r} per row.")
+          f" as many rows in stripe_events, every one processed by the worker, and the Redis list {QUEUE!r}"
+          " empty.")
     return 0
 
 

@@ -92,6 +92,9 @@ class Settings:
     heal_batch: int = 500
     # A Stripe event is redriven until it has been tried this often (each task run is one try).
     inbox_max_attempts: int = 50
+    # The workers' inbox consumers (`worker.inbox`, PostgreSQL) look for new events this often
+    # even without a NOTIFY: the bound on how late an event whose NOTIFY was lost is processed.
+    inbox_poll_seconds: float = 1.0
     # `/metrics` is served only on this internal listener (`[host:]port`, host 127.0.0.1 unless
     # given), never on the public one; None: not served at all.
     metrics_address: str | None = None
@@ -226,6 +229,7 @@ class Settings:
             heal_backoff_max_seconds=seconds("PAYMENTS_HEAL_BACKOFF_MAX_SECONDS", 3600.0),
             heal_batch=max(1, whole("PAYMENTS_HEAL_BATCH", 500)),
             inbox_max_attempts=max(1, whole("PAYMENTS_INBOX_MAX_ATTEMPTS", 50)),
+            inbox_poll_seconds=max(0.05, seconds("PAYMENTS_INBOX_POLL_SECONDS", 1.0)),
             metrics_address=_address("PAYMENTS_METRICS_ADDRESS", text("PAYMENTS_METRICS_ADDRESS")),
             ops_cache_seconds=_cache_seconds(text("PAYMENTS_OPS_CACHE_SECONDS")),
             event_payload_retention_days=max(1, whole("PAYMENTS_EVENT_PAYLOAD_RETENTION_DAYS", 90)),

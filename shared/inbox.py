@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
-from sqlalchemy import Connection, Table, bindparam, or_, select, update
+from sqlalchemy import Connection, Table, bindparam, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -36,6 +36,12 @@ _ACCEPT = {
     "sqlite": sqlite.insert(_TABLE).values(**_NEW).on_conflict_do_nothing(index_elements=["event_id"])
     .returning(_TABLE.c.event_id),
 }
+# On PostgreSQL the webhook stores and answers; the workers' inbox consumers (`worker.inbox`)
+# LISTEN on this channel and take the new row. The NOTIFY is in the INSERT's own statement, sent
+# only for a row stored (not for a duplicate) and delivered at its commit.
+CHANNEL = "payments_inbox"
+_STORED = _ACCEPT["postgresql"].cte("stored")
+_ACCEPT_AND_NOTIFY = select(_STORED.c.event_id, func.pg_notify(literal(CHANNEL), literal("")))
 
 
 # A failed event is redriven until it has been tried this often (each task run is one attempt);
@@ -72,18 +78,55 @@ def parse_event(body: bytes) -> dict[str, Any]:
     return event
 
 
-def accept(db: Session | Connection, event: dict[str, Any]) -> Accepted:
+def accept(db: Session | Connection, event: dict[str, Any], *, notify: bool = False) -> Accepted:
     """Store the event unless it is already stored; one statement, no lock held afterwards (the
-    webhook runs it alone, in `db.one_statement`)."""
+    webhook runs it alone, in `db.one_statement`). With `notify` on PostgreSQL the same
+    statement NOTIFYs the inbox consumers of a new row (`notifies`)."""
     now = utcnow()
     connection = db.connection() if isinstance(db, Session) else db
     dialect = "postgresql" if connection.dialect.name == "postgresql" else "sqlite"
     result = connection.execute(
-        _ACCEPT[dialect],
+        _ACCEPT_AND_NOTIFY if notify and dialect == "postgresql" else _ACCEPT[dialect],
         {"event_id": event["id"], "type": event["type"], "payload": event, "status": EventStatus.RECEIVED.value,
          "attempts": 0, "received_at": now, "updated_at": now},
     )
     return Accepted(event_id=event["id"], duplicate=result.first() is None)
+
+
+def notifies(db: Session | Connection) -> bool:
+    """Whether the inbox consumers hear of new events through NOTIFY: on PostgreSQL. SQLite has
+    no LISTEN/NOTIFY: there the webhook enqueues each event's task."""
+    connection = db.connection() if isinstance(db, Session) else db
+    return connection.dialect.name == "postgresql"
+
+
+@dataclass(frozen=True)
+class Taken:
+    event_id: str
+    payload: dict[str, Any]
+    received_at: Any
+
+
+def take(session: Session, limit: int) -> list[Taken]:
+    """Claim up to `limit` events still `received`, oldest first, for processing here (one
+    attempt each, as `claim`): the inbox consumer's batch. Rows another consumer or a task
+    holds are skipped; a taken event is `processing`, so if its taker dies the redrive makes
+    it `received` again after PAYMENTS_REDRIVE_AFTER_SECONDS."""
+    due = (
+        select(StripeEvent.event_id)
+        .where(StripeEvent.status == EventStatus.RECEIVED.value)
+        .order_by(StripeEvent.updated_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    rows = session.execute(
+        update(StripeEvent)
+        .where(StripeEvent.event_id.in_(due.scalar_subquery()))
+        .values(status=EventStatus.PROCESSING.value, attempts=StripeEvent.attempts + 1, updated_at=utcnow())
+        .returning(StripeEvent.event_id, StripeEvent.payload, StripeEvent.received_at)
+        .execution_options(synchronize_session=False)
+    ).all()
+    return sorted((Taken(*row) for row in rows), key=lambda taken: taken.received_at)
 
 
 def claim(session: Session, event_id: str) -> StripeEvent | None:
@@ -108,6 +151,21 @@ def finish(session: Session, event_id: str, status: EventStatus, error: str | No
         .where(StripeEvent.event_id == event_id)
         .values(status=status.value, last_error=error[:500] if error else None, updated_at=utcnow())
     )
+
+
+def finish_many(session: Session, outcomes: list[tuple[str, EventStatus, str | None]]) -> None:
+    """`finish` for many events (event id, status, error): one UPDATE per status and error."""
+    groups: dict[tuple[EventStatus, str | None], list[str]] = {}
+    for event_id, status, error in outcomes:
+        groups.setdefault((status, error), []).append(event_id)
+    now = utcnow()
+    for (status, error), ids in groups.items():
+        session.execute(
+            update(StripeEvent)
+            .where(StripeEvent.event_id.in_(ids))
+            .values(status=status.value, last_error=error[:500] if error else None, updated_at=now)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def replay(session: Session, event_id: str) -> None:

@@ -11,6 +11,7 @@ amount received or currency differs from the attempt is held, not booked.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -89,26 +90,53 @@ def process(
         received_at = event.received_at if event is not None else None
     if payload is None:
         return "skipped", charges.Effects()
+    return handle(sessions, gateway, settings, event_id, payload, received_at)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: EventStatus
+    error: str | None
+    effects: charges.Effects
+
+
+def run_handler(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, payload: dict[str, Any],
+) -> Outcome:
+    """What the event's handler did (its own transactions committed), not recorded yet; raises
+    what the handler raises."""
     handler = HANDLERS.get(payload["type"])
     if handler is None:
-        with sessions.begin() as session:
-            inbox.finish(session, event_id, EventStatus.IGNORED, f"no handler for {payload['type']}")
-        _observe_delay(received_at, EventStatus.IGNORED)
-        return "ignored", charges.Effects()
+        return Outcome(EventStatus.IGNORED, f"no handler for {payload['type']}", charges.Effects())
+    effects = handler(sessions, gateway, settings, payload)
+    if effects is None:
+        return Outcome(EventStatus.IGNORED, "not a payment of ours", charges.Effects())
+    return Outcome(EventStatus.PROCESSED, None, effects)
+
+
+def handle(
+    sessions: sessionmaker[Session], gateway: StripeGateway, settings: Settings, event_id: str,
+    payload: dict[str, Any], received_at: datetime | None,
+) -> tuple[str, charges.Effects]:
+    """Run the handler of an event claimed for processing, and record the outcome (`failed`
+    with the error when the handler raises, which is raised again)."""
     try:
-        effects = handler(sessions, gateway, settings, payload)
+        outcome = run_handler(sessions, gateway, settings, payload)
     except Exception as exc:
-        with sessions.begin() as session:
-            inbox.finish(session, event_id, EventStatus.FAILED, f"{type(exc).__name__}: {exc}")
+        record_failure(sessions, event_id, exc)
         raise
-    status = EventStatus.IGNORED if effects is None else EventStatus.PROCESSED
     with sessions.begin() as session:
-        inbox.finish(session, event_id, status, None if effects is not None else "not a payment of ours")
-    _observe_delay(received_at, status)
-    return status.value, effects or charges.Effects()
+        inbox.finish(session, event_id, outcome.status, outcome.error)
+    observe_delay(received_at, outcome.status)
+    return outcome.status.value, outcome.effects
 
 
-def _observe_delay(received_at: datetime | None, outcome: EventStatus) -> None:
+def record_failure(sessions: sessionmaker[Session], event_id: str, exc: Exception) -> None:
+    with sessions.begin() as session:
+        inbox.finish(session, event_id, EventStatus.FAILED, f"{type(exc).__name__}: {exc}")
+
+
+def observe_delay(received_at: datetime | None, outcome: EventStatus) -> None:
     """Arrival to done, for `payments_inbox_delay_seconds` (the worker's /metrics)."""
     if received_at is not None:
         metrics.INBOX_DELAY_SECONDS.labels(outcome.value).observe(max(0.0, (utcnow() - received_at).total_seconds()))

@@ -1,9 +1,13 @@
-"""`POST /stripe/webhook`: verify, store, enqueue, answer (DESIGN invariant 7).
+"""`POST /stripe/webhook`: verify, store, answer (DESIGN invariant 7).
 
 The signature is checked against the raw body (HMAC only: the SDK's full event construction
 costs more than the rest of the request). The event is stored in the inbox and committed
-before the answer; a duplicate does nothing. Then its processing is enqueued: if the broker is
-down the answer is still 200, because the stored event is redriven by the scheduler. A bad
+before the answer; a duplicate does nothing. On PostgreSQL the INSERT also NOTIFYs the
+workers' inbox consumers (`worker.inbox`), which take new rows themselves (and poll, in case a
+NOTIFY is lost): nothing is published. On SQLite (no LISTEN/NOTIFY) the event's task is
+enqueued after the commit, through one broker connection kept per process
+(`shared.messages.Publisher`); if the broker is down the answer is still 200, because the
+stored event is redriven by the scheduler. A bad
 signature or body gets 400 with nothing stored; a database that is down gets 503, so Stripe
 retries. There is no unsigned path. Any of the configured secrets verifies a delivery (a
 rotation), and every refused delivery is counted by reason (`shared.rejections`, in /metrics):
@@ -45,8 +49,10 @@ def receive() -> ResponseReturnValue:
         context.rejections().count(reason_for(exc))
         raise
     with one_statement(context.engine()) as connection:  # committed before the answer
-        accepted = inbox.accept(connection, event)
-    if not accepted.duplicate:
+        notify = inbox.notifies(connection)
+        accepted = inbox.accept(connection, event, notify=notify)
+    # PostgreSQL: the NOTIFY wakes the workers' inbox consumers (worker/inbox.py): store, answer.
+    if not accepted.duplicate and not notify:
         try:
             messages.send("payments.process_stripe_event", {"event_id": accepted.event_id}, queue="webhooks",
                         settings=settings)

@@ -89,7 +89,7 @@ def headers_of(request: Any) -> dict[str, Any]:
 
 def create_celery(config: Settings | None = None) -> Celery:
     config = config or Settings.from_env()
-    app = Celery("payments", broker=config.broker_url, include=["worker.tasks", "scheduler.jobs"],
+    app = Celery("payments", broker=config.broker_url, include=["worker.tasks", "scheduler.jobs", "worker.inbox"],
                  task_cls=PaymentsTask, amqp="shared.messages:SigningAMQP")
     app.conf.update(
         task_acks_late=True,

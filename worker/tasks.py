@@ -23,12 +23,13 @@ from typing import Any
 from celery import Task
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared import charges, healing, logs, messages, metrics, outbox, payments, refunds, requests, settlements, stripe_events, topups, transfers
 from shared.access import Principal
 from shared.errors import Conflict, Forbidden, InvalidInput, StripeUnavailable, Unauthenticated
 from shared.models import RequestKind, RequestStatus
+from shared.stripe_gateway import StripeGateway
 from worker.app import app, engine, gateway, headers_of, sessions, settings
 
 log = logging.getLogger(__name__)
@@ -324,17 +325,22 @@ def _settle(kind: RequestKind, admitted: Admitted, act: Callable[[Session, Any, 
     return status
 
 
-def carry_out(effects: charges.Effects) -> None:
-    """After commit: card work (which may lead to more), then the outbox rows."""
+def carry_out(effects: charges.Effects, db: sessionmaker[Session] | None = None,
+              stripe: StripeGateway | None = None) -> None:
+    """After commit: card work (which may lead to more), then the outbox rows. `db` and
+    `stripe`: the caller's own (the inbox consumer's, in the worker's main process), else this
+    pool process's."""
+    db = db or sessions()
+    stripe = stripe or gateway()
     pending = [effects]
     while pending:
         current = pending.pop()
         for attempt_id in current.charges:
-            pending.append(charges.charge(sessions(), gateway(), settings(), attempt_id))
+            pending.append(charges.charge(db, stripe, settings(), attempt_id))
         for attempt_id in current.checkouts:
-            pending.append(charges.start_checkout(sessions(), gateway(), settings(), attempt_id))
+            pending.append(charges.start_checkout(db, stripe, settings(), attempt_id))
         for request_id in current.refunds:
-            refunds.send_to_card(sessions(), gateway(), settings(), request_id, dispatch=dispatch)
+            refunds.send_to_card(db, stripe, settings(), request_id, dispatch=dispatch)
         dispatch(current.outbox)
 
 
