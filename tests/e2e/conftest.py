@@ -100,7 +100,10 @@ def broker_user_url(user: str, port: int) -> str:
     return f"redis://{user}:{PASSWORDS[f'REDIS_{user.upper()}_PASSWORD']}@127.0.0.1:{port}/0"
 
 
-@pytest.fixture(scope="session")
+# The broker, the worker and the events app live for one package (tests/e2e, tests/faults), not
+# the whole run: the worker's inbox consumer takes `received` Stripe events from the shared test
+# database, which the integration tests after them must have to themselves.
+@pytest.fixture(scope="package")
 def broker() -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(BROKER)
     client.flushdb()
@@ -109,7 +112,7 @@ def broker() -> Iterator[redis.Redis]:
     client.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def worker(
     runtime_database_url: str, broker: redis.Redis, stripe_api: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Path]:
@@ -126,7 +129,7 @@ def worker(
     stop(process)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def callback_consumer(broker: redis.Redis, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """The events module's own Celery worker, on its own queue."""
     log = tmp_path_factory.mktemp("events") / "events.log"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import date, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -28,7 +28,12 @@ from tests.integration.helpers import add_member, add_organisation, top_up
 
 SYDNEY = ZoneInfo("Australia/Sydney")
 HEADER = ["Date", "Counterparty", "Reference", "Type", "Description", "Amount", "Balance", "Event", "Session"]
-TODAY = date.today().isoformat()
+
+
+def today() -> str:
+    """The service's today: a date in its zone (Sydney), which is not the machine's (UTC) from
+    13:00 or 14:00 UTC on."""
+    return datetime.now(SYDNEY).date().isoformat()
 
 
 def _book(sessions: sessionmaker[Session], moment: str, book) -> None:  # type: ignore[no-untyped-def]
@@ -132,7 +137,7 @@ def test_each_filter_and_date_range_shows_its_lines_cell_by_cell_in_json_csv_and
         body = client.get("/api/organisations/club/statement", query_string=query, headers=auth).get_json()
         assert body["rows"] == _json_rows(lines), where
         assert body["organisation_id"] == "club" and body["next_cursor"] is None, where
-        assert (body["from"], body["to"]) == (query.get("from", "1901-01-01"), query.get("to", TODAY)), where
+        assert (body["from"], body["to"]) == (query.get("from", "1901-01-01"), query.get("to", today())), where
         if lines:
             oldest = lines[-1]
             assert body["opening_balance"] == f"{(_cents(oldest[6]) - _cents(oldest[5])) / 100:.2f}", where
