@@ -156,7 +156,7 @@ def report_card_saved(session: Session, setup: CardSetup) -> str | None:
     event = {"id": f"page_{setup.setup_intent_id}", "object": "event", "type": "setup_intent.succeeded",
              "data": {"object": {"id": setup.setup_intent_id, "object": "setup_intent",
                                  "customer": _customer(session, setup.member_id), "status": "succeeded"}}}
-    accepted = inbox.accept(session, event)
+    accepted = inbox.accept(session, event, notify=inbox.notifies(session))  # heard at commit
     return None if accepted.duplicate else accepted.event_id
 
 

@@ -35,13 +35,13 @@ import logging
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, jsonify, render_template, request, url_for
-from kombu.exceptions import OperationalError as BrokerError
 from flask.typing import ResponseReturnValue
 
-from shared import card_pages, messages, page_links
+from shared import card_pages, inbox, page_links
 from shared.config import Settings
 from shared.errors import CardDeclined, NotFound, PaymentsError
 from webhook import context
+from webhook.stripe import hand_to_worker
 
 log = logging.getLogger(__name__)
 
@@ -206,12 +206,9 @@ def setup_saved(token: str) -> ResponseReturnValue:
         return _json_error(409, "not_saved", f"the card is not saved (Stripe says {setup.intent_status})")
     with context.transaction() as session:
         event_id = card_pages.report_card_saved(session, setup)
+        notified = inbox.notifies(session)
     if event_id is not None:
-        try:
-            messages.send("payments.process_stripe_event", {"event_id": event_id}, queue="webhooks",
-                          settings=context.settings())
-        except BrokerError:
-            log.warning("event %s stored but not enqueued; the scheduler will redrive it", event_id)
+        hand_to_worker(event_id, notified=notified)
     return jsonify({"status": "saved"})
 
 

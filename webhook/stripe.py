@@ -51,11 +51,19 @@ def receive() -> ResponseReturnValue:
     with one_statement(context.engine()) as connection:  # committed before the answer
         notify = inbox.notifies(connection)
         accepted = inbox.accept(connection, event, notify=notify)
-    # PostgreSQL: the NOTIFY wakes the workers' inbox consumers (worker/inbox.py): store, answer.
-    if not accepted.duplicate and not notify:
-        try:
-            messages.send("payments.process_stripe_event", {"event_id": accepted.event_id}, queue="webhooks",
-                        settings=settings)
-        except BrokerError:
-            log.warning("event %s stored but not enqueued; the scheduler will redrive it", accepted.event_id)
+    if not accepted.duplicate:
+        hand_to_worker(accepted.event_id, notified=notify)
     return jsonify({"received": True, "duplicate": accepted.duplicate})
+
+
+def hand_to_worker(event_id: str, *, notified: bool) -> None:
+    """After commit: a newly stored event reaches the workers. On PostgreSQL its NOTIFY wakes
+    their inbox consumers (worker/inbox.py): store, answer. Elsewhere its task is enqueued; a
+    broker that is down leaves it to the scheduler's redrive."""
+    if notified:
+        return
+    try:
+        messages.send("payments.process_stripe_event", {"event_id": event_id}, queue="webhooks",
+                      settings=context.settings())
+    except BrokerError:
+        log.warning("event %s stored but not enqueued; the scheduler will redrive it", event_id)

@@ -128,7 +128,8 @@ def _json_logs(**_: object) -> None:
 
 
 @signals.task_prerun.connect
-def _log_task(task_id: str | None = None, task: object = None, kwargs: dict | None = None, **_: object) -> None:
+def log_as_task(task_id: str | None = None, task: object = None, kwargs: dict | None = None, **_: object) -> None:
+    """A task's log context (its id, name and request); also set for each payment of a batch."""
     fields = {"task_id": task_id or "", "task": getattr(task, "name", "")}
     for key in ("request_id", "event_id", "member_id"):
         if kwargs and isinstance(kwargs.get(key), str):

@@ -58,10 +58,11 @@ def strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
     Request = create_request_cls(symbol_by_name(task.Request), task, consumer.pool, consumer.hostname, eventer,
                                  app=app)
     buffer: list[Any] = []
-    raised = [0]  # prefetch raised for messages buffered or in a batch
-    flush_timer: list[Any] = [None]
+    raised = 0  # prefetch raised for messages buffered or in a batch
+    flush_timer: Any = None
 
     def handle(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **kwargs: Any) -> Any:
+        nonlocal raised, flush_timer
         # As Celery's default strategy reads a message (protocol 2, or older ones converted).
         if body is None and "args" not in message.payload:
             payload, headers, decoded, utc = message.body, message.headers, False, app.uses_utc_timezone()
@@ -80,21 +81,22 @@ def strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
         if events:
             request.send_event("task-received", name=request.name, args=request.argsrepr,
                                kwargs=request.kwargsrepr, retries=request.request_dict.get("retries", 0))
-        request.raised = raised[0] < BUFFER_MOST
+        request.raised = raised < BUFFER_MOST
         if request.raised:
-            raised[0] += 1
+            raised += 1
             consumer.qos.increment_eventually()
         buffer.append(request)
         if len(buffer) >= BATCH_MOST:
             flush()
-        elif flush_timer[0] is None:
-            flush_timer[0] = consumer.timer.call_after(FLUSH_SECONDS, flush)
+        elif flush_timer is None:
+            flush_timer = consumer.timer.call_after(FLUSH_SECONDS, flush)
         return None
 
     def flush() -> None:
-        if flush_timer[0] is not None:
-            flush_timer[0].cancel()
-            flush_timer[0] = None
+        nonlocal flush_timer
+        if flush_timer is not None:
+            flush_timer.cancel()
+            flush_timer = None
         batch = buffer[:]
         del buffer[:]
         if not batch:
@@ -137,9 +139,10 @@ def strategy(task: Any, app: Any, consumer: Any, **options: Any) -> Any:
             request.execute_using_pool(consumer.pool)
 
     def _release(request: Any) -> None:
+        nonlocal raised
         if request.raised:
             request.raised = False
-            raised[0] -= 1
+            raised -= 1
             consumer.qos.decrement_eventually()
 
     return handle

@@ -25,12 +25,12 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import charges, healing, logs, messages, metrics, outbox, payments, refunds, requests, settlements, stripe_events, topups, transfers
+from shared import charges, healing, messages, metrics, outbox, payments, refunds, requests, settlements, stripe_events, topups, transfers
 from shared.access import Principal
 from shared.errors import Conflict, Forbidden, InvalidInput, StripeUnavailable, Unauthenticated
 from shared.models import RequestKind, RequestStatus
 from shared.stripe_gateway import StripeGateway
-from worker.app import app, engine, gateway, headers_of, sessions, settings
+from worker.app import app, engine, gateway, headers_of, log_as_task, sessions, settings
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def pay_batch(items: list[dict[str, Any]]) -> list[str]:
     the rest left to run as tasks of their own. In three steps: admit each as `payments.pay`
     does (sender, fields, stored form; a refused, invalid or already decided one ends here);
     pay the plain ones in one statement and one transaction (`payments.pay_many_at_once`);
-    settle each one paid (its callback). Any other payment, and any that meets an error, is
+    send each paid one's callback. Any other payment, and any that meets an error, is
     answered `SINGLE`, having written nothing: it then runs as `payments.pay`, with its own time
     limits and retries, so card work in one payment never holds up the batch. Each payment is
     logged and timed under its own message id. Returns each message's outcome, in order."""
@@ -78,18 +78,18 @@ def pay_batch(items: list[dict[str, Any]]) -> list[str]:
             paid = dict(zip(plain, answers, strict=True))
         except Exception as exc:  # noqa: BLE001 (each goes on alone, as its own task)
             log.warning("a batch of %d plain payments failed (%s): each runs on its own", len(plain), exc)
+    share = (time.perf_counter() - started) / len(items)
     outcomes = []
     for n, (item, step) in enumerate(zip(items, steps, strict=True)):
         if isinstance(step, Admitted):
             booked = paid.get(n)
-            step = SINGLE if booked is None else _guarded(
-                item, lambda step=step, booked=booked: _settle(RequestKind.PAYMENT, step, payments.pay, lambda: booked))
+            if booked is not None:
+                dispatch(booked)  # its callback, as `_settle` sends a plain payment's
+            step = SINGLE if booked is None else RequestStatus.PAID.value
         outcomes.append(str(step))
         if step != SINGLE:
-            log.info("Task payments.pay[%s] decided in a batch of %d: %r", item["id"], len(items), str(step))
-    share = (time.perf_counter() - started) / len(items)
-    for outcome in outcomes:
-        if outcome != SINGLE:
+            _log_as(item)
+            log.info("Task payments.pay[%s] decided in a batch of %d: %r", item["id"], len(items), step)
             metrics.TASK_SECONDS.labels(pay.name, "SUCCESS").observe(share)
     return outcomes
 
@@ -101,14 +101,16 @@ def _batch_envelope(item: dict[str, Any]) -> Envelope:
 def _guarded(item: dict[str, Any], step: Callable[[], Any]) -> Any:
     """One payment's step of a batch, under its own log context; an error answers `SINGLE`
     (the payment then runs as its own task, whose retries and failure handling are Celery's)."""
-    fields = item["kwargs"]
-    logs.context.set({"task_id": item["id"], "task": pay.name,
-                      **{key: fields[key] for key in ("request_id", "member_id") if isinstance(fields.get(key), str)}})
+    _log_as(item)
     try:
         return step()
     except Exception as exc:  # noqa: BLE001
         log.warning("payments.pay %s: %s in a batch: it runs on its own", item["id"], type(exc).__name__)
         return SINGLE
+
+
+def _log_as(item: dict[str, Any]) -> None:
+    log_as_task(task_id=item["id"], task=pay, kwargs=item["kwargs"])
 
 
 @app.task(name="payments.transfer", bind=True, clients=True, soft_time_limit=20, time_limit=30, **RETRY)
