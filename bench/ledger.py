@@ -56,7 +56,7 @@ from shared.db import make_engine, make_sessions
 from shared.ledger import Entry, Line
 from shared.models import EntryType, SystemAccount
 from shared.profiles import MemberDetails, OrganisationDetails
-from common import recreate_database, url_for  # bench/common.py, beside this script
+from common import cpu_seconds, recreate_database, url_for  # bench/common.py, beside this script
 
 BENCH_DB = "payments_bench"
 PGBENCH_DB = "payments_pgbench"
@@ -83,6 +83,10 @@ class Result:
     rate: float
     p99_ms: float
     count: int = 0
+    # CPU time per booking, in ms, of the booking processes and of their PostgreSQL backends
+    # (the backends' share includes the commit; pgbench cells leave both NaN).
+    client_ms: float = float("nan")
+    server_ms: float = float("nan")
 
 
 # --- databases -------------------------------------------------------------------------
@@ -141,10 +145,14 @@ def sessions_for(url: str) -> sessionmaker[Session]:
     return make_sessions(make_engine(url, pool_size=1, pool_pre_ping=False))
 
 
-def ledger_booker(shape: str, procs: int, url: str, accounts: Accounts) -> Callable[[int], None]:
-    sessions = sessions_for(url)
-    engine = sessions.kw["bind"]
-    engine.connect().close()  # connect before the barrier
+def backend_pid(sessions: sessionmaker[Session]) -> int:
+    """Connect before the barrier, and say which PostgreSQL backend serves this process (the
+    pool holds one connection, so every booking of the process goes through it)."""
+    with sessions.kw["bind"].connect() as connection:
+        return int(connection.exec_driver_sql("SELECT pg_backend_pid()").scalar_one())
+
+
+def ledger_booker(shape: str, procs: int, sessions: sessionmaker[Session], accounts: Accounts) -> Callable[[int], None]:
     rng = random.Random()
     hot_org = accounts.orgs[0]
     pid = os.getpid()
@@ -174,11 +182,9 @@ INSERT_ROW = text(
 LOCK_TABLE = text("LOCK TABLE old_transactions IN EXCLUSIVE MODE")
 
 
-def baseline_booker(url: str) -> Callable[[int], None]:
+def baseline_booker(sessions: sessionmaker[Session]) -> Callable[[int], None]:
     """The old way, through the same SQLAlchemy session stack as the ledger, so that the two
     differ only in how they book: one table lock, the latest row's balance, a new row."""
-    sessions = sessions_for(url)
-    sessions.kw["bind"].connect().close()  # connect before the barrier
     rng = random.Random()
 
     def post_row(session: Session, who: str, cents: int) -> None:
@@ -206,11 +212,15 @@ def worker(
     shape: str, procs: int, seconds: float, url: str, accounts: Accounts,
     barrier: Barrier, results: multiprocessing.Queue,
 ) -> None:
-    """Book as fast as possible for `seconds` after the barrier; report (count, elapsed, latencies)."""
+    """Book as fast as possible for `seconds` after the barrier; report (count, elapsed,
+    latencies, CPU seconds of this process, CPU seconds of its backend)."""
     try:
-        book = baseline_booker(url) if shape == "baseline" else ledger_booker(shape, procs, url, accounts)
+        sessions = sessions_for(url)
+        backend = backend_pid(sessions)
+        book = baseline_booker(sessions) if shape == "baseline" else ledger_booker(shape, procs, sessions, accounts)
         latencies: list[float] = []
         barrier.wait(timeout=120)
+        cpu_before = (time.process_time(), cpu_seconds([backend]))
         start = time.perf_counter()
         deadline = start + seconds
         now = start
@@ -219,7 +229,8 @@ def worker(
             done = time.perf_counter()
             latencies.append(done - now)
             now = done
-        results.put((len(latencies), now - start, latencies))
+        cpu = (time.process_time() - cpu_before[0], cpu_seconds([backend]) - cpu_before[1])
+        results.put((len(latencies), now - start, latencies, cpu))
     except BaseException as exc:  # report, so the parent does not wait forever
         results.put(exc)
         raise
@@ -230,7 +241,16 @@ def p99(values: list[float]) -> float:
     return ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)] if ordered else float("nan")
 
 
+def checkpoint(url: str) -> None:
+    """Start each cell from the same state: without this, the checkpoint that the previous
+    cell's writes (pgbench's above all) made due lands in the next cell, which was always the
+    spread one, and made spread look slower than hot. Needs a superuser (or pg_checkpoint)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CHECKPOINT")
+
+
 def run_cell(shape: str, procs: int, seconds: float, url: str, accounts: Accounts) -> Result:
+    checkpoint(url)
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(procs)
     results = ctx.Queue()
@@ -246,9 +266,12 @@ def run_cell(shape: str, procs: int, seconds: float, url: str, accounts: Account
     errors = [r for r in reports if isinstance(r, BaseException)]
     if errors:
         raise RuntimeError(f"{shape} at {procs} processes failed: {errors[0]!r}")
-    latencies = [lat for _, _, lats in reports for lat in lats]
-    rate = sum(count / elapsed for count, elapsed, _ in reports)
-    return Result(rate=rate, p99_ms=p99(latencies) * 1000, count=len(latencies))
+    latencies = [lat for _, _, lats, _ in reports for lat in lats]
+    rate = sum(count / elapsed for count, elapsed, _, _ in reports)
+    count = len(latencies)
+    client, server = (sum(cpu[i] for *_, cpu in reports) for i in (0, 1))
+    return Result(rate=rate, p99_ms=p99(latencies) * 1000, count=count,
+                  client_ms=client / count * 1000, server_ms=server / count * 1000)
 
 
 # --- pgbench --------------------------------------------------------------------------
@@ -323,7 +346,7 @@ def print_table(results: dict[tuple[str, int], Result], procs_list: list[int]) -
 def print_ratios(results: dict[tuple[str, int], Result], procs: int) -> None:
     rate = {shape: results[(shape, procs)].rate for shape in SHAPES}
     checks = [
-        ("spread / baseline", rate["spread"] / rate["baseline"], 1.3),
+        ("spread / baseline", rate["spread"] / rate["baseline"], 2.5),  # issue 16 (1.3 before)
         ("hot / baseline", rate["hot"] / rate["baseline"], 1.3),
         ("top-up / spread", rate["top-up"] / rate["spread"], 0.8),
     ]
@@ -331,6 +354,10 @@ def print_ratios(results: dict[tuple[str, int], Result], procs: int) -> None:
     for name, value, target in checks:
         verdict = "ok" if value >= target else "BELOW TARGET"
         print(f"  {name:18} {value:5.2f}x  (target >= {target}x: {verdict})")
+    print(f"CPU per booking at {procs} processes (the machine's {os.cpu_count()} CPUs bound the rate):")
+    for shape in SHAPES:
+        r = results[(shape, procs)]
+        print(f"  {shape:8} {r.client_ms:.2f} ms in the booking process + {r.server_ms:.2f} ms in its backend")
 
 
 def parse_args() -> argparse.Namespace:
@@ -363,8 +390,10 @@ def main() -> int:
             result = run_cell(shape, procs, args.seconds, bench_url, accounts)
             results[(shape, procs)] = result
             booked += result.count if shape in LEDGER_SHAPES else 0
-            print(f"  {shape:8} x{procs}: {result.rate:7.0f} bookings/s, p99 {result.p99_ms:6.1f} ms",
+            print(f"  {shape:8} x{procs}: {result.rate:7.0f} bookings/s, p99 {result.p99_ms:6.1f} ms,"
+                  f" CPU per booking {result.client_ms:.2f} ms client + {result.server_ms:.2f} ms server",
                   flush=True)
+        checkpoint(pgbench_url)
         result = pgbench_run(pgbench_url, procs, args.seconds)
         results[("pgbench", procs)] = result
         print(f"  pgbench  x{procs}: {result.rate:7.0f} tps, avg {result.p99_ms:6.1f} ms", flush=True)

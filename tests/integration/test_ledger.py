@@ -172,3 +172,21 @@ def test_the_database_refuses_a_zero_posting_and_an_unknown_type(sessions, accou
                 " reference, created_at) VALUES ('k', 'x', 'Gift', 'd', 'r', now())"
             )
         )
+
+
+def test_a_booking_reads_accounts_by_index_even_when_there_are_few(sessions, accounts) -> None:
+    """Migration 0018: with four accounts the planner would scan `accounts` whole on each of
+    ledger_post's statements. auto_explain shows every plan of the booking, triggers included."""
+    with sessions.begin() as session:
+        top_up(session, accounts["ann"], 10_00, "t1")
+    plans: list[str] = []
+    with sessions.begin() as session:
+        driver = session.connection().connection.driver_connection
+        driver.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+        for setting in ("LOAD 'auto_explain'", "SET LOCAL auto_explain.log_min_duration = 0",
+                        "SET LOCAL auto_explain.log_nested_statements = on",
+                        "SET LOCAL auto_explain.log_level = 'notice'"):
+            session.execute(text(setting))
+        pay(session, accounts["ann"], accounts["club"], 1_00, "p1")
+    assert any("accounts" in plan for plan in plans), plans  # the nested statements were seen
+    assert [plan for plan in plans if "Seq Scan" in plan] == []
