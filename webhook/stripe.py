@@ -50,7 +50,7 @@ def receive() -> ResponseReturnValue:
         raise
     with one_statement(context.engine()) as connection:  # committed before the answer
         notify = inbox.notifies(connection)
-        accepted = inbox.accept(connection, event, notify=notify)
+        accepted = inbox.accept(connection, event, notify=notify, body=body)
     if not accepted.duplicate:
         hand_to_worker(accepted.event_id, notified=notify)
     return jsonify({"received": True, "duplicate": accepted.duplicate})

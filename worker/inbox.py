@@ -67,7 +67,10 @@ class InboxConsumer:
             self.thread.join(timeout)
 
     def run(self) -> None:
-        engine = make_engine(self.settings.database_url, pool_size=1, max_overflow=1)
+        # No pre-ping (a round trip per transaction, as in the pool processes): after the
+        # database comes back, the first `take` on a lost connection fails having taken nothing,
+        # and the consumer listens again a second later on a fresh one.
+        engine = make_engine(self.settings.database_url, pool_size=1, max_overflow=1, pool_pre_ping=False)
         self.sessions = make_sessions(engine)
         self.gateway = StripeGateway(self.settings)
         log.info("inbox consumer started: LISTEN %s, polling every %.1f s", inbox.CHANNEL,

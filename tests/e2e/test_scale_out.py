@@ -161,3 +161,11 @@ def test_two_beats_send_each_job_once_per_interval_and_the_standby_takes_over_fr
         raise AssertionError(f"{exc}: received {got}, sent {expected}") from None
     for log in workers.values():
         assert "message refused" not in log.read_text()
+
+    # Only the worker that consumes `webhooks` runs the inbox consumer (worker/inbox.py): worker
+    # b, up for as long as a, never started one.
+    def consumer_started(log: Path) -> bool:
+        return any(line["message"].startswith("inbox consumer started") for line in log_lines(log))
+
+    wait_for(lambda: consumer_started(workers["a"]), "worker a's inbox consumer", 10)
+    assert not consumer_started(workers["b"]), workers["b"].read_text()[-3000:]

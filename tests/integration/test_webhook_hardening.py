@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from flask import Flask
-from sqlalchemy import select
+from sqlalchemy import String, select
 
 from shared.config import Settings
 from shared.models import StripeEvent
@@ -102,3 +102,22 @@ def test_with_redis_away_a_refused_delivery_is_still_refused_at_once(app_with) -
     started = time.monotonic()
     assert client.post("/stripe/webhook", data=body, headers=headers).status_code == 400
     assert time.monotonic() - started < 2
+
+
+def test_an_event_is_stored_as_stripe_sent_it(apps, sessions) -> None:
+    """On PostgreSQL the payload column keeps the body's own text (a byte-order mark aside), so
+    what is kept is what Stripe signed."""
+    client = apps[0].test_client()
+    event = {"id": "evt_as_sent", "object": "event", "type": "customer.updated",
+             "data": {"object": {"object": "customer", "id": "cus_1", "name": "Zoë"}}}
+    as_sent = '{ "id":"evt_as_sent",\n  "type": "customer.updated", "object":"event",' \
+              ' "data": {"object": {"object": "customer", "id": "cus_1", "name": "Zoë"}} }'
+    for body in (as_sent.encode(), b"\xef\xbb\xbf" + json.dumps(dict(event, id="evt_bom")).encode()):
+        headers = {"Content-Type": "application/json", "Stripe-Signature": sign_webhook(body, OLD)}
+        answer = client.post("/stripe/webhook", data=body, headers=headers)
+        assert (answer.status_code, answer.get_json()) == (200, {"received": True, "duplicate": False})
+    with sessions.begin() as session:
+        rows = dict(session.execute(select(StripeEvent.event_id, StripeEvent.payload)).all())
+        text = session.scalar(select(StripeEvent.payload.cast(String)).where(StripeEvent.event_id == "evt_as_sent"))
+    assert text == as_sent
+    assert rows == {"evt_as_sent": event, "evt_bom": dict(event, id="evt_bom")}
