@@ -28,7 +28,7 @@ from celery import signals
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import inbox, stripe_events
+from shared import inbox, metrics, stripe_events
 from shared.config import Settings
 from shared.db import make_engine, make_sessions, normalise_url
 from shared.stripe_gateway import StripeGateway
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 # The consumer is this queue's work: it runs in the workers that consume it.
 WEBHOOKS_QUEUE = "webhooks"
+# The task an event's processing is timed as, and handed to when it fails.
+EVENT_TASK = "payments.process_stripe_event"
 # Events taken per transaction: a consumer killed mid-batch leaves at most this many for the redrive.
 BATCH = 50
 # After an error (the database away, say): wait this long before listening again.
@@ -128,11 +130,15 @@ class InboxConsumer:
         assert self.sessions is not None and self.gateway is not None
         outcomes: list[tuple[inbox.Taken, stripe_events.Outcome]] = []
         for event in taken:
+            started = time.perf_counter()
             try:
                 outcomes.append((event, stripe_events.run_handler(self.sessions, self.gateway, self.settings,
                                                                   event.payload)))
             except Exception as exc:
+                _observe(started, "FAILURE")
                 self.hand_over(event.event_id, exc)
+            else:
+                _observe(started, "SUCCESS")
         if not outcomes:
             return
         with self.sessions.begin() as session:
@@ -151,9 +157,16 @@ class InboxConsumer:
                     type(exc).__name__, exc)
         try:
             stripe_events.record_failure(self.sessions, event_id, exc)  # type: ignore[arg-type]
-            self.send_task("payments.process_stripe_event", kwargs={"event_id": event_id})
+            self.send_task(EVENT_TASK, kwargs={"event_id": event_id})
         except Exception:
             log.warning("event %s not handed to its task; the redrive will send it", event_id)
+
+
+def _observe(started: float, state: str) -> None:
+    """An event's handler timed as the task that would have run it, in
+    `payments_task_duration_seconds` (this process's histograms; the worker's /metrics adds
+    them to the pool processes')."""
+    metrics.TASK_SECONDS.labels(EVENT_TASK, state).observe(time.perf_counter() - started)
 
 
 def _libpq_url(url: str) -> str:

@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import inbox, stripe_events
+from shared import inbox, metrics, stripe_events
 from shared.config import Settings
 from shared.db import make_engine, one_statement
 from shared.stripe_gateway import sign_webhook
@@ -131,6 +131,7 @@ def test_a_failing_event_is_recorded_failed_and_handed_to_its_task(
         raise RuntimeError("stripe said no")
 
     monkeypatch.setitem(stripe_events.HANDLERS, "charge.refunded", broken)
+    timed_before = {state: handled("payments.process_stripe_event", state) for state in ("SUCCESS", "FAILURE")}
     running = consumer(inbox_poll_seconds=0.3)
     store(settings, "evt_breaks", notify=True, kind="charge.refunded")
     store(settings, "evt_fine", notify=True)
@@ -141,6 +142,15 @@ def test_a_failing_event_is_recorded_failed_and_handed_to_its_task(
         status, error = session.execute(
             text("SELECT status, last_error FROM stripe_events WHERE event_id = 'evt_breaks'")).one()
     assert (status, error) == ("failed", "RuntimeError: stripe said no")
+    # Both are timed as the task would have been, for the worker's /metrics.
+    timed = {state: handled("payments.process_stripe_event", state) - timed_before[state] for state in timed_before}
+    assert timed == {"SUCCESS": 1, "FAILURE": 1}
+
+
+def handled(task: str, state: str) -> float:
+    """How many runs `payments_task_duration_seconds` has counted for the task and state."""
+    return metrics.HISTOGRAMS.get_sample_value(
+        "payments_task_duration_seconds_count", {"task": task, "state": state}) or 0.0
 
 
 def test_the_consumer_outlives_a_database_it_cannot_reach(
