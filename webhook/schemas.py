@@ -200,6 +200,8 @@ class RequestStatus(Model):
     to_card: Money | None = Field(default=None, description="a refund's: what goes back to the card")
     fee: Money | None = Field(default=None, description="a refund's: the fee kept (a member's refund)")
     stripe_refund_id: str | None = Field(default=None, description="a refund's, once Stripe took it")
+    waiting_for_top_up: int | None = Field(
+        default=None, description="a queued payment's: the card top-up (its attempt id) it waits for")
 
 
 class Adjustment(Model):

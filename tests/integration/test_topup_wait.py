@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import stripe
 from freezegun import freeze_time
+from pydantic import ConfigDict
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -21,6 +22,7 @@ from shared.models import CardPayment, Member, OutboxMessage
 from shared.stripe_gateway import StripeGateway
 from tests.integration.helpers import add_member, add_organisation, balance_of, top_up
 from tests.stripe_fixture import STRIPE_TEST_KEY, customer_with_card
+from webhook import schemas
 
 T0 = datetime(2026, 12, 2, 10, 0, tzinfo=UTC)
 DECLINED_AT_CHARGE = "4000000000000341"
@@ -120,6 +122,9 @@ def test_a_payment_short_of_funds_waits_for_the_top_up_in_flight_and_opens_no_se
     assert callbacks(sessions) == []
     document = requests.status_document(request(sessions))
     assert (document["status"], document["waiting_for_top_up"]) == ("queued", attempt_id)
+    # As the API's description says it (no field it does not describe).
+    described = type("Described", (schemas.RequestStatus,), {"model_config": ConfigDict(extra="forbid")})
+    assert described.model_validate(document).waiting_for_top_up == attempt_id
 
 
 def test_when_the_top_up_succeeds_the_waiting_payment_is_paid_from_the_topped_up_balance(
