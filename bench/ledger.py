@@ -17,9 +17,11 @@ What it measures, in one run against one PostgreSQL server (same settings for ev
   the database's own ceiling for small write transactions on this machine.
 
 Each cell runs N OS processes (multiprocessing, "spawn"; each process makes its own engine or
-connection after it starts) for a fixed time, released together by a barrier. Per cell it
-reports bookings/s (journal entries per second, summed over processes) and the p99 latency of
-one booking (wall time from begin to commit). At the end it checks the ledger invariants:
+connection after it starts) for a fixed time, released together by a barrier, after a
+CHECKPOINT (so no cell inherits the checkpoint of the one before). Per cell it reports
+bookings/s (journal entries per second, summed over processes), the p99 latency of one booking
+(wall time from begin to commit), and the CPU time per booking of the booking processes and of
+their PostgreSQL backends (where the time goes). At the end it checks the ledger invariants:
 every journal entry's postings sum to zero and no member balance is negative (exit 1 if not).
 
 Run it from the project root (PostgreSQL must be up, e.g. `make services`):
