@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields as dataclass_fields
+from datetime import tzinfo
 from typing import Any
 
 from pydantic import ConfigDict
@@ -213,8 +214,9 @@ def cancel(session: Session, iou: Iou) -> None:
     _callback(session, iou, RequestStatus.FAILED, "cancelled")
 
 
-def document(iou: Iou) -> dict[str, Any]:
-    """The IOU as the API shows it."""
+def document(iou: Iou, zone: tzinfo) -> dict[str, Any]:
+    """The IOU as the API shows it, its times in the service's time zone as every other answer
+    gives them (`PAYMENTS_TIME_ZONE`)."""
     return {
         "iou_id": iou.id,
         "request_id": iou.request_id,
@@ -229,8 +231,8 @@ def document(iou: Iou) -> dict[str, Any]:
         "event_id": iou.event_id,
         "payment_request_id": iou.payment_request_id,
         "client": iou.client,
-        "created_at": iou.created_at.isoformat(),
-        "updated_at": iou.updated_at.isoformat(),
+        "created_at": iou.created_at.astimezone(zone).isoformat(timespec="seconds"),
+        "updated_at": iou.updated_at.astimezone(zone).isoformat(timespec="seconds"),
     }
 
 

@@ -34,7 +34,7 @@ def post_iou() -> ResponseReturnValue:
     order = ious.parse(context.json_body(), context.settings())
     with context.transaction() as session:
         iou, created = ious.raise_iou(session, order, client=auth.principal().name)
-        document = ious.document(iou)
+        document = ious.document(iou, context.settings().time_zone)
         sent = _outbox_rows(session)
     _dispatch(sent)
     return jsonify(document), 201 if created else 200
@@ -55,7 +55,8 @@ def organisation_ious(org_id: str) -> ResponseReturnValue:
 def _listing(**whose: str) -> ResponseReturnValue:
     with context.transaction() as session:
         found = ious.listing(session, status=request.args.get("status"), **whose)
-        return jsonify({"ious": [ious.document(iou) for iou in found]})
+        zone = context.settings().time_zone
+        return jsonify({"ious": [ious.document(iou, zone) for iou in found]})
 
 
 @blueprint.post("/ious/<iou_id>/pay")
@@ -86,7 +87,7 @@ def cancel_iou(iou_id: str) -> ResponseReturnValue:
         iou = ious.get(session, number, lock=True)
         access.authorise(principal, access.IOUS_CANCEL, {"organisation_id": iou.organisation_id})
         ious.cancel(session, iou)
-        document = ious.document(iou)
+        document = ious.document(iou, context.settings().time_zone)
         sent = _outbox_rows(session)
     _dispatch(sent)
     return jsonify(document)

@@ -4,6 +4,7 @@ a stored IOU payment is decided here with `payments.pay`, as the worker would de
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -80,6 +81,12 @@ def test_raising_an_iou_stores_it_books_nothing_and_emails_the_member(client, wo
         "route_payload": {"entry": 5}, "session_id": "s-77", "event_id": None, "payment_request_id": None,
         "client": "club-tool", "created_at": body["created_at"], "updated_at": body["updated_at"],
     }
+    # Its times are the stored ones, in the service's time zone, as every other answer gives them.
+    with sessions.begin() as session:
+        stored = session.scalar(select(Iou.created_at).where(Iou.request_id == "iou-1"))
+    created = datetime.fromisoformat(body["created_at"])
+    assert created.utcoffset() == stored.astimezone(Settings().time_zone).utcoffset() != timedelta(0)
+    assert created == stored.replace(microsecond=0)
     assert (balance_of(sessions, world["ann"]), balance_of(sessions, world["club"])) == (100_00, 0)
     [email] = [m.payload for m in outbox_rows(sessions, "notification")]
     assert (email["kind"], email["to"], email["member_id"]) == ("iou_raised", "ann@example.org", "ann")
