@@ -143,21 +143,20 @@ def card_setup(
                      client_secret=intent.client_secret, intent_status=intent.status)
 
 
-def report_card_saved(session: Session, setup: CardSetup) -> str | None:
+def report_card_saved(session: Session, setup: CardSetup) -> inbox.Accepted | None:
     """The page says the browser saved the card: when Stripe says so too (`setup.intent_status`,
     read from Stripe, never the browser's word), record it in the inbox as the
     `setup_intent.succeeded` event Stripe sends (localstripe sends none), under an id of our own,
     `page_<SetupIntent id>`, once. The worker processes it as Stripe's (`charges.card_saved`:
     auto top-up `on`, and a top-up if the balance is low); Stripe's own event, if it comes too,
-    finds the member `on` and tops up only a balance still low. Returns the event id to
-    process, or None (already recorded, or not saved)."""
+    finds the member `on` and tops up only a balance still low. Returns what the inbox stored,
+    for `inbox.hand_to_workers` after commit, or None when the card is not saved."""
     if setup.intent_status != "succeeded":
         return None
     event = {"id": f"page_{setup.setup_intent_id}", "object": "event", "type": "setup_intent.succeeded",
              "data": {"object": {"id": setup.setup_intent_id, "object": "setup_intent",
                                  "customer": _customer(session, setup.member_id), "status": "succeeded"}}}
-    accepted = inbox.accept(session, event, notify=inbox.notifies(session))  # heard at commit
-    return None if accepted.duplicate else accepted.event_id
+    return inbox.accept(session, event)
 
 
 def _customer(session: Session, member_id: str) -> str | None:

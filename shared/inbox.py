@@ -13,18 +13,22 @@ keeps only its audit form: what the handlers read and what an auditor asks (ISSU
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, cast
 
+from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import Connection, Table, bindparam, or_, select, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
-from shared import healing
+from shared import healing, messages
 from shared.config import Settings
 from shared.errors import InvalidInput, NotFound
 from shared.models import EventStatus, StripeEvent, utcnow
+
+log = logging.getLogger(__name__)
 
 _TABLE = cast(Table, StripeEvent.__table__)
 # SQLite: the statement built from the model. RETURNING tells a stored event from a duplicate:
@@ -55,6 +59,9 @@ REDRIVE_FAILED_BELOW = Settings.inbox_max_attempts
 class Accepted:
     event_id: str
     duplicate: bool
+    # Whether its INSERT NOTIFYed the inbox consumers (a new row on PostgreSQL): then nothing
+    # needs publishing (`hand_to_workers`).
+    notified: bool = False
 
 
 def parse_event(body: bytes) -> dict[str, Any]:
@@ -81,12 +88,13 @@ def parse_event(body: bytes) -> dict[str, Any]:
 
 
 def accept(
-    db: Session | Connection, event: dict[str, Any], *, notify: bool = False, body: bytes | None = None
+    db: Session | Connection, event: dict[str, Any], *, notify: bool = True, body: bytes | None = None
 ) -> Accepted:
     """Store the event unless it is already stored; one statement, no lock held afterwards (the
-    webhook runs it alone, in `db.one_statement`). With `notify` on PostgreSQL the same
-    statement NOTIFYs the inbox consumers of a new row (`notifies`). `body`, the event as it
-    came (checked by `parse_event`), is stored as it is on PostgreSQL."""
+    webhook runs it alone, in `db.one_statement`). On PostgreSQL the same statement NOTIFYs the
+    inbox consumers of a new row, heard at commit (`notify=False`: a lost NOTIFY, for tests).
+    `body`, the event as it came (checked by `parse_event`), is stored as it is on PostgreSQL.
+    After commit, `hand_to_workers` with what it returns."""
     now = utcnow()
     connection = db.connection() if isinstance(db, Session) else db
     if connection.dialect.name != "postgresql":
@@ -97,20 +105,28 @@ def accept(
     result = connection.exec_driver_sql(_STORE_AND_NOTIFY if notify else _STORE, {
         "event_id": event["id"], "type": event["type"], "payload": _json_text(event, body),
         "status": EventStatus.RECEIVED.value, "now": now})
-    return Accepted(event_id=event["id"], duplicate=result.first() is None)
+    duplicate = result.first() is None
+    return Accepted(event_id=event["id"], duplicate=duplicate, notified=notify and not duplicate)
+
+
+def hand_to_workers(accepted: Accepted, settings: Settings) -> None:
+    """After commit: a newly stored event reaches the workers. One whose INSERT NOTIFYed is
+    taken by their inbox consumers (worker/inbox.py: store, answer). Elsewhere (SQLite, no
+    LISTEN/NOTIFY) its task is enqueued; a broker that is down leaves it to the scheduler's
+    redrive."""
+    if accepted.duplicate or accepted.notified:
+        return
+    try:
+        messages.send("payments.process_stripe_event", {"event_id": accepted.event_id}, queue="webhooks",
+                      settings=settings)
+    except BrokerError:
+        log.warning("event %s stored but not enqueued; the scheduler will redrive it", accepted.event_id)
 
 
 def _json_text(event: dict[str, Any], body: bytes | None) -> str:
     """The body as text (UTF-8, which `verify_webhook` requires; a byte-order mark dropped, as
     `json.loads` drops it), else the parsed event written out again."""
     return body.decode("utf-8-sig") if body is not None else json.dumps(event)
-
-
-def notifies(db: Session | Connection) -> bool:
-    """Whether the inbox consumers hear of new events through NOTIFY: on PostgreSQL. SQLite has
-    no LISTEN/NOTIFY: there the webhook enqueues each event's task."""
-    connection = db.connection() if isinstance(db, Session) else db
-    return connection.dialect.name == "postgresql"
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,6 @@ from shared import card_pages, inbox, page_links
 from shared.config import Settings
 from shared.errors import CardDeclined, NotFound, PaymentsError
 from webhook import context
-from webhook.stripe import hand_to_worker
 
 log = logging.getLogger(__name__)
 
@@ -205,10 +204,9 @@ def setup_saved(token: str) -> ResponseReturnValue:
     if setup.intent_status != "succeeded":
         return _json_error(409, "not_saved", f"the card is not saved (Stripe says {setup.intent_status})")
     with context.transaction() as session:
-        event_id = card_pages.report_card_saved(session, setup)
-        notified = inbox.notifies(session)
-    if event_id is not None:
-        hand_to_worker(event_id, notified=notified)
+        accepted = card_pages.report_card_saved(session, setup)
+    if accepted is not None:
+        inbox.hand_to_workers(accepted, context.settings())
     return jsonify({"status": "saved"})
 
 

@@ -5,7 +5,7 @@ costs more than the rest of the request). The event is stored in the inbox and c
 before the answer; a duplicate does nothing. On PostgreSQL the INSERT also NOTIFYs the
 workers' inbox consumers (`worker.inbox`), which take new rows themselves (and poll, in case a
 NOTIFY is lost): nothing is published. On SQLite (no LISTEN/NOTIFY) the event's task is
-enqueued after the commit, through one broker connection kept per process
+enqueued after the commit (`inbox.hand_to_workers`), through one broker connection kept per process
 (`shared.messages.Publisher`); if the broker is down the answer is still 200, because the
 stored event is redriven by the scheduler. A bad
 signature or body gets 400 with nothing stored; a database that is down gets 503, so Stripe
@@ -16,21 +16,16 @@ a body over 1 MiB is refused with 413 whether it comes with a Content-Length or 
 
 from __future__ import annotations
 
-import logging
-
 from flask import Blueprint, jsonify, request
 from flask.typing import ResponseReturnValue
-from kombu.exceptions import OperationalError as BrokerError
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from shared import inbox, messages
+from shared import inbox
 from shared.db import one_statement
 from shared.errors import PaymentsError, ServiceUnavailable
 from shared.rejections import reason_for
 from shared.stripe_gateway import verify_webhook
 from webhook import context
-
-log = logging.getLogger(__name__)
 
 blueprint = Blueprint("stripe", __name__)
 
@@ -49,21 +44,7 @@ def receive() -> ResponseReturnValue:
         context.rejections().count(reason_for(exc))
         raise
     with one_statement(context.engine()) as connection:  # committed before the answer
-        notify = inbox.notifies(connection)
-        accepted = inbox.accept(connection, event, notify=notify, body=body)
-    if not accepted.duplicate:
-        hand_to_worker(accepted.event_id, notified=notify)
+        accepted = inbox.accept(connection, event, body=body)
+    inbox.hand_to_workers(accepted, settings)
     return jsonify({"received": True, "duplicate": accepted.duplicate})
 
-
-def hand_to_worker(event_id: str, *, notified: bool) -> None:
-    """After commit: a newly stored event reaches the workers. On PostgreSQL its NOTIFY wakes
-    their inbox consumers (worker/inbox.py): store, answer. Elsewhere its task is enqueued; a
-    broker that is down leaves it to the scheduler's redrive."""
-    if notified:
-        return
-    try:
-        messages.send("payments.process_stripe_event", {"event_id": event_id}, queue="webhooks",
-                      settings=context.settings())
-    except BrokerError:
-        log.warning("event %s stored but not enqueued; the scheduler will redrive it", event_id)

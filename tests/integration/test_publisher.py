@@ -13,9 +13,11 @@ import pytest
 import redis
 from kombu.exceptions import OperationalError as BrokerError
 
-from shared import messages
+from shared import inbox, messages
 from shared.client import celery_for
 from shared.config import Settings
+from shared.db import make_engine, one_statement
+from shared.schema import upgrade
 from tests.conftest import API_TOKEN, REDIS_URL
 from tests.e2e.processes import free_port, private_redis
 
@@ -94,3 +96,26 @@ def test_after_the_broker_went_away_a_send_fails_and_the_next_one_reconnects() -
             client.close()
     # Restarted empty: only what was sent after it is there.
     assert sent == ["evt_after"]
+
+
+def test_a_stored_event_reaches_the_workers_once_and_a_notified_one_is_not_published(tmp_path) -> None:
+    """`inbox.hand_to_workers` after the webhook's store: on SQLite (no NOTIFY) the event's task
+    is enqueued on `webhooks`, once (a duplicate sends nothing); an event whose INSERT NOTIFYed
+    (PostgreSQL) is left to the inbox consumers."""
+    url = f"sqlite:///{tmp_path}/inbox.db"
+    upgrade(url)
+    engine = make_engine(url)
+    event = {"id": "evt_sqlite", "object": "event", "type": "customer.updated", "data": {"object": {}}}
+    with private_redis() as server:
+        settings = Settings(broker_url=server.url, api_token=API_TOKEN)
+        client = redis.Redis.from_url(server.url)
+        for _ in range(2):  # the second delivery is a duplicate
+            with one_statement(engine) as connection:
+                accepted = inbox.accept(connection, event)
+            inbox.hand_to_workers(accepted, settings)
+        inbox.hand_to_workers(inbox.Accepted("evt_notified", duplicate=False, notified=True), settings)
+        sent = queued(client, "webhooks")
+        client.close()
+    engine.dispose()
+    assert [(m["headers"]["task"], json.loads(base64.b64decode(m["body"]))[1]) for m in sent] == \
+        [(TASK, {"event_id": "evt_sqlite"})]
