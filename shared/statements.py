@@ -475,7 +475,7 @@ def summary_days(value: object) -> int | None:
     """Parse the `days` of an organisation summary: 30, 90, 365 or all."""
     key = str(value).strip().lower() if value is not None else "30"
     if key not in SUMMARY_PERIODS:
-        raise InvalidInput(f"days: {value!r} is not one of 30, 90, 365, all", field="days")
+        raise InvalidInput(f"days: {value!r} is not one of {', '.join(SUMMARY_PERIODS)}", field="days")
     return SUMMARY_PERIODS[key]
 
 

@@ -24,7 +24,7 @@ from markupsafe import escape
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from shared import bodies, specific_transactions
+from shared import bodies, specific_transactions, statements
 from shared.balances_report import Kind
 from shared.periods import PRESETS
 from webhook import schemas as s
@@ -131,8 +131,8 @@ QUERY: dict[str, dict[str, Any]] = {
     "cursor": {"type": "string", "description": "next_cursor of the page before"},
     "event_id": {"type": "string"}, "session_id": {"type": "string"}, "type": {"type": "string"},
     "search": {"type": "string"}, "status": {"type": "string"},
-    # statements.summary_days takes only these (30 when absent).
-    "days": {"type": "string", "enum": ["30", "90", "365", "all"], "description": "the last 30, 90 or 365 days, or all"},
+    # What statements.summary_days takes (30 when absent).
+    "days": {"type": "string", "enum": list(statements.SUMMARY_PERIODS), "description": "the last 30, 90 or 365 days, or all"},
     "view": {"type": "string"}, "organisation_id": {"type": "string"}, "member_id": {"type": "string"},
     "refundable": {"type": "string", "enum": ["true", "false"]}, "kind": {"type": "string"},
     "file": {"type": "string"},
