@@ -297,7 +297,7 @@ def _flower(address: str, port: int) -> int:
     from kombu import Queue
 
     from shared.client import QUEUES
-    from shared.config import Settings
+    from shared.config import Settings, is_redis
     from shared.errors import PaymentsError
 
     password = os.environ.get("PAYMENTS_FLOWER_PASSWORD", "")
@@ -309,7 +309,7 @@ def _flower(address: str, port: int) -> int:
         broker_url = Settings.from_env().broker_url
     except PaymentsError as exc:
         raise SystemExit(f"payments flower: {exc.message}") from None
-    if not broker_url.startswith(("redis://", "rediss://")):
+    if not is_redis(broker_url):
         raise SystemExit("payments flower: needs a Redis broker (PAYMENTS_BROKER_URL); the embedded SQLite "
                          "transport carries no worker or task events")
     app = Celery("payments", broker=broker_url)
@@ -480,7 +480,7 @@ def _run(host: str, port: int, flower_port: int = 5555) -> int:
     local client or operator needs (the API address, localstripe's, the metrics listeners,
     Flower's, and the API token, webhook secret and Flower password made up for this run) goes
     to var/run.json, readable by its owner only; secrets are never printed."""
-    from shared.config import Settings
+    from shared.config import Settings, is_redis
 
     settings = Settings.from_env()
     _db_upgrade()
@@ -509,7 +509,7 @@ def _run(host: str, port: int, flower_port: int = 5555) -> int:
     run_info.update(metrics=f"http://{env['PAYMENTS_METRICS_ADDRESS']}/metrics",
                     worker_metrics=f"http://{env['PAYMENTS_WORKER_METRICS_ADDRESS']}/metrics")
     flower_env = None
-    if settings.broker_url.startswith(("redis://", "rediss://")):
+    if is_redis(settings.broker_url):
         # Flower gets the broker and its password only, as in compose.
         flower_env = {k: v for k, v in os.environ.items() if not k.startswith("PAYMENTS_")}
         flower_env.update(PAYMENTS_BROKER_URL=settings.broker_url,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from shared.config import is_redis
 from shared.errors import ConfigError
 
 
@@ -35,7 +36,7 @@ def lock_seconds() -> float:
 
 def uses_lock(broker_url: str) -> bool:
     """Whether beats on this broker share one lock (Redis) or run alone (the embedded SQLite)."""
-    return broker_url.startswith(("redis://", "rediss://"))
+    return is_redis(broker_url)
 
 
 def beat_schedule() -> dict[str, dict[str, Any]]:

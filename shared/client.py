@@ -22,7 +22,7 @@ from typing import Any
 from celery import Celery
 
 from shared import callbacks
-from shared.config import Settings
+from shared.config import Settings, is_redis
 from shared.db import make_engine, make_sessions
 from shared.errors import ConfigError
 
@@ -60,7 +60,7 @@ def send(task: str, kwargs: dict[str, Any], *, queue: str = QUEUE, settings: Set
                           field=TOKEN_ENV)
     # On Redis the worker has declared the queues: a calling module's broker user may only push
     # to them and read their bindings (README "Security model"), so it declares nothing.
-    declare: list[Any] | None = [] if settings.broker_url.startswith(("redis://", "rediss://")) else None
+    declare: list[Any] | None = [] if is_redis(settings.broker_url) else None
     celery_for(settings.broker_url).send_task(task, kwargs=kwargs, queue=queue, headers={TOKEN_HEADER: token},
                                               declare=declare)
 

@@ -268,8 +268,13 @@ def _rate_limit(value: str | None) -> str | None:
     return value.strip()
 
 
+def is_redis(url: str) -> bool:
+    """Whether a broker (or storage) URL is Redis's, rather than the embedded SQLite broker's."""
+    return url.startswith(("redis://", "rediss://"))
+
+
 def _limit_storage(broker_url: str) -> str:
-    return broker_url if broker_url.startswith(("redis://", "rediss://")) else "memory://"
+    return broker_url if is_redis(broker_url) else "memory://"
 
 
 def parse_address(name: str, value: str) -> tuple[str, int]:

@@ -15,6 +15,7 @@ from collections import Counter
 
 import redis
 
+from shared.config import is_redis
 from shared.errors import BadSignature, InvalidInput, PaymentsError
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class Rejections:
 
     def __init__(self, broker_url: str) -> None:
         self._redis: redis.Redis | None = None
-        if broker_url.startswith(("redis://", "rediss://")):
+        if is_redis(broker_url):
             # Short timeouts: a refused delivery must be answered in milliseconds, Redis or not.
             self._redis = redis.Redis.from_url(broker_url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self._local: Counter[str] = Counter()

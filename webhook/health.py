@@ -11,6 +11,7 @@ from kombu import Connection
 from sqlalchemy import text
 
 from shared.client import QUEUES
+from shared.config import is_redis
 from webhook import context
 
 blueprint = Blueprint("health", __name__)
@@ -49,7 +50,7 @@ def _broker_ok() -> bool:
 
 def queue_depths() -> dict[str, int] | None:
     url = context.settings().broker_url
-    if not url.startswith(("redis://", "rediss://")):
+    if not is_redis(url):
         return None
     try:
         client = redis.Redis.from_url(url, socket_timeout=2)

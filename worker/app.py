@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import logs, messages, metrics
 from shared.client import QUEUES
-from shared.config import Settings
+from shared.config import Settings, is_redis
 from shared.db import make_engine, make_sessions
 from shared.stripe_gateway import StripeGateway
 
@@ -114,7 +114,7 @@ def create_celery(config: Settings | None = None) -> Celery:
         worker_enable_remote_control=False,
         payments_service_key=messages.service_key(config.api_token),
     )
-    if config.broker_url.startswith(("redis://", "rediss://")):
+    if is_redis(config.broker_url):
         # Longer than any retry countdown, so Redis never redelivers a task still waiting.
         app.conf.broker_transport_options = {"visibility_timeout": 3600}
     app.conf.payments_settings = config
